@@ -1,0 +1,41 @@
+"""The one sample type every dataset yields."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from PIL import Image
+
+
+@dataclass
+class Sample:
+    """One image with its person boxes and ignore regions, both absolute (x, y, w, h) in pixels.
+
+    Images load lazily (``load_image``) so a dataset of thousands of frames costs no memory
+    until it is iterated.
+    """
+
+    image_id: int
+    file_name: str  # stable, human-readable name (e.g. "MOT17-02-FRCNN/000001.jpg")
+    width: int
+    height: int
+    boxes: np.ndarray  # [N, 4] float
+    ignore: np.ndarray  # [M, 4] float
+    meta: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+    _loader: Callable[[], Image.Image] | None = None
+
+    def load_image(self) -> Image.Image:
+        """The RGB image; a clear error names the file when it cannot be read."""
+        if self._loader is not None:
+            return self._loader()
+        if self.path is None:
+            raise ValueError(f"sample {self.file_name}: no image path or loader")
+        try:
+            with Image.open(self.path) as im:
+                return im.convert("RGB")
+        except (OSError, SyntaxError) as err:
+            raise ValueError(f"{self.path}: unreadable image ({err})") from err

@@ -1,0 +1,102 @@
+"""Loading any Hugging Face YOLOS detector: a hub id, a local folder, or ``reference``.
+
+``reference`` names the small YOLOS shipped inside the package (trained by
+``probe-kit reference train``); it goes through the same ``from_pretrained`` path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+REFERENCE_NAME = "reference"
+REFERENCE_DIR = Path(__file__).resolve().parent.parent / "reference" / "weights"
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Where a model comes from and how to run it."""
+
+    name: str = REFERENCE_NAME
+    revision: str | None = None
+    device: str = "cpu"
+    dtype: str = "float32"
+    shortest_edge: int | None = None  # override the processor's resize (the original study used 512)
+    attentions: bool = False  # eager attention, so output_attentions returns real matrices
+
+    def __post_init__(self) -> None:
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"dtype: expected one of {sorted(_DTYPES)}, got {self.dtype!r}")
+
+
+def resolve_model_path(name: str) -> str:
+    """``reference`` -> the shipped folder; an existing folder -> itself; otherwise a hub id."""
+    if name == REFERENCE_NAME:
+        if not (REFERENCE_DIR / "config.json").is_file():
+            raise FileNotFoundError(
+                f"reference model not found in {REFERENCE_DIR}; reinstall probe_kit or run `probe-kit reference train`"
+            )
+        return str(REFERENCE_DIR)
+    return name
+
+
+def load_yolos(spec: ModelSpec):
+    """Load ``(model, processor)``; the processor comes from the checkpoint.
+
+    Eager attention is always used: under SDPA, transformers 5.x silently returns no attention
+    matrices, and FlopCounterMode counts SDPA as zero FLOPs on CPU.
+    """
+    from transformers import AutoImageProcessor, YolosForObjectDetection
+
+    path = resolve_model_path(spec.name)
+    local = Path(path).is_dir()
+    if not local and Path(path).exists():
+        raise ValueError(f"--model {spec.name}: is a file; expected a checkpoint folder or a hub id")
+    try:
+        model = YolosForObjectDetection.from_pretrained(
+            path, revision=spec.revision, dtype=_DTYPES[spec.dtype], attn_implementation="eager"
+        )
+        processor = AutoImageProcessor.from_pretrained(path, revision=spec.revision)
+    except OSError as err:
+        where = "folder" if local else "hub id"
+        raise ValueError(
+            f"--model {spec.name}: could not load this {where} ({str(err).splitlines()[0]}). "
+            "Offline? Download it first with `huggingface-cli download "
+            f"{spec.name}` on a connected machine, or pass a local folder made by save_pretrained."
+        ) from err
+    if spec.shortest_edge is not None:
+        longest = max(spec.shortest_edge, int(round(spec.shortest_edge * 1333 / 800)))
+        processor.size = {"shortest_edge": spec.shortest_edge, "longest_edge": longest}
+    model.to(spec.device).eval()
+    return model, processor
+
+
+def seed_token_embeddings(model: torch.nn.Module, seed: int, std: float = 0.02) -> None:
+    """Truncated-normal init of the CLS/detection tokens and position embeddings.
+
+    Hugging Face's random init leaves them at exactly zero (pretrained checkpoints overwrite
+    them), which makes every detection token identical; the original YOLOS/DeiT code draws
+    them from a truncated normal with std 0.02.
+    """
+    embeddings = model.vit.embeddings
+    generator = torch.Generator().manual_seed(seed)
+    params = [embeddings.cls_token, embeddings.detection_tokens, embeddings.position_embeddings]
+    mid = getattr(model.vit.encoder, "interpolation", None)
+    if mid is not None:
+        params.append(mid.mid_position_embeddings)
+    with torch.no_grad():
+        for param in params:
+            values = torch.randn(param.shape, generator=generator).clamp_(-2, 2) * std
+            param.copy_(values.to(param.dtype))
+
+
+def person_label_index(config) -> int:
+    """Index of the person class in the model's logits, read from ``id2label``."""
+    for index, label in config.id2label.items():
+        if str(label).lower() == "person":
+            return int(index)
+    raise ValueError(f"model config: no 'person' label in id2label {dict(config.id2label)}")

@@ -1,0 +1,47 @@
+"""Turning YOLOS outputs into COCO-format detections."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from probe_kit.ops.boxes import cxcywh_norm_to_xywh
+
+
+def person_scores(logits: torch.Tensor, person_index: int) -> torch.Tensor:
+    """[B, N, C+1] logits -> [B, N] person probability (softmax over all classes and no-object).
+
+    transformers' post-processing takes the max class instead; for a one-class question the
+    person probability itself is the ranking score.
+    """
+    return logits.float().softmax(-1)[..., person_index]
+
+
+def detections_from_outputs(
+    logits: torch.Tensor,
+    pred_boxes: torch.Tensor,
+    image_ids: Sequence[int],
+    sizes: Sequence[tuple[int, int]],
+    person_index: int,
+    category_id: int = 1,
+) -> list[dict]:
+    """Every detection token becomes one COCO detection (the full ranked list, no score cut).
+
+    logits: [B, N, C+1]; pred_boxes: [B, N, 4] normalised cx, cy, w, h; sizes: (width, height)
+    of each original image, since normalised boxes map proportionally onto it.
+    """
+    scores = person_scores(logits, person_index).cpu().numpy()
+    detections = []
+    for b, (image_id, (width, height)) in enumerate(zip(image_ids, sizes)):
+        boxes = cxcywh_norm_to_xywh(pred_boxes[b], width, height)
+        for box, score in zip(boxes, scores[b]):
+            detections.append(
+                {
+                    "image_id": int(image_id),
+                    "category_id": category_id,
+                    "bbox": [round(float(v), 3) for v in box],
+                    "score": float(score),
+                }
+            )
+    return detections

@@ -1,0 +1,40 @@
+"""Box format conversions shared by every stage.
+
+Formats: ``cxcywh_norm`` (YOLOS output: centre and size as fractions of the image),
+``xywh`` (COCO/MOT17: absolute top-left corner and size, in pixels).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def cxcywh_norm_to_xywh(boxes: torch.Tensor | np.ndarray, width: float, height: float) -> np.ndarray:
+    """[..., 4] normalised (cx, cy, w, h) -> [..., 4] absolute (x, y, w, h), clipped to the image."""
+    b = boxes.detach().cpu().numpy() if isinstance(boxes, torch.Tensor) else np.asarray(boxes)
+    b = b.astype(np.float64)
+    x0 = np.clip((b[..., 0] - b[..., 2] / 2) * width, 0, width)
+    y0 = np.clip((b[..., 1] - b[..., 3] / 2) * height, 0, height)
+    x1 = np.clip((b[..., 0] + b[..., 2] / 2) * width, 0, width)
+    y1 = np.clip((b[..., 1] + b[..., 3] / 2) * height, 0, height)
+    return np.stack([x0, y0, x1 - x0, y1 - y0], axis=-1)
+
+
+def xywh_to_cxcywh_norm(boxes: np.ndarray, width: float, height: float) -> np.ndarray:
+    """[N, 4] absolute (x, y, w, h) -> [N, 4] normalised (cx, cy, w, h)."""
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    return np.stack(
+        [(b[:, 0] + b[:, 2] / 2) / width, (b[:, 1] + b[:, 3] / 2) / height, b[:, 2] / width, b[:, 3] / height],
+        axis=-1,
+    )
+
+
+def clip_xywh(boxes: np.ndarray, width: float, height: float) -> np.ndarray:
+    """Clip [N, 4] absolute (x, y, w, h) boxes to the image; boxes fully outside get zero size."""
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    x0 = np.clip(b[:, 0], 0, width)
+    y0 = np.clip(b[:, 1], 0, height)
+    x1 = np.clip(b[:, 0] + b[:, 2], 0, width)
+    y1 = np.clip(b[:, 1] + b[:, 3], 0, height)
+    return np.stack([x0, y0, x1 - x0, y1 - y0], axis=-1)

@@ -1,0 +1,244 @@
+"""Training recipe of the reference model: a small YOLOS trained from scratch on synthetic scenes.
+
+Supervision is at the final layer only, as YOLOS is trained: the DETR set loss on the final
+detection tokens, plus (a training aid, dropped after training) a dense per-patch objectness +
+box loss on the *final* layer's patch tokens. Intermediate layers get no loss of their own, so
+whatever they hold is for the toolkit to discover, not manufactured by the recipe.
+
+Resumable: ``last.pt`` holds model, optimiser and step; the batch order of step ``s`` is a
+function of ``(seed, s)`` alone, so an interrupted run resumed gives the same numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+
+from probe_kit.data.synth import DEFAULT_MIX, SceneSpec, render_scene, scene_to_sample
+from probe_kit.metrics.coco import evaluate, ground_truth_dict
+from probe_kit.models.loading import seed_token_embeddings
+from probe_kit.models.predict import detections_from_outputs
+from probe_kit.ops.boxes import xywh_to_cxcywh_norm
+from probe_kit.reference.dense_aux import DenseAuxHead, dense_loss, dense_targets
+
+
+@dataclass(frozen=True)
+class RecipeConfig:
+    """Everything that determines the reference model; loaded from ``experiments/reference_model.yaml``."""
+
+    seed: int = 0
+    scene_size: int = 256
+    image_size: int = 128
+    hidden_size: int = 192
+    num_layers: int = 12
+    num_heads: int = 3
+    intermediate_size: int = 768
+    det_tokens: int = 10
+    batch_size: int = 32
+    lr: float = 5e-4
+    weight_decay: float = 1e-4
+    warmup_steps: int = 300
+    steps: int = 8000
+    grad_clip: float = 0.1
+    dense_weight: float = 1.0
+    train_seed: int = 1000
+    train_frames: int = 16000
+    easy_seed: int = 1001
+    easy_frames: int = 4000
+    easy_mix: tuple[float, float, float] = (0.7, 0.3, 0.0)  # easy, medium, hard
+    curriculum_start: int = 1000  # step where the default mix starts to replace the easy pool
+    curriculum_end: int = 3000  # step from which only the default mix is used
+    heldout_seed: int = 7
+    heldout_frames: int = 300
+    eval_every: int = 500
+
+    @classmethod
+    def from_yaml(cls, path: Path) -> "RecipeConfig":
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ValueError(f"{path}: unknown key {unknown[0]!r}; expected one of {sorted(known)}")
+        if "easy_mix" in raw:
+            raw["easy_mix"] = tuple(raw["easy_mix"])
+        return cls(**raw)
+
+
+def build_model(cfg: RecipeConfig):
+    """A fresh one-class YOLOS with seeded token embeddings, plus its image processor."""
+    from transformers import YolosConfig, YolosForObjectDetection, YolosImageProcessorPil
+
+    config = YolosConfig(
+        hidden_size=cfg.hidden_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        intermediate_size=cfg.intermediate_size,
+        image_size=[cfg.image_size, cfg.image_size],
+        num_detection_tokens=cfg.det_tokens,
+        use_mid_position_embeddings=True,  # as yolos-small, the model the original study used
+        id2label={0: "person"},
+        label2id={"person": 0},
+    )
+    torch.manual_seed(cfg.seed)
+    model = YolosForObjectDetection(config)
+    seed_token_embeddings(model, cfg.seed)
+    processor = YolosImageProcessorPil(size={"shortest_edge": cfg.image_size, "longest_edge": cfg.image_size})
+    return model, processor
+
+
+@dataclass
+class _Pool:
+    """Rendered scenes in memory: processor-normalised pixels and per-image targets."""
+
+    pixels: torch.Tensor  # [N, 3, S, S] float16
+    boxes: list[np.ndarray]  # normalised cx, cy, w, h per image
+    samples: list  # Sample per image, for COCO ground truth
+
+
+def _render_pool(seed: int, frames: int, spec: SceneSpec, processor, desc: str) -> _Pool:
+    from tqdm import tqdm
+
+    pixels, boxes, samples = [], [], []
+    chunk = []
+    for index in tqdm(range(frames), desc=desc, unit="img", leave=False):
+        scene = render_scene(seed, index, spec)
+        sample = scene_to_sample(scene, image_id=index + 1, file_name=f"{desc}/{index:06d}")
+        samples.append(sample)
+        boxes.append(xywh_to_cxcywh_norm(sample.boxes, spec.width, spec.height).astype(np.float32))
+        chunk.append(scene.image)
+        if len(chunk) == 256 or index == frames - 1:
+            out = processor(images=chunk, return_tensors="pt")
+            pixels.append(out["pixel_values"].to(torch.float16))
+            chunk = []
+    return _Pool(torch.cat(pixels), boxes, samples)
+
+
+def _lr_at(step: int, cfg: RecipeConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _batch(step: int, cfg: RecipeConfig, main: _Pool, easy: _Pool, grid: tuple[int, int]):
+    """Batch of step ``step``: a pure function of (seed, step), so resuming reproduces it."""
+    rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, step]))
+    ramp = (step - cfg.curriculum_start) / max(1, cfg.curriculum_end - cfg.curriculum_start)
+    p_main = float(np.clip(ramp, 0.0, 1.0))
+    from_main = rng.random(cfg.batch_size) < p_main
+    pixels, targets, boxes_list = [], [], []
+    for use_main in from_main:
+        pool = main if use_main else easy
+        i = int(rng.integers(len(pool.boxes)))
+        px, bx = pool.pixels[i].float(), pool.boxes[i].copy()
+        if rng.random() < 0.5:  # horizontal flip
+            px = px.flip(-1)
+            bx[:, 0] = 1.0 - bx[:, 0]
+        pixels.append(px)
+        boxes_list.append(bx)
+        targets.append(
+            {"class_labels": torch.zeros(len(bx), dtype=torch.long), "boxes": torch.from_numpy(bx)}
+        )
+    objectness, dense_boxes = dense_targets(boxes_list, grid)
+    return torch.stack(pixels), targets, objectness, dense_boxes
+
+
+def evaluate_pool(model, pool: _Pool, batch_size: int = 64) -> dict:
+    """COCO metrics of ``model`` on an in-memory pool (pycocotools, full ranked list)."""
+    model.eval()
+    detections = []
+    with torch.no_grad():
+        for start in range(0, len(pool.samples), batch_size):
+            batch = pool.samples[start : start + batch_size]
+            out = model(pixel_values=pool.pixels[start : start + batch_size].float())
+            detections += detections_from_outputs(
+                out.logits, out.pred_boxes, [s.image_id for s in batch], [(s.width, s.height) for s in batch], 0
+            )
+    model.train()
+    return evaluate(ground_truth_dict(pool.samples), detections)
+
+
+def train_reference(cfg: RecipeConfig, out: Path, budget_minutes: float | None = None, progress: bool = True) -> dict:
+    """Train (or resume) the reference model into ``out``; returns the training summary.
+
+    ``out/best`` holds the best held-out checkpoint (safetensors + configs); ``out/last.pt``
+    the resumable state; ``out/history.jsonl`` one line per evaluation.
+    """
+    from tqdm import tqdm
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    model, processor = build_model(cfg)
+    grid = (cfg.image_size // model.config.patch_size, cfg.image_size // model.config.patch_size)
+    aux = DenseAuxHead(cfg.hidden_size)
+    params = list(model.parameters()) + list(aux.parameters())
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    state_path = out / "last.pt"
+    step, best_ap50, elapsed = 0, -1.0, 0.0
+    if state_path.exists():
+        state = torch.load(state_path, weights_only=True)
+        if state["config"] != asdict(cfg) | {"easy_mix": list(cfg.easy_mix)}:
+            raise ValueError(f"{state_path}: was made with a different recipe config; use another --out")
+        model.load_state_dict(state["model"])
+        aux.load_state_dict(state["aux"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, best_ap50, elapsed = state["step"], state["best_ap50"], state["elapsed"]
+
+    spec = SceneSpec(cfg.scene_size, cfg.scene_size)
+    easy_spec = SceneSpec(cfg.scene_size, cfg.scene_size, dict(zip(("easy", "medium", "hard"), cfg.easy_mix)))
+    heldout = _render_pool(cfg.heldout_seed, cfg.heldout_frames, spec, processor, "heldout")
+    main = _render_pool(cfg.train_seed, cfg.train_frames, spec, processor, "train")
+    easy = _render_pool(cfg.easy_seed, cfg.easy_frames, easy_spec, processor, "train-easy")
+
+    model.train()
+    started, run_started = time.time() - elapsed, time.time()
+    bar = tqdm(total=cfg.steps, initial=step, desc="reference", disable=not progress)
+    while step < cfg.steps:
+        if budget_minutes is not None and time.time() - run_started > budget_minutes * 60:
+            break
+        for group in optimizer.param_groups:
+            group["lr"] = _lr_at(step, cfg)
+        pixels, targets, objectness, dense_boxes = _batch(step, cfg, main, easy, grid)
+        out_model = model(pixel_values=pixels, labels=targets, output_hidden_states=False)
+        last = out_model.last_hidden_state[:, 1 : 1 + grid[0] * grid[1]]
+        dense = dense_loss(aux(last), objectness, dense_boxes)
+        loss = out_model.loss + cfg.dense_weight * dense["loss_dense"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        optimizer.step()
+        step += 1
+        parts = {k: float(v) for k, v in out_model.loss_dict.items() if k.startswith("loss")}
+        bar.set_postfix(ce=parts["loss_ce"], l1=parts["loss_bbox"], giou=parts["loss_giou"],
+                        dense=float(dense["loss_dense"]), refresh=False)
+        bar.update(1)
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            metrics = evaluate_pool(model, heldout)
+            record = {"step": step, "minutes": (time.time() - started) / 60, "loss": float(loss), **parts,
+                      "loss_dense": float(dense["loss_dense"]), "AP": metrics["AP"], "AP50": metrics["AP50"]}
+            with open(out / "history.jsonl", "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+            bar.write(json.dumps(record))
+            if metrics["AP50"] > best_ap50:
+                best_ap50 = metrics["AP50"]
+                model.save_pretrained(out / "best")
+                processor.save_pretrained(out / "best")
+                (out / "best" / "heldout_metrics.json").write_text(json.dumps({"step": step, **metrics}, indent=2))
+            torch.save(
+                {"config": asdict(cfg) | {"easy_mix": list(cfg.easy_mix)}, "model": model.state_dict(),
+                 "aux": aux.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                 "best_ap50": best_ap50, "elapsed": time.time() - started},
+                state_path.with_suffix(".tmp"),
+            )
+            state_path.with_suffix(".tmp").replace(state_path)
+    bar.close()
+    return {"step": step, "best_AP50": best_ap50, "minutes": (time.time() - started) / 60}
