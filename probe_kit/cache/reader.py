@@ -1,0 +1,146 @@
+"""Reading a feature cache lazily, one layer and token role at a time."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Iterator
+
+import h5py
+import numpy as np
+
+from probe_kit.cache.schema import IDENTITY_ATTRS, SCHEMA_VERSION, TokenLayout, layer_path
+from probe_kit.data.sample import Sample
+
+
+class FeatureCache:
+    """A finished cache file, opened read-only; refuses unknown schema versions and unfinished files.
+
+    Use as a context manager or call ``close()``.
+    """
+
+    def __init__(self, path: Path, allow_incomplete: bool = False) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ValueError(f"{self.path}: no such cache file")
+        try:
+            self._h5 = h5py.File(self.path, "r")
+        except OSError as err:
+            raise ValueError(f"{self.path}: not an HDF5 feature cache ({err})") from err
+        version = self._h5.attrs.get("schema_version")
+        if version != SCHEMA_VERSION:
+            self._h5.close()
+            raise ValueError(f"{self.path}: cache schema version {version}, this probe_kit reads {SCHEMA_VERSION}")
+        if not allow_incomplete and not self._h5.attrs["complete"]:
+            written = int(self._h5.attrs["num_written"])
+            self._h5.close()
+            raise ValueError(
+                f"{self.path}: incomplete cache ({written} of {self.num_images_total} images); rerun `probe-kit cache` to finish it"
+            )
+        self.layout = TokenLayout.from_json(self._h5.attrs["layout"])
+        self.model = json.loads(self._h5.attrs["model"])
+        self.dataset = json.loads(self._h5.attrs["dataset"])
+        self.options = json.loads(self._h5.attrs["options"])
+        self.preprocessing = json.loads(self._h5.attrs["preprocessing"])
+
+    def __enter__(self) -> "FeatureCache":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._h5.close()
+
+    @property
+    def num_images_total(self) -> int:
+        return int(self._h5["images/image_id"].shape[0])
+
+    @property
+    def num_images(self) -> int:
+        return int(self._h5.attrs["num_written"])
+
+    @property
+    def complete(self) -> bool:
+        return bool(self._h5.attrs["complete"])
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        return tuple(self.options["layers"])
+
+    @property
+    def tokens(self) -> tuple[str, ...]:
+        return tuple(self.options["tokens"])
+
+    @property
+    def fingerprint(self) -> str:
+        """Short hash of what makes this cache what it is (model, preprocessing, data, options)."""
+        digest = hashlib.sha256("".join(self._h5.attrs[k] for k in IDENTITY_ATTRS).encode())
+        return digest.hexdigest()[:16]
+
+    def attrs(self) -> dict:
+        return {k: (v.item() if hasattr(v, "item") else v) for k, v in self._h5.attrs.items()}
+
+    def image_ids(self) -> np.ndarray:
+        return self._h5["images/image_id"][: self.num_images]
+
+    def samples(self) -> list[Sample]:
+        """Ground truth per image as ``Sample`` objects (no image loader: the cache holds no pixels)."""
+        images, gt = self._h5["images"], self._h5["gt"]
+        n = self.num_images
+        out = []
+        for i in range(n):
+            width, height = (int(v) for v in images["orig_size"][i])
+            difficulty = images["difficulty"][i].decode()
+            out.append(
+                Sample(
+                    image_id=int(images["image_id"][i]),
+                    file_name=images["file_name"][i].decode(),
+                    width=width,
+                    height=height,
+                    boxes=np.asarray(gt["boxes"][i], dtype=np.float64).reshape(-1, 4),
+                    ignore=np.asarray(gt["ignore"][i], dtype=np.float64).reshape(-1, 4),
+                    meta={"difficulty": difficulty} if difficulty else {},
+                )
+            )
+        return out
+
+    def final_outputs(self) -> tuple[np.ndarray, np.ndarray]:
+        """The model's own ``(logits [N, n_det, C+1], pred_boxes [N, n_det, 4])``."""
+        n = self.num_images
+        return self._h5["final/logits"][:n], self._h5["final/pred_boxes"][:n]
+
+    def _dataset(self, layer: int, role: str) -> h5py.Dataset:
+        if role not in self.tokens:
+            raise ValueError(f"{self.path}: no {role} tokens cached (tokens: {list(self.tokens)})")
+        if layer not in self.layers:
+            raise ValueError(f"{self.path}: layer {layer} not cached (layers: {list(self.layers)})")
+        return self._h5[layer_path(layer, role)]
+
+    def read(self, layer: int, role: str = "det", index: slice | np.ndarray | None = None) -> np.ndarray:
+        """Hidden states ``[n, tokens, D]`` of ``layer`` for ``role`` as float32 (all images by default)."""
+        data = self._dataset(layer, role)
+        if index is None:
+            index = slice(0, self.num_images)
+        if isinstance(index, np.ndarray):
+            order = np.argsort(index)  # h5py needs increasing indices
+            values = data[np.sort(index)]
+            out = np.empty_like(values)
+            out[order] = values
+            return out.astype(np.float32)
+        return data[index].astype(np.float32)
+
+    def iter_chunks(self, layer: int, role: str = "det", chunk: int = 256) -> Iterator[tuple[int, np.ndarray]]:
+        """``(start, [chunk, tokens, D])`` pieces of one layer, so memory stays bounded."""
+        self._dataset(layer, role)
+        for start in range(0, self.num_images, chunk):
+            yield start, self.read(layer, role, slice(start, min(start + chunk, self.num_images)))
+
+    def person_index(self) -> int:
+        """Index of the person class in the cached logits, from the model's ``id2label``."""
+        id2label = self.model["config"]["id2label"]
+        for index, label in id2label.items():
+            if str(label).lower() == "person":
+                return int(index)
+        raise ValueError(f"{self.path}: the cached model has no 'person' label")

@@ -1,0 +1,75 @@
+"""The HDF5 feature-cache schema, in one place (documented in docs/cache-format.md).
+
+Layout of a cache file::
+
+    /                     attrs: schema_version, model, preprocessing, dataset, options,
+                                 versions, created, complete, num_written, layout
+    /images/image_id      [N] int64
+    /images/file_name     [N] str
+    /images/orig_size     [N, 2] int32 (width, height)
+    /images/input_size    [N, 2] int32 (width, height) after the processor's resize
+    /images/difficulty    [N] str ("" where the dataset has none)
+    /gt/boxes             [N] ragged float32, flattened absolute x, y, w, h
+    /gt/ignore            [N] ragged float32, ignore regions, same format
+    /final/logits         [N, n_det, C+1] float32: the model's own class logits
+    /final/pred_boxes     [N, n_det, 4] float32: its boxes (normalised cx, cy, w, h)
+    /layers/<k>/<role>    [N, n_tokens(role), D] hidden state of layer k, role in det|patch|cls
+
+Layer ``k`` is transformers' ``hidden_states[k]``: 0 = embeddings, k >= 1 = raw output of block
+k, *before* yolos-small's mid position embedding is added and before any LayerNorm (the head
+path applies ``vit.layernorm``). Token order in YOLOS is ``[CLS, patches..., DET x n_det]``;
+``layout`` records each role's slice explicitly.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+SCHEMA_VERSION = 1
+TOKEN_ROLES = ("det", "patch", "cls")
+FEATURE_DTYPES = ("float16", "float32")
+
+# Root attributes that must agree before a run may append to an existing cache.
+IDENTITY_ATTRS = ("model", "preprocessing", "dataset", "options")
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """Where each token role sits in the sequence, and the patch grid."""
+
+    num_det: int
+    grid_h: int  # 0 where images of the cache have different sizes (then no patch tokens are stored)
+    grid_w: int
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid_h * self.grid_w
+
+    def slice_of(self, role: str) -> slice:
+        """Token slice of ``role`` in ``[CLS, patches..., DET...]``; valid whatever the grid size."""
+        if role == "cls":
+            return slice(0, 1)
+        if role == "patch":
+            return slice(1, -self.num_det)
+        if role == "det":
+            return slice(-self.num_det, None)
+        raise ValueError(f"token role: expected one of {TOKEN_ROLES}, got {role!r}")
+
+    def count(self, role: str) -> int:
+        """Number of tokens of ``role`` (patches: of the recorded grid)."""
+        return {"cls": 1, "patch": self.num_patches, "det": self.num_det}[role]
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["order"] = ["cls", "patch", "det"]
+        return json.dumps(data)
+
+    @classmethod
+    def from_json(cls, text: str) -> "TokenLayout":
+        data = json.loads(text)
+        return cls(data["num_det"], data["grid_h"], data["grid_w"])
+
+
+def layer_path(layer: int, role: str) -> str:
+    return f"layers/{layer}/{role}"

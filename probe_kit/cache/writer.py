@@ -1,0 +1,250 @@
+"""Writing a feature cache: batched extraction, resumable, refusing to mix inputs.
+
+The file is pre-sized for every image of the dataset; ``num_written`` (a root attribute,
+flushed after each batch) says how far it got, and only a finished run sets ``complete``.
+A re-run with the same identity (model, preprocessing, dataset, options) continues at
+``num_written``; any difference is refused with a message naming it. One file per process,
+merged later through an HDF5 virtual dataset, needs only a sample range per writer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Sequence
+
+import h5py
+import numpy as np
+import torch
+
+from probe_kit.cache.schema import (
+    FEATURE_DTYPES,
+    IDENTITY_ATTRS,
+    SCHEMA_VERSION,
+    TOKEN_ROLES,
+    TokenLayout,
+    layer_path,
+)
+from probe_kit.data.sample import Sample
+from probe_kit.data.spec import DataSpec
+from probe_kit.models.loading import ModelSpec, load_yolos
+from probe_kit.models.runner import batch_bounds, input_size, run_batches
+
+
+@dataclass(frozen=True)
+class CacheOptions:
+    layers: tuple[int, ...]
+    tokens: tuple[str, ...] = ("det",)
+    dtype: str = "float16"
+    batch_size: int = 8
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """sha256 over the state dict (names, shapes, dtypes, bytes), in name order."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def package_versions() -> dict[str, str]:
+    import transformers
+
+    import probe_kit
+
+    return {
+        "probe_kit": probe_kit.__version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "h5py": h5py.__version__,
+        "numpy": np.__version__,
+    }
+
+
+def resolve_layers(selection: str | Sequence[int], num_layers: int) -> tuple[int, ...]:
+    """Layer selection -> sorted indices in ``0..num_layers`` (0 = embeddings, k = block k).
+
+    Accepts ``all`` (blocks 1..L), lists ``3,6,9,12``, ranges ``1-4``, negative indices
+    (``-1`` = last block) and ``embeddings``/``0``.
+    """
+    if isinstance(selection, str):
+        items: list[int] = []
+        for token in (t.strip() for t in selection.split(",")):
+            if token == "all":
+                items += range(1, num_layers + 1)
+            elif token == "embeddings":
+                items.append(0)
+            elif "-" in token[1:]:
+                lo, hi = token.split("-", 1) if not token.startswith("-") else (token, "")
+                try:
+                    items += range(int(lo), int(hi) + 1)
+                except ValueError:
+                    raise ValueError(f"--layers {selection!r}: bad range {token!r}") from None
+            else:
+                try:
+                    items.append(int(token))
+                except ValueError:
+                    raise ValueError(f"--layers {selection!r}: {token!r} is not a layer index") from None
+    else:
+        items = list(selection)
+    resolved = set()
+    for index in items:
+        real = num_layers + 1 + index if index < 0 else index
+        if not 0 <= real <= num_layers:
+            raise ValueError(f"--layers: layer {index} out of range; this model has blocks 1..{num_layers}")
+        resolved.add(real)
+    if not resolved:
+        raise ValueError("--layers: empty selection")
+    return tuple(sorted(resolved))
+
+
+def _identity(model, processor, model_spec: ModelSpec, data_spec: DataSpec, options: CacheOptions) -> dict:
+    return {
+        "model": json.dumps(
+            {
+                "name": model_spec.name,
+                "revision": model_spec.revision,
+                "dtype": model_spec.dtype,
+                "fingerprint": weights_fingerprint(model),
+                "config": model.config.to_dict(),
+            },
+            sort_keys=True,
+            default=str,
+        ),
+        "preprocessing": json.dumps(processor.to_dict(), sort_keys=True, default=str),
+        "dataset": json.dumps(data_spec.describe(), sort_keys=True),
+        "options": json.dumps(
+            {"layers": list(options.layers), "tokens": list(options.tokens), "dtype": options.dtype,
+             "batch_size": options.batch_size},
+            sort_keys=True,
+        ),
+    }
+
+
+def _check_identity(handle: h5py.File, identity: dict, path: Path) -> None:
+    if handle.attrs.get("schema_version") != SCHEMA_VERSION:
+        raise ValueError(
+            f"{path}: cache schema version {handle.attrs.get('schema_version')}, expected {SCHEMA_VERSION}; "
+            "write a new cache"
+        )
+    for key in IDENTITY_ATTRS:
+        if handle.attrs[key] != identity[key]:
+            theirs, ours = json.loads(handle.attrs[key]), json.loads(identity[key])
+            diff = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+            raise ValueError(f"{path}: refusing to append, {key} differs from the existing cache (fields {diff})")
+
+
+def _layout(model, input_size: tuple[int, int]) -> TokenLayout:
+    patch = model.config.patch_size
+    patch = patch[0] if isinstance(patch, (list, tuple)) else patch
+    return TokenLayout(model.config.num_detection_tokens, input_size[1] // patch, input_size[0] // patch)
+
+
+def _create(handle: h5py.File, samples: Sequence[Sample], identity: dict, layout: TokenLayout, model,
+            options: CacheOptions) -> None:
+    n = len(samples)
+    handle.attrs.update(identity)
+    handle.attrs["schema_version"] = SCHEMA_VERSION
+    handle.attrs["layout"] = layout.to_json()
+    handle.attrs["versions"] = json.dumps(package_versions())
+    handle.attrs["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    handle.attrs["complete"] = False
+    handle.attrs["num_written"] = 0
+    strings = h5py.string_dtype()
+    images = handle.create_group("images")
+    images["image_id"] = np.array([s.image_id for s in samples], dtype=np.int64)
+    images["file_name"] = np.array([s.file_name for s in samples], dtype=object).astype(strings)
+    images["orig_size"] = np.array([(s.width, s.height) for s in samples], dtype=np.int32)
+    images.create_dataset("input_size", (n, 2), dtype=np.int32)
+    images["difficulty"] = np.array([s.meta.get("difficulty", "") for s in samples], dtype=object).astype(strings)
+    ragged = h5py.vlen_dtype(np.float32)
+    gt = handle.create_group("gt")
+    for name, attr in (("boxes", "boxes"), ("ignore", "ignore")):
+        data = gt.create_dataset(name, (n,), dtype=ragged)
+        for i, s in enumerate(samples):
+            data[i] = np.asarray(getattr(s, attr), dtype=np.float32).ravel()
+    n_classes = model.config.num_labels + 1
+    final = handle.create_group("final")
+    final.create_dataset("logits", (n, layout.num_det, n_classes), dtype=np.float32)
+    final.create_dataset("pred_boxes", (n, layout.num_det, 4), dtype=np.float32)
+    width = model.config.hidden_size
+    for layer in options.layers:
+        for role in options.tokens:
+            tokens = layout.count(role)
+            # Chunks of whole images of one layer/role: a layer reads contiguously, image by image.
+            chunk_rows = max(1, min(n, (1 << 20) // (tokens * width * 2)))
+            handle.create_dataset(layer_path(layer, role), (n, tokens, width), dtype=options.dtype,
+                                  chunks=(chunk_rows, tokens, width))
+
+
+def write_cache(
+    model_spec: ModelSpec,
+    data_spec: DataSpec,
+    layers: str | Sequence[int],
+    tokens: Sequence[str],
+    out: Path,
+    dtype: str = "float16",
+    batch_size: int = 8,
+    progress: bool = True,
+) -> Path:
+    """Extract hidden states of ``layers`` for ``tokens`` over the dataset into ``out``; resumes if possible."""
+    from tqdm import tqdm
+
+    out = Path(out)
+    bad = [t for t in tokens if t not in TOKEN_ROLES]
+    if bad or not tokens:
+        raise ValueError(f"--tokens: expected a subset of {TOKEN_ROLES}, got {list(tokens)}")
+    if dtype not in FEATURE_DTYPES:
+        raise ValueError(f"--dtype: expected one of {FEATURE_DTYPES}, got {dtype!r}")
+    if batch_size < 1:
+        raise ValueError(f"--batch-size: expected a positive integer, got {batch_size}")
+    samples = data_spec.load()
+    model, processor = load_yolos(model_spec)
+    options = CacheOptions(resolve_layers(layers, model.config.num_hidden_layers), tuple(tokens), dtype, batch_size)
+    bounds = batch_bounds(samples, processor, batch_size)
+    sizes = {input_size(processor, samples[lo]) for lo, _ in bounds}
+    if "patch" in tokens and len(sizes) > 1:
+        raise ValueError(
+            f"--tokens patch: images of {data_spec.text()} resize to {len(sizes)} different sizes; patch "
+            "tokens need one grid (cache det/cls tokens only, or use images of one size)"
+        )
+    identity = _identity(model, processor, model_spec, data_spec, options)
+    layout = _layout(model, next(iter(sizes)) if len(sizes) == 1 else (0, 0))
+
+    mode = "r+" if out.exists() else "w-"
+    if mode == "w-":
+        out.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(out, mode) as handle:
+        if mode == "w-":
+            _create(handle, samples, identity, layout, model, options)
+        else:
+            _check_identity(handle, identity, out)
+            if handle.attrs["complete"]:
+                return out
+        start = int(handle.attrs["num_written"])
+        bar = tqdm(total=len(samples), initial=start, desc="cache", unit="img", disable=not progress)
+        for batch in run_batches(model, processor, samples, batch_size, start, hidden_states=True):
+            _write_batch(handle, batch, options, layout)
+            handle.attrs["num_written"] = batch.start + len(batch.samples)
+            handle.flush()
+            bar.update(len(batch.samples))
+        bar.close()
+        handle.attrs["complete"] = True
+    return out
+
+
+def _write_batch(handle: h5py.File, batch, options: CacheOptions, layout: TokenLayout) -> None:
+    lo, hi = batch.start, batch.start + len(batch.samples)
+    out = batch.outputs
+    handle["images/input_size"][lo:hi] = np.array([batch.input_size] * (hi - lo), dtype=np.int32)
+    handle["final/logits"][lo:hi] = out.logits.float().cpu().numpy()
+    handle["final/pred_boxes"][lo:hi] = out.pred_boxes.float().cpu().numpy()
+    for layer in options.layers:
+        state = out.hidden_states[layer]
+        for role in options.tokens:
+            values = state[:, layout.slice_of(role)].float().cpu().numpy()
+            handle[layer_path(layer, role)][lo:hi] = values.astype(options.dtype)

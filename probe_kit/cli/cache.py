@@ -1,0 +1,57 @@
+"""``probe-kit cache``: extract hidden states to HDF5; ``probe-kit cache info FILE``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from probe_kit.cli.options import build_data_spec, build_model_spec, data_options, model_options
+
+
+@click.group("cache", invoke_without_command=True)
+@model_options
+@data_options
+@click.option("--layers", default="all", show_default=True, help="all | 3,6,9,12 | 1-4 | -1 | embeddings")
+@click.option("--tokens", default="det", show_default=True, help="Comma-separated subset of det,patch,cls.")
+@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
+              help="Storage type of the features.")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Cache file, e.g. feature_cache/NAME.h5")
+@click.pass_context
+def command(ctx, model, revision, device, model_dtype, shortest_edge, batch_size, data, sequences, split,
+            min_visibility, stride, layers, tokens, dtype, out) -> None:
+    """Cache the hidden states of every chosen layer over a dataset (resumes an interrupted run)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if out is None:
+        raise click.UsageError("--out is required")
+    from probe_kit.cache.writer import write_cache
+
+    data_spec = build_data_spec(data, sequences, split, min_visibility, stride)
+    model_spec = build_model_spec(model, revision, device, model_dtype, shortest_edge)
+    path = write_cache(model_spec, data_spec, layers, [t.strip() for t in tokens.split(",")], out, dtype, batch_size)
+    click.echo(f"cache complete: {path}")
+
+
+@command.command("info")
+@click.argument("file", type=click.Path(path_type=Path))
+def info(file: Path) -> None:
+    """Print what a cache holds."""
+    from probe_kit.cache.reader import FeatureCache
+
+    with FeatureCache(file, allow_incomplete=True) as cache:
+        model = cache.model
+        lines = [
+            f"file:         {file}",
+            f"complete:     {cache.complete} ({cache.num_images} of {cache.num_images_total} images)",
+            f"fingerprint:  {cache.fingerprint}",
+            f"model:        {model['name']} (revision {model['revision']}, weights {model['fingerprint']})",
+            f"dataset:      {cache.dataset['kind']}:{cache.dataset['path']}",
+            f"layers:       {', '.join(map(str, cache.layers))}",
+            f"tokens:       {', '.join(cache.tokens)} ({cache.options['dtype']})",
+            f"det tokens:   {cache.layout.num_det}; patch grid {cache.layout.grid_h}x{cache.layout.grid_w}",
+            f"created:      {cache.attrs()['created']}",
+            f"versions:     {json.loads(cache.attrs()['versions'])}",
+        ]
+    click.echo("\n".join(lines))
