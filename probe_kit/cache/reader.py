@@ -33,10 +33,10 @@ class FeatureCache:
             self._h5.close()
             raise ValueError(f"{self.path}: cache schema version {version}, this probe_kit reads {SCHEMA_VERSION}")
         if not allow_incomplete and not self._h5.attrs["complete"]:
-            written = int(self._h5.attrs["num_written"])
+            written, total = self.num_images, self.num_images_total
             self._h5.close()
             raise ValueError(
-                f"{self.path}: incomplete cache ({written} of {self.num_images_total} images); rerun `probe-kit cache` to finish it"
+                f"{self.path}: incomplete cache ({written} of {total} images); rerun `probe-kit cache` to finish it"
             )
         self.layout = TokenLayout.from_json(self._h5.attrs["layout"])
         self.model = json.loads(self._h5.attrs["model"])

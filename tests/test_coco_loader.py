@@ -1,0 +1,50 @@
+"""COCO-format loading against real COCO excerpts in ../shared/data/real/COCO."""
+
+import json
+
+import pytest
+
+from conftest import real_data
+from probe_kit.data.coco import load_coco
+from probe_kit.data.spec import parse_data_spec
+
+
+def test_icevision_persons_crowd_and_empty_image():
+    ann = real_data("COCO/icevision_samples/annotations.json")
+    samples = {s.image_id: s for s in load_coco(ann)}
+    assert len(samples) == 6  # the image without annotations stays (negatives count)
+    assert len(samples[128372].boxes) == 9 and len(samples[404249].boxes) == 1
+    assert len(samples[89].boxes) == 0
+    assert sum(len(s.ignore) for s in samples.values()) == 0  # the crowd annotation is a bottle
+    bottles = load_coco(ann, categories=("bottle",))
+    assert sum(len(s.ignore) for s in bottles) == 1  # iscrowd: 1 -> ignore region
+    assert samples[128372].load_image().size == (640, 427)
+
+
+def test_mmpose_excerpt_and_spec_with_image_dir():
+    ann = real_data("COCO/mmpose_tests_data_coco/test_coco.json")
+    spec = parse_data_spec(f"coco:{ann}:{ann.parent}")
+    samples = spec.load()
+    assert len(samples) == 4 and sum(len(s.boxes) for s in samples) == 14
+    assert spec.images == str(ann.parent)
+
+
+def test_bad_json_and_missing_fields(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="bad.json: not a readable COCO JSON"):
+        load_coco(bad)
+    partial = tmp_path / "partial.json"
+    partial.write_text(json.dumps({"images": [], "categories": []}))
+    with pytest.raises(ValueError, match="missing top-level field 'annotations'"):
+        load_coco(partial)
+
+
+def test_spec_errors(tmp_path):
+    with pytest.raises(ValueError, match="expected mot17:ROOT"):
+        parse_data_spec("kitti:/x")
+    with pytest.raises(ValueError, match="does not exist"):
+        parse_data_spec(f"synth:{tmp_path / 'nothing'}")
+    (tmp_path / "train").mkdir()
+    with pytest.raises(ValueError, match="no images found"):
+        parse_data_spec(f"mot17:{tmp_path}").load()
