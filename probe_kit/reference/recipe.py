@@ -170,7 +170,8 @@ def train_reference(cfg: RecipeConfig, out: Path, budget_minutes: float | None =
     """Train (or resume) the reference model into ``out``; returns the training summary.
 
     ``out/best`` holds the best held-out checkpoint (safetensors + configs); ``out/last.pt``
-    the resumable state; ``out/history.jsonl`` one line per evaluation.
+    the resumable state; ``out/history.jsonl`` one line per evaluation. The summary holds this
+    run's per-step total losses.
     """
     from tqdm import tqdm
 
@@ -200,6 +201,7 @@ def train_reference(cfg: RecipeConfig, out: Path, budget_minutes: float | None =
     easy = _render_pool(cfg.easy_seed, cfg.easy_frames, easy_spec, processor, "train-easy")
 
     model.train()
+    losses: list[float] = []
     started, run_started = time.time() - elapsed, time.time()
     bar = tqdm(total=cfg.steps, initial=step, desc="reference", disable=not progress)
     while step < cfg.steps:
@@ -217,7 +219,8 @@ def train_reference(cfg: RecipeConfig, out: Path, budget_minutes: float | None =
         nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         optimizer.step()
         step += 1
-        parts = {k: float(v) for k, v in out_model.loss_dict.items() if k.startswith("loss")}
+        losses.append(float(loss.detach()))
+        parts = {k: float(v.detach()) for k, v in out_model.loss_dict.items() if k.startswith("loss")}
         bar.set_postfix(ce=parts["loss_ce"], l1=parts["loss_bbox"], giou=parts["loss_giou"],
                         dense=float(dense["loss_dense"]), refresh=False)
         bar.update(1)
@@ -241,4 +244,4 @@ def train_reference(cfg: RecipeConfig, out: Path, budget_minutes: float | None =
             )
             state_path.with_suffix(".tmp").replace(state_path)
     bar.close()
-    return {"step": step, "best_AP50": best_ap50, "minutes": (time.time() - started) / 60}
+    return {"step": step, "best_AP50": best_ap50, "minutes": (time.time() - started) / 60, "losses": losses}
