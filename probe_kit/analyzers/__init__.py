@@ -1,0 +1,51 @@
+"""Analyzers: per-layer evidence read from a feature cache. One front door: ``run_analyzer``."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import numpy as np
+
+from probe_kit.analyzers._registry import (
+    ENTRY_POINT_GROUP,
+    AnalyzerResult,
+    get_analyzer,
+    list_analyzers,
+    register,
+)
+
+__all__ = ["AnalyzerResult", "ENTRY_POINT_GROUP", "get_analyzer", "list_analyzers", "register", "run_analyzer",
+           "write_result"]
+
+
+def run_analyzer(name: str, cache_path: Path, layers: str, seed: int = 0, **options) -> AnalyzerResult:
+    """Run analyzer ``name`` on the ``layers`` selection of a cache (all, lists, ranges, negatives)."""
+    from probe_kit.cache.reader import FeatureCache
+    from probe_kit.cache.writer import resolve_layers
+
+    info = get_analyzer(name)
+    accepted = [p for p in inspect.signature(info.run).parameters if p not in ("cache", "layers", "seed")]
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in inspect.signature(info.run).parameters.values())
+    unknown = sorted(set(options) - set(accepted))
+    if unknown and not takes_any:
+        raise ValueError(f"analyzer {name}: unknown option {unknown[0]!r}; options are {accepted}")
+    with FeatureCache(cache_path) as cache:
+        chosen = resolve_layers(layers, cache.model["config"]["num_hidden_layers"])
+        missing = [layer for layer in chosen if layer not in cache.layers]
+        if missing:
+            raise ValueError(f"{cache_path}: layers {missing} are not in the cache (cached: {list(cache.layers)})")
+        result = info.run(cache, chosen, seed=seed, **options)
+        result.extra.setdefault("cache", str(Path(cache_path).resolve()))
+    return result
+
+
+def write_result(result: AnalyzerResult, out_dir: Path) -> Path:
+    """``out_dir/result.json`` (+ ``arrays.npz`` when the analyzer produced arrays)."""
+    from probe_kit.io import write_json
+
+    out_dir = Path(out_dir)
+    if result.arrays:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(out_dir / "arrays.npz", **result.arrays)
+    return write_json(out_dir / "result.json", result.to_json())

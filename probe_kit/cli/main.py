@@ -27,9 +27,9 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from probe_kit.cli import cache, data, evaluate, reference
+    from probe_kit.cli import analyze, cache, data, evaluate, reference
 
-    for module in (data, cache, evaluate, reference):
+    for module in (data, cache, evaluate, analyze, reference):
         cli.add_command(module.command)
 
 

@@ -38,3 +38,12 @@ def clip_xywh(boxes: np.ndarray, width: float, height: float) -> np.ndarray:
     x1 = np.clip(b[:, 0] + b[:, 2], 0, width)
     y1 = np.clip(b[:, 1] + b[:, 3], 0, height)
     return np.stack([x0, y0, x1 - x0, y1 - y0], axis=-1)
+
+
+def paired_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """IoU of corresponding boxes: [..., 4] x [..., 4] normalised (cx, cy, w, h) -> [...]."""
+    a0, a1 = a[..., :2] - a[..., 2:] / 2, a[..., :2] + a[..., 2:] / 2
+    b0, b1 = b[..., :2] - b[..., 2:] / 2, b[..., :2] + b[..., 2:] / 2
+    inter = (torch.minimum(a1, b1) - torch.maximum(a0, b0)).clamp(min=0).prod(-1)
+    union = a[..., 2:].prod(-1) + b[..., 2:].prod(-1) - inter
+    return inter / union.clamp(min=1e-12)

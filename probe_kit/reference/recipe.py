@@ -27,7 +27,7 @@ from probe_kit.metrics.coco import evaluate, ground_truth_dict
 from probe_kit.models.loading import seed_token_embeddings
 from probe_kit.models.predict import detections_from_outputs
 from probe_kit.ops.boxes import xywh_to_cxcywh_norm
-from probe_kit.reference.dense_aux import DenseAuxHead, dense_loss, dense_targets
+from probe_kit.ops.dense import DenseHead, dense_loss, dense_targets
 
 
 @dataclass(frozen=True)
@@ -180,7 +180,7 @@ def train_reference(cfg: RecipeConfig, out: Path, budget_minutes: float | None =
     torch.set_num_threads(max(1, torch.get_num_threads()))
     model, processor = build_model(cfg)
     grid = (cfg.image_size // model.config.patch_size, cfg.image_size // model.config.patch_size)
-    aux = DenseAuxHead(cfg.hidden_size)
+    aux = DenseHead(cfg.hidden_size)
     params = list(model.parameters()) + list(aux.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     state_path = out / "last.pt"

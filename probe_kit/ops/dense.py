@@ -1,9 +1,8 @@
-"""Dense auxiliary loss on the final layer's patch tokens: a training aid, dropped after training.
+"""Dense per-patch detection: objectness + box per patch token, its targets, loss and decoding.
 
 Each patch predicts objectness (does a person cover the patch centre, or is the patch the one
-holding a person's box centre) and, where positive, that person's box. It teaches the encoder
-box-aware features long before the detection tokens learn to read them out, which is what got
-the prototype off the DETR plateau.
+holding a person's box centre) and, where positive, that person's box. Used by the reference
+recipe (an auxiliary loss on the final layer, dropped after training) and by the dense probe.
 """
 
 from __future__ import annotations
@@ -16,12 +15,19 @@ from transformers.loss.loss_for_object_detection import generalized_box_iou
 from probe_kit.ops.set_loss import cxcywh_to_xyxy
 
 
-class DenseAuxHead(nn.Module):
-    """Linear map of each patch token -> (objectness logit, 4 box logits)."""
+class DenseHead(nn.Module):
+    """Each patch token -> (objectness logit, 4 box logits): one linear map, or a YOLOS-shaped MLP."""
 
-    def __init__(self, hidden_size: int) -> None:
+    def __init__(self, hidden_size: int, kind: str = "linear") -> None:
         super().__init__()
-        self.proj = nn.Linear(hidden_size, 5)
+        if kind == "linear":
+            self.proj = nn.Linear(hidden_size, 5)
+        elif kind == "mlp":
+            from probe_kit.models.heads import mlp
+
+            self.proj = mlp(hidden_size, hidden_size, 5)
+        else:
+            raise ValueError(f"dense head kind: expected 'linear' or 'mlp', got {kind!r}")
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
         """[B, P, D] -> [B, P, 5]."""
@@ -70,3 +76,25 @@ def dense_loss(pred: torch.Tensor, objectness: torch.Tensor, boxes: torch.Tensor
     else:
         l1 = giou = pred.sum() * 0.0
     return {"loss_dense": obj_loss + 5 * l1 + 2 * giou, "dense_obj": obj_loss, "dense_l1": l1, "dense_giou": giou}
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float = 0.5, keep: int = 100) -> np.ndarray:
+    """Greedy non-maximum suppression on [N, 4] (x0, y0, x1, y1); indices kept, best first.
+
+    Written here because torchvision's ``nms`` does not load beside the pinned CPU torch build.
+    """
+    order = np.argsort(-scores, kind="stable")
+    kept: list[int] = []
+    while order.size and len(kept) < keep:
+        best = order[0]
+        kept.append(int(best))
+        rest = order[1:]
+        x0 = np.maximum(boxes[best, 0], boxes[rest, 0])
+        y0 = np.maximum(boxes[best, 1], boxes[rest, 1])
+        x1 = np.minimum(boxes[best, 2], boxes[rest, 2])
+        y1 = np.minimum(boxes[best, 3], boxes[rest, 3])
+        inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
+        area = lambda b: (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])  # noqa: E731
+        iou = inter / np.maximum(area(boxes[best]) + area(boxes[rest]) - inter, 1e-12)
+        order = rest[iou <= iou_threshold]
+    return np.asarray(kept, dtype=np.int64)

@@ -1,0 +1,54 @@
+"""One training loop for every head trained on cached tokens (tuned lens, probes, dense probe)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+
+
+def fit(
+    module: torch.nn.Module,
+    batches: Callable[[int], Iterable],
+    loss_fn: Callable[[torch.nn.Module, object], dict[str, torch.Tensor]],
+    holdout_loss: Callable[[torch.nn.Module], float],
+    epochs: int,
+    lr: float,
+    patience: int = 5,
+    desc: str = "fit",
+    progress: bool = False,
+) -> list[dict]:
+    """Adam on ``loss_fn(module, batch)["loss"]``; keeps the weights of the best holdout epoch.
+
+    ``batches(epoch)`` yields one epoch's mini-batches. Returns one record per epoch with the mean
+    of every loss component and the holdout loss, so each component can be plotted.
+    """
+    from tqdm import tqdm
+
+    optimizer = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=lr)
+    best, best_state, since_best, history = float("inf"), copy.deepcopy(module.state_dict()), 0, []
+    for epoch in tqdm(range(epochs), desc=desc, leave=False, disable=not progress):
+        module.train()
+        sums: dict[str, list[float]] = {}
+        for batch in batches(epoch):
+            parts = loss_fn(module, batch)
+            optimizer.zero_grad(set_to_none=True)
+            parts["loss"].backward()
+            optimizer.step()
+            for key, value in parts.items():
+                sums.setdefault(key, []).append(float(value.detach()))
+        module.eval()
+        with torch.no_grad():
+            held = holdout_loss(module)
+        history.append({"epoch": epoch + 1, **{k: float(np.mean(v)) for k, v in sums.items()}, "holdout": held})
+        if held < best - 1e-6:
+            best, best_state, since_best = held, copy.deepcopy(module.state_dict()), 0
+        else:
+            since_best += 1
+            if since_best >= patience:
+                break
+    module.load_state_dict(best_state)
+    module.eval()
+    return history

@@ -1,0 +1,139 @@
+"""Detection lens and tuned lens: read each layer's det tokens through the model's own head.
+
+Lens: the final LayerNorm (its statistics recomputed on each layer's tokens) and the pretrained
+class and box heads, applied to layer k's detection tokens. At the last layer this *is* the model.
+Tuned lens (Belrose et al. 2023): one affine translator per layer, ``h + A h + b``, zero-initialised
+so it starts equal to the lens, trained by distillation towards the final layer's outputs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+from transformers.loss.loss_for_object_detection import generalized_box_iou
+
+from probe_kit.analyzers._data import Split, headline, iter_batches, load_cache_model, make_split, score
+from probe_kit.analyzers._fit import fit
+from probe_kit.analyzers._registry import AnalyzerResult, register
+from probe_kit.cache.reader import FeatureCache
+from probe_kit.models.heads import DetectionHead
+from probe_kit.ops.boxes import paired_iou
+from probe_kit.ops.set_loss import cxcywh_to_xyxy
+
+CONFIDENT = 0.5  # final-layer person score above which a token counts as a detection for box agreement
+
+
+def _outputs(head: nn.Module, cache: FeatureCache, layer: int, indices: np.ndarray, chunk: int = 512):
+    """Head outputs ``(logits, boxes)`` for the det tokens of ``layer`` at ``indices``, read chunk-wise."""
+    logits, boxes = [], []
+    with torch.no_grad():
+        for start in range(0, len(indices), chunk):
+            feats = torch.from_numpy(cache.read(layer, "det", indices[start : start + chunk]))
+            lg, bx = head(feats)
+            logits.append(lg)
+            boxes.append(bx)
+    return torch.cat(logits), torch.cat(boxes)
+
+
+def _kl_to_final(final_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """Mean over tokens of KL(p_final || p_layer) of the class distributions."""
+    log_p_final = final_logits.log_softmax(-1)
+    return (log_p_final.exp() * (log_p_final - logits.log_softmax(-1))).sum(-1).mean()
+
+
+def agreement(logits: torch.Tensor, boxes: torch.Tensor, final_logits: torch.Tensor, final_boxes: torch.Tensor,
+              person: int) -> dict:
+    """KL(final || layer) of class distributions, and same-token box IoU where the final layer detects."""
+    kl = _kl_to_final(final_logits, logits)
+    confident = final_logits.softmax(-1)[..., person] >= CONFIDENT
+    iou = paired_iou(boxes, final_boxes)[confident]
+    return {"kl_to_final": float(kl), "box_iou_to_final": float(iou.mean()) if iou.numel() else None,
+            "confident_tokens": int(confident.sum())}
+
+
+def _setup(cache: FeatureCache, val_fraction: float, val_sequences):
+    samples = cache.samples()
+    split = make_split(samples, val_fraction, val_sequences=val_sequences)
+    logits, boxes = cache.final_outputs()
+    return samples, split, torch.from_numpy(logits), torch.from_numpy(boxes)
+
+
+def _layer_metrics(head, cache, layer, split: Split, samples, final_logits, final_boxes, person) -> dict:
+    logits, boxes = _outputs(head, cache, layer, split.val)
+    metrics = headline(score(logits, boxes, [samples[i] for i in split.val], person))
+    return metrics | agreement(logits, boxes, final_logits[split.val], final_boxes[split.val], person)
+
+
+@register("lens", "model's final LayerNorm + pretrained heads on each layer's det tokens (no training), COCO mAP")
+def run_lens(cache: FeatureCache, layers: tuple[int, ...], seed: int = 0, val_fraction: float = 0.3,
+             val_sequences: tuple[str, ...] = ()) -> AnalyzerResult:
+    samples, split, final_logits, final_boxes = _setup(cache, val_fraction, val_sequences)
+    head = DetectionHead.from_model(load_cache_model(cache)).eval()
+    person = cache.person_index()
+    per_layer = {
+        layer: _layer_metrics(head, cache, layer, split, samples, final_logits, final_boxes, person)
+        for layer in layers
+    }
+    return AnalyzerResult("lens", {"val_fraction": val_fraction, "val_sequences": list(val_sequences)}, seed,
+                          per_layer, cache.fingerprint, extra={"split": split.describe(samples)})
+
+
+class TunedLens(nn.Module):
+    """``head(h + A h + b)`` with A, b zero-initialised and the head frozen."""
+
+    def __init__(self, head: DetectionHead, dim: int) -> None:
+        super().__init__()
+        self.head = head
+        for param in self.head.parameters():
+            param.requires_grad_(False)
+        self.translator = nn.Linear(dim, dim)
+        nn.init.zeros_(self.translator.weight)
+        nn.init.zeros_(self.translator.bias)
+
+    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.head(tokens + self.translator(tokens))
+
+
+def distillation_loss(logits, boxes, final_logits, final_boxes) -> dict[str, torch.Tensor]:
+    """Class KL to the final layer, plus 5 L1 + 2 GIoU on boxes weighted by the final foreground probability."""
+    kl = _kl_to_final(final_logits, logits)
+    weight = 1 - final_logits.softmax(-1)[..., -1]  # probability that the final layer sees an object
+    norm = weight.sum().clamp(min=1e-6)
+    l1 = ((boxes - final_boxes).abs().sum(-1) * weight).sum() / norm
+    giou = torch.diag(generalized_box_iou(cxcywh_to_xyxy(boxes.reshape(-1, 4)), cxcywh_to_xyxy(final_boxes.reshape(-1, 4))))
+    giou_loss = ((1 - giou) * weight.reshape(-1)).sum() / norm
+    return {"loss": kl + 5 * l1 + 2 * giou_loss, "loss_kl": kl, "loss_l1": l1, "loss_giou": giou_loss}
+
+
+@register("tuned-lens", "per-layer affine translator (zero-init = lens) distilled to the final layer, COCO mAP")
+def run_tuned_lens(cache: FeatureCache, layers: tuple[int, ...], seed: int = 0, val_fraction: float = 0.3,
+                   val_sequences: tuple[str, ...] = (), epochs: int = 30, lr: float = 1e-3,
+                   batch_size: int = 64) -> AnalyzerResult:
+    samples, split, final_logits, final_boxes = _setup(cache, val_fraction, val_sequences)
+    model = load_cache_model(cache)
+    person = cache.person_index()
+    per_layer, histories = {}, {}
+    for layer in layers:
+        torch.manual_seed(seed)
+        lens = TunedLens(DetectionHead.from_model(model), model.config.hidden_size)
+
+        def batches(epoch, layer=layer):
+            rng = np.random.default_rng([seed, layer, epoch])
+            return iter_batches(cache, layer, "det", split.train, batch_size, rng)
+
+        def loss_fn(module, batch):
+            idx, feats = batch
+            logits, boxes = module(feats)
+            return distillation_loss(logits, boxes, final_logits[idx], final_boxes[idx])
+
+        def holdout(module, layer=layer):
+            logits, boxes = _outputs(module, cache, layer, split.holdout)
+            return float(distillation_loss(logits, boxes, final_logits[split.holdout], final_boxes[split.holdout])["loss"])
+
+        histories[str(layer)] = fit(lens, batches, loss_fn, holdout, epochs, lr, desc=f"tuned-lens L{layer}")
+        per_layer[layer] = _layer_metrics(lens, cache, layer, split, samples, final_logits, final_boxes, person)
+    options = {"val_fraction": val_fraction, "val_sequences": list(val_sequences), "epochs": epochs, "lr": lr,
+               "batch_size": batch_size}
+    return AnalyzerResult("tuned-lens", options, seed, per_layer, cache.fingerprint,
+                          extra={"split": split.describe(samples), "training": histories})

@@ -1,0 +1,99 @@
+"""Detection probes on cached det tokens: linear and YOLOS-shaped MLP heads, DETR set loss, COCO mAP.
+
+Trained on the training images, early-stopped on a held-out part of them, scored on validation
+images only (split by sequence, never by random frames of one sequence).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from probe_kit.analyzers._data import box_targets, headline, iter_batches, load_cache_model, make_split, score
+from probe_kit.analyzers._fit import fit
+from probe_kit.analyzers._registry import AnalyzerResult, register
+from probe_kit.cache.reader import FeatureCache
+from probe_kit.models.heads import DetectionHead, Standardize
+from probe_kit.ops.set_loss import SetCriterion
+
+
+def _predict(head, cache: FeatureCache, layer: int, indices: np.ndarray, chunk: int = 512):
+    logits, boxes = [], []
+    with torch.no_grad():
+        for start in range(0, len(indices), chunk):
+            lg, bx = head(torch.from_numpy(cache.read(layer, "det", indices[start : start + chunk])))
+            logits.append(lg)
+            boxes.append(bx)
+    return torch.cat(logits), torch.cat(boxes)
+
+
+def _standardizer(cache: FeatureCache, layer: int, indices: np.ndarray, chunk: int = 2048) -> Standardize:
+    """Per-dimension mean/std of the training images' det tokens, accumulated chunk by chunk."""
+    total, total_sq, count = 0.0, 0.0, 0
+    for start in range(0, len(indices), chunk):
+        feats = cache.read(layer, "det", indices[start : start + chunk]).astype(np.float64)
+        flat = feats.reshape(-1, feats.shape[-1])
+        total, total_sq, count = total + flat.sum(0), total_sq + (flat**2).sum(0), count + len(flat)
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean**2, 0))
+    return Standardize(torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(std, dtype=torch.float32))
+
+
+def train_probe(cache: FeatureCache, layer: int, kind: str, seed: int = 0, val_fraction: float = 0.3,
+                val_sequences: tuple[str, ...] = (), epochs: int = 40, lr: float = 1e-3, batch_size: int = 32,
+                init_from_head: bool = False, no_object_weight: float = 0.1):
+    """Train one probe on ``layer``; returns ``(head, person_index, split, samples, history)``."""
+    samples = cache.samples()
+    split = make_split(samples, val_fraction, val_sequences=val_sequences)
+    torch.manual_seed(seed)
+    if init_from_head:
+        model = load_cache_model(cache)
+        if kind == "linear":
+            raise ValueError("--init-from-head: the pretrained head is an MLP; use probe-mlp")
+        head, person = DetectionHead.from_model(model), cache.person_index()
+        num_classes = model.config.num_labels
+    else:
+        norm = _standardizer(cache, layer, split.train) if kind == "linear" else None
+        dim = cache.read(layer, "det", slice(0, 1)).shape[-1]
+        head, person, num_classes = DetectionHead.fresh(dim, 2, kind, norm), 0, 1
+    criterion = SetCriterion(num_classes=num_classes, eos_coef=no_object_weight)
+    targets = box_targets(samples, person)
+
+    def batches(epoch):
+        return iter_batches(cache, layer, "det", split.train, batch_size, np.random.default_rng([seed, layer, epoch]))
+
+    def loss_fn(module, batch):
+        idx, feats = batch
+        logits, boxes = module(feats)
+        return criterion(logits, boxes, [targets[i] for i in idx])
+
+    def holdout(module):
+        logits, boxes = _predict(module, cache, layer, split.holdout)
+        return float(criterion(logits, boxes, [targets[i] for i in split.holdout])["loss"])
+
+    history = fit(head, batches, loss_fn, holdout, epochs, lr, desc=f"probe-{kind} L{layer}")
+    return head, person, split, samples, history
+
+
+def _run(kind: str, cache: FeatureCache, layers: tuple[int, ...], seed: int, **options) -> AnalyzerResult:
+    per_layer, histories, split_info = {}, {}, None
+    for layer in layers:
+        head, person, split, samples, history = train_probe(cache, layer, kind, seed, **options)
+        logits, boxes = _predict(head, cache, layer, split.val)
+        per_layer[layer] = headline(score(logits, boxes, [samples[i] for i in split.val], person))
+        per_layer[layer]["epochs_trained"] = len(history)
+        histories[str(layer)] = history
+        split_info = split.describe(samples)
+    options = {k: (list(v) if isinstance(v, tuple) else v) for k, v in options.items()}
+    return AnalyzerResult(f"probe-{kind}", options, seed, per_layer, cache.fingerprint,
+                          extra={"split": split_info, "training": histories})
+
+
+@register("probe-linear", "affine maps from standardised det tokens to class + box, set loss, COCO mAP")
+def run_linear(cache: FeatureCache, layers: tuple[int, ...], seed: int = 0, **options) -> AnalyzerResult:
+    return _run("linear", cache, layers, seed, **options)
+
+
+@register("probe-mlp", "YOLOS-shaped 3-layer MLP heads on det tokens, set loss, COCO mAP")
+def run_mlp(cache: FeatureCache, layers: tuple[int, ...], seed: int = 0, **options) -> AnalyzerResult:
+    return _run("mlp", cache, layers, seed, **options)

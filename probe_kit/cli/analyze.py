@@ -1,0 +1,53 @@
+"""``probe-kit analyze NAME --cache F --layers L``: one analyzer on one layer set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command("analyze")
+@click.argument("name", required=False)
+@click.option("--list", "show_list", is_flag=True, help="List the available analyzers.")
+@click.option("--cache", "cache_path", type=click.Path(path_type=Path), default=None)
+@click.option("--layers", default="all", show_default=True, help="all | 3,6,9,12 | 1-4 | -1")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder (default runs/NAME).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--val-sequences", default=None, help="Validation sequences, comma-separated (default: last 30%).")
+@click.option("--option", "-o", "extra", multiple=True, metavar="KEY=VALUE",
+              help="Analyzer option, e.g. -o epochs=20 -o head=linear -o init_from_head=true.")
+def command(name, show_list, cache_path, layers, out, seed, val_sequences, extra) -> None:
+    """Run one analyzer on one layer set of a cache; writes OUT/result.json."""
+    from probe_kit.analyzers import list_analyzers, run_analyzer, write_result
+
+    if show_list:
+        for info in list_analyzers():
+            click.echo(f"{info.name:14s} {info.summary}")
+        return
+    if not name or cache_path is None:
+        raise click.UsageError("give an analyzer NAME and --cache (or --list)")
+    options = dict(_parse_option(item) for item in extra)
+    if val_sequences:
+        options["val_sequences"] = tuple(v.strip() for v in val_sequences.split(","))
+    result = run_analyzer(name, cache_path, layers, seed, **options)
+    path = write_result(result, out or Path("runs") / name)
+    for layer, metrics in sorted(result.layers.items()):
+        shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+        click.echo(f"layer {layer:>2}: {shown}")
+    click.echo(f"-> {path}")
+
+
+def _parse_option(item: str) -> tuple[str, object]:
+    key, sep, value = item.partition("=")
+    if not sep:
+        raise click.BadParameter(f"{item!r}: expected KEY=VALUE", param_hint="--option")
+    lowered = value.lower()
+    if lowered in ("true", "false"):
+        return key, lowered == "true"
+    for cast in (int, float):
+        try:
+            return key, cast(value)
+        except ValueError:
+            pass
+    return key, value
