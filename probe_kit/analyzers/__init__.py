@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 
 import numpy as np
@@ -25,10 +24,9 @@ def run_analyzer(name: str, cache_path: Path, layers: str, seed: int = 0, **opti
     from probe_kit.cache.writer import resolve_layers
 
     info = get_analyzer(name)
-    accepted = [p for p in inspect.signature(info.run).parameters if p not in ("cache", "layers", "seed")]
-    takes_any = any(p.kind is p.VAR_KEYWORD for p in inspect.signature(info.run).parameters.values())
+    accepted = info.option_names()
     unknown = sorted(set(options) - set(accepted))
-    if unknown and not takes_any:
+    if unknown:
         raise ValueError(f"analyzer {name}: unknown option {unknown[0]!r}; options are {accepted}")
     with FeatureCache(cache_path) as cache:
         chosen = resolve_layers(layers, cache.model["config"]["num_hidden_layers"])

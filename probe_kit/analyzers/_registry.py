@@ -6,7 +6,8 @@ entry point names a module (or callable) that registers its analyzers on import.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import inspect
+from dataclasses import dataclass, field, fields
 from importlib import import_module
 from importlib.metadata import entry_points
 from typing import Any, Callable
@@ -45,19 +46,27 @@ class AnalyzerInfo:
     name: str
     summary: str
     run: Callable[..., AnalyzerResult]  # run(cache, layers, seed=..., **options)
+    options: type | None = None  # dataclass of the options, where ``run`` takes **options
+
+    def option_names(self) -> list[str]:
+        """Options ``run`` accepts, from its options dataclass or else its signature."""
+        if self.options is not None:
+            return [f.name for f in fields(self.options)]
+        params = inspect.signature(self.run).parameters
+        return [p for p in params if p not in ("cache", "layers", "seed")]
 
 
 _REGISTRY: dict[str, AnalyzerInfo] = {}
 _loaded = False
 
 
-def register(name: str, summary: str) -> Callable:
+def register(name: str, summary: str, options: type | None = None) -> Callable:
     """Decorator: ``@register("lens", "one line")`` on ``def run(cache, layers, seed, **options)``."""
 
     def wrap(func: Callable[..., AnalyzerResult]) -> Callable[..., AnalyzerResult]:
         if name in _REGISTRY and _REGISTRY[name].run is not func:
             raise ValueError(f"analyzer {name!r} is registered twice")
-        _REGISTRY[name] = AnalyzerInfo(name, summary, func)
+        _REGISTRY[name] = AnalyzerInfo(name, summary, func, options)
         return func
 
     return wrap

@@ -6,10 +6,20 @@ images only (split by sequence, never by random frames of one sequence).
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
+
 import numpy as np
 import torch
 
-from probe_kit.analyzers._data import box_targets, headline, iter_batches, load_cache_model, make_split, score
+from probe_kit.analyzers._data import (
+    box_targets,
+    headline,
+    iter_batches,
+    load_cache_model,
+    make_split,
+    options_json,
+    score,
+)
 from probe_kit.analyzers._fit import fit
 from probe_kit.analyzers._registry import AnalyzerResult, register
 from probe_kit.cache.reader import FeatureCache
@@ -39,14 +49,23 @@ def _standardizer(cache: FeatureCache, layer: int, indices: np.ndarray, chunk: i
     return Standardize(torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(std, dtype=torch.float32))
 
 
-def train_probe(cache: FeatureCache, layer: int, kind: str, seed: int = 0, val_fraction: float = 0.3,
-                val_sequences: tuple[str, ...] = (), epochs: int = 40, lr: float = 1e-3, batch_size: int = 32,
-                init_from_head: bool = False, no_object_weight: float = 0.1):
+@dataclass(frozen=True)
+class ProbeOptions:
+    val_fraction: float = 0.3
+    val_sequences: tuple[str, ...] = ()
+    epochs: int = 40
+    lr: float = 1e-3
+    batch_size: int = 32
+    init_from_head: bool = False  # start from the model's pretrained head (MLP probes only)
+    no_object_weight: float = 0.1
+
+
+def train_probe(cache: FeatureCache, layer: int, kind: str, seed: int = 0, opts: ProbeOptions = ProbeOptions()):
     """Train one probe on ``layer``; returns ``(head, person_index, split, samples, history)``."""
     samples = cache.samples()
-    split = make_split(samples, val_fraction, val_sequences=val_sequences)
+    split = make_split(samples, opts.val_fraction, val_sequences=opts.val_sequences)
     torch.manual_seed(seed)
-    if init_from_head:
+    if opts.init_from_head:
         model = load_cache_model(cache)
         if kind == "linear":
             raise ValueError("--init-from-head: the pretrained head is an MLP; use probe-mlp")
@@ -56,11 +75,12 @@ def train_probe(cache: FeatureCache, layer: int, kind: str, seed: int = 0, val_f
         norm = _standardizer(cache, layer, split.train) if kind == "linear" else None
         dim = cache.read(layer, "det", slice(0, 1)).shape[-1]
         head, person, num_classes = DetectionHead.fresh(dim, 2, kind, norm), 0, 1
-    criterion = SetCriterion(num_classes=num_classes, eos_coef=no_object_weight)
+    criterion = SetCriterion(num_classes=num_classes, eos_coef=opts.no_object_weight)
     targets = box_targets(samples, person)
 
     def batches(epoch):
-        return iter_batches(cache, layer, "det", split.train, batch_size, np.random.default_rng([seed, layer, epoch]))
+        rng = np.random.default_rng([seed, layer, epoch])
+        return iter_batches(cache, layer, "det", split.train, opts.batch_size, rng)
 
     def loss_fn(module, batch):
         idx, feats = batch
@@ -71,29 +91,29 @@ def train_probe(cache: FeatureCache, layer: int, kind: str, seed: int = 0, val_f
         logits, boxes = _predict(module, cache, layer, split.holdout)
         return float(criterion(logits, boxes, [targets[i] for i in split.holdout])["loss"])
 
-    history = fit(head, batches, loss_fn, holdout, epochs, lr, desc=f"probe-{kind} L{layer}")
+    history = fit(head, batches, loss_fn, holdout, opts.epochs, opts.lr, desc=f"probe-{kind} L{layer}")
     return head, person, split, samples, history
 
 
 def _run(kind: str, cache: FeatureCache, layers: tuple[int, ...], seed: int, **options) -> AnalyzerResult:
+    opts = ProbeOptions(**{k: tuple(v) if k == "val_sequences" else v for k, v in options.items()})
     per_layer, histories, split_info = {}, {}, None
     for layer in layers:
-        head, person, split, samples, history = train_probe(cache, layer, kind, seed, **options)
+        head, person, split, samples, history = train_probe(cache, layer, kind, seed, opts)
         logits, boxes = _predict(head, cache, layer, split.val)
         per_layer[layer] = headline(score(logits, boxes, [samples[i] for i in split.val], person))
         per_layer[layer]["epochs_trained"] = len(history)
         histories[str(layer)] = history
         split_info = split.describe(samples)
-    options = {k: (list(v) if isinstance(v, tuple) else v) for k, v in options.items()}
-    return AnalyzerResult(f"probe-{kind}", options, seed, per_layer, cache.fingerprint,
+    return AnalyzerResult(f"probe-{kind}", options_json(asdict(opts)), seed, per_layer, cache.fingerprint,
                           extra={"split": split_info, "training": histories})
 
 
-@register("probe-linear", "affine maps from standardised det tokens to class + box, set loss, COCO mAP")
+@register("probe-linear", "affine maps from standardised det tokens to class + box, set loss, COCO mAP", ProbeOptions)
 def run_linear(cache: FeatureCache, layers: tuple[int, ...], seed: int = 0, **options) -> AnalyzerResult:
     return _run("linear", cache, layers, seed, **options)
 
 
-@register("probe-mlp", "YOLOS-shaped 3-layer MLP heads on det tokens, set loss, COCO mAP")
+@register("probe-mlp", "YOLOS-shaped 3-layer MLP heads on det tokens, set loss, COCO mAP", ProbeOptions)
 def run_mlp(cache: FeatureCache, layers: tuple[int, ...], seed: int = 0, **options) -> AnalyzerResult:
     return _run("mlp", cache, layers, seed, **options)

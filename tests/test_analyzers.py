@@ -1,0 +1,146 @@
+"""Analyzers on a tiny random model's cache, and a probe test that can fail."""
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from probe_kit.analyzers import list_analyzers, run_analyzer, write_result
+from probe_kit.analyzers.lens import TunedLens
+from probe_kit.cache.reader import FeatureCache
+from probe_kit.cache.schema import SCHEMA_VERSION, TokenLayout, layer_path
+from probe_kit.cache.writer import write_cache
+from probe_kit.cli.main import cli
+from probe_kit.data.spec import parse_data_spec
+from probe_kit.models.heads import DetectionHead
+from probe_kit.models.loading import ModelSpec, load_yolos
+
+FAST = {"lens": {}, "tuned-lens": {"epochs": 2}, "probe-linear": {"epochs": 2}, "probe-mlp": {"epochs": 2},
+        "probe-dense": {"epochs": 2}}
+
+
+@pytest.fixture(scope="module")
+def tiny_cache(tiny_model, synth_dir, tmp_path_factory):
+    return write_cache(ModelSpec(str(tiny_model)), parse_data_spec(f"synth:{synth_dir}"), "all",
+                       ["det", "patch"], tmp_path_factory.mktemp("a") / "c.h5", dtype="float32", batch_size=4,
+                       progress=False)
+
+
+def test_every_analyzer_is_listed_with_a_summary():
+    names = {a.name for a in list_analyzers()}
+    assert set(FAST) <= names
+    assert all(a.summary for a in list_analyzers())
+
+
+@pytest.mark.parametrize("name", sorted(FAST))
+def test_runs_end_to_end_and_is_deterministic(name, tiny_cache, tmp_path):
+    a = run_analyzer(name, tiny_cache, "2,4", seed=3, **FAST[name])
+    b = run_analyzer(name, tiny_cache, "2,4", seed=3, **FAST[name])
+    assert a.to_json() == b.to_json()
+    path = write_result(a, tmp_path / name)
+    saved = json.loads(path.read_text())
+    assert saved["analyzer"] == name and saved["seed"] == 3
+    assert set(saved["layers"]) == {"2", "4"}
+    assert {"AP", "AP50"} <= set(saved["layers"]["4"])
+    with FeatureCache(tiny_cache) as cache:
+        assert saved["cache_fingerprint"] == cache.fingerprint
+    # validation images never trained
+    split = saved["split"]
+    assert not set(split["val_groups"]) & set(split["train_groups"])
+
+
+def test_lens_at_last_layer_is_the_model(tiny_model, tiny_cache):
+    model, _ = load_yolos(ModelSpec(str(tiny_model)))
+    head = DetectionHead.from_model(model).eval()
+    with FeatureCache(tiny_cache) as cache:
+        logits, boxes = head(torch.from_numpy(cache.read(4, "det")))
+        final_logits, final_boxes = cache.final_outputs()
+    assert np.abs(logits.detach().numpy() - final_logits).max() < 1e-5
+    assert np.abs(boxes.detach().numpy() - final_boxes).max() < 1e-5
+    result = run_analyzer("lens", tiny_cache, "-1")
+    assert result.layers[4]["kl_to_final"] == pytest.approx(0, abs=1e-6)
+    assert result.layers[4]["box_iou_to_final"] in (None, pytest.approx(1, abs=1e-5))
+
+
+def test_tuned_lens_starts_as_the_lens(tiny_model, tiny_cache):
+    model, _ = load_yolos(ModelSpec(str(tiny_model)))
+    head = DetectionHead.from_model(model).eval()
+    tuned = TunedLens(DetectionHead.from_model(model), model.config.hidden_size).eval()
+    with FeatureCache(tiny_cache) as cache:
+        tokens = torch.from_numpy(cache.read(2, "det"))
+    for a, b in zip(head(tokens), tuned(tokens)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def _write_linear_world_cache(path, shuffle: bool, n=90, n_det=3, dim=16, seed=0):
+    """A cache whose det token 0 carries logit(box) and an object flag through a fixed linear map."""
+    rng = np.random.default_rng(seed)
+    cxcywh = np.column_stack([rng.uniform(0.3, 0.7, n), rng.uniform(0.3, 0.7, n),
+                              rng.uniform(0.1, 0.3, n), rng.uniform(0.2, 0.4, n)])
+    mixing = rng.normal(size=(5, dim))
+    tokens = rng.normal(scale=0.05, size=(n, n_det, dim))
+    latent = np.column_stack([np.log(cxcywh / (1 - cxcywh)), np.ones(n)])
+    tokens[:, 0] += latent @ mixing
+    tokens[:, 1:] += np.column_stack([rng.normal(size=(n * (n_det - 1), 4)), -np.ones(n * (n_det - 1))]).reshape(
+        n, n_det - 1, 5) @ mixing
+    if shuffle:
+        tokens = tokens[rng.permutation(n)]
+    size = 100
+    xywh = np.column_stack([(cxcywh[:, 0] - cxcywh[:, 2] / 2) * size, (cxcywh[:, 1] - cxcywh[:, 3] / 2) * size,
+                            cxcywh[:, 2] * size, cxcywh[:, 3] * size]).astype(np.float32)
+    with h5py.File(path, "w") as h5:
+        h5.attrs.update({
+            "schema_version": SCHEMA_VERSION, "complete": True, "num_written": n,
+            "layout": TokenLayout(n_det, 0, 0).to_json(),
+            "model": json.dumps({"name": "none", "revision": None, "fingerprint": "x",
+                                 "config": {"num_hidden_layers": 1, "id2label": {"0": "person"}}}),
+            "dataset": json.dumps({"kind": "synth"}), "preprocessing": "{}", "versions": "{}", "created": "",
+            "options": json.dumps({"layers": [1], "tokens": ["det"], "dtype": "float32", "batch_size": 1}),
+        })
+        h5["images/image_id"] = np.arange(1, n + 1)
+        h5["images/file_name"] = np.array([f"SEQ-{i // 10:02d}/{i:06d}.jpg" for i in range(n)], dtype=object).astype(
+            h5py.string_dtype())
+        h5["images/orig_size"] = np.full((n, 2), size, dtype=np.int32)
+        h5["images/difficulty"] = np.array([""] * n, dtype=object).astype(h5py.string_dtype())
+        for name, values in (("gt/boxes", xywh), ("gt/ignore", np.zeros((n, 0), np.float32))):
+            data = h5.create_dataset(name, (n,), dtype=h5py.vlen_dtype(np.float32))
+            for i in range(n):
+                data[i] = values[i].ravel()
+        h5[layer_path(1, "det")] = tokens.astype(np.float32)
+        h5["final/logits"] = np.zeros((n, n_det, 2), np.float32)
+        h5["final/pred_boxes"] = np.full((n, n_det, 4), 0.5, np.float32)
+    return path
+
+
+def test_linear_probe_finds_a_linear_world_and_fails_on_shuffled_features(tmp_path):
+    good = run_analyzer("probe-linear", _write_linear_world_cache(tmp_path / "good.h5", False), "1", epochs=150,
+                        lr=1e-2)
+    bad = run_analyzer("probe-linear", _write_linear_world_cache(tmp_path / "bad.h5", True), "1", epochs=150,
+                       lr=1e-2)
+    assert good.layers[1]["AP50"] > 0.9
+    assert bad.layers[1]["AP50"] < 0.5
+
+
+def test_bad_input_errors(tiny_model, synth_dir, tiny_cache, tmp_path):
+    with pytest.raises(ValueError, match="unknown analyzer 'nope'"):
+        run_analyzer("nope", tiny_cache, "all")
+    det_only = write_cache(ModelSpec(str(tiny_model)), parse_data_spec(f"synth:{synth_dir}"), "2", ["det"],
+                           tmp_path / "d.h5", progress=False)
+    with pytest.raises(ValueError, match=r"layers \[4\] are not in the cache"):
+        run_analyzer("lens", det_only, "4")
+    with pytest.raises(ValueError, match="no patch tokens cached"):
+        run_analyzer("probe-dense", det_only, "2", epochs=1)
+    with pytest.raises(ValueError, match="unknown option 'epochz'"):
+        run_analyzer("probe-mlp", det_only, "2", epochz=1)
+
+
+def test_cli_list_and_run(tiny_cache, tmp_path):
+    listed = CliRunner().invoke(cli, ["analyze", "--list"])
+    assert listed.exit_code == 0 and "probe-dense" in listed.output
+    ran = CliRunner().invoke(cli, ["analyze", "lens", "--cache", str(tiny_cache), "--layers", "1-2",
+                                   "--out", str(tmp_path / "lens")])
+    assert ran.exit_code == 0, ran.output
+    assert json.loads((tmp_path / "lens/result.json").read_text())["layers"].keys() == {"1", "2"}
