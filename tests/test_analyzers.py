@@ -19,7 +19,7 @@ from probe_kit.models.heads import DetectionHead
 from probe_kit.models.loading import ModelSpec, load_yolos
 
 FAST = {"lens": {}, "tuned-lens": {"epochs": 2}, "probe-linear": {"epochs": 2}, "probe-mlp": {"epochs": 2},
-        "probe-dense": {"epochs": 2}}
+        "probe-dense": {"epochs": 2}, "flops": {}}
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +44,12 @@ def test_runs_end_to_end_and_is_deterministic(name, tiny_cache, tmp_path):
     saved = json.loads(path.read_text())
     assert saved["analyzer"] == name and saved["seed"] == 3
     assert set(saved["layers"]) == {"2", "4"}
-    assert {"AP", "AP50"} <= set(saved["layers"]["4"])
     with FeatureCache(tiny_cache) as cache:
         assert saved["cache_fingerprint"] == cache.fingerprint
+    if name == "flops":
+        assert saved["layers"]["4"]["fraction_of_full"] == pytest.approx(1.0)
+        return
+    assert {"AP", "AP50"} <= set(saved["layers"]["4"])
     # validation images never trained
     split = saved["split"]
     assert not set(split["val_groups"]) & set(split["train_groups"])

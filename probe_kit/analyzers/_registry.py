@@ -15,7 +15,12 @@ from typing import Any, Callable
 import numpy as np
 
 ENTRY_POINT_GROUP = "probe_kit.analyzers"
-_BUILTIN_MODULES = ("probe_kit.analyzers.lens", "probe_kit.analyzers.probes", "probe_kit.analyzers.dense")
+_BUILTIN_MODULES = (
+    "probe_kit.analyzers.lens",
+    "probe_kit.analyzers.probes",
+    "probe_kit.analyzers.dense",
+    "probe_kit.analyzers.flops",
+)
 
 
 @dataclass

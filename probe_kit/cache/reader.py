@@ -82,6 +82,10 @@ class FeatureCache:
     def attrs(self) -> dict:
         return {k: (v.item() if hasattr(v, "item") else v) for k, v in self._h5.attrs.items()}
 
+    def input_sizes(self) -> np.ndarray:
+        """[N, 2] (width, height) each image was resized to."""
+        return self._h5["images/input_size"][: self.num_images]
+
     def image_ids(self) -> np.ndarray:
         return self._h5["images/image_id"][: self.num_images]
 

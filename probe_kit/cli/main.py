@@ -27,9 +27,9 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from probe_kit.cli import analyze, cache, data, evaluate, reference
+    from probe_kit.cli import analyze, cache, data, decide, evaluate, reference
 
-    for module in (data, cache, evaluate, analyze, reference):
+    for module in (data, cache, evaluate, analyze, decide, reference):
         cli.add_command(module.command)
 
 
