@@ -43,7 +43,7 @@ def test_not_viable_and_weak_final_layer():
 
 
 def test_hierarchy_violation_is_reported_and_gap_respected():
-    decision = decide(_results({3: 0.5, 4: 0.5, 6: 0.45, 12: 0.8}), Criteria(min_gap_fraction=0.25))
+    decision = decide(_results({3: 0.5, 4: 0.5, 6: 0.48, 12: 0.8}), Criteria(min_gap_fraction=0.25))
     assert decision.exits[:2] == (3, 6)  # 4 is too close to 3
     assert any("hierarchy violated" in line for line in decision.rationale)
 
