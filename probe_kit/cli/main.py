@@ -27,10 +27,12 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from probe_kit.cli import analyze, cache, data, decide, evaluate, reference
+    from probe_kit.cli import analyze, cache, data, decide, evaluate, reference, run
 
     for module in (data, cache, evaluate, analyze, decide, reference):
         cli.add_command(module.command)
+    cli.add_command(run.run)
+    cli.add_command(run.demo)
 
 
 _register()

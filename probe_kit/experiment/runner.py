@@ -1,0 +1,113 @@
+"""Run a whole study: data -> cache -> analyzers -> decide (-> exits -> report, as later stages land).
+
+Every stage writes into the experiment folder and is skipped when its output already exists for
+the same inputs: the cache by its identity (model, preprocessing, data, options), an analyzer by
+the cache fingerprint, layers, options and seed recorded in its result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+from probe_kit.experiment.config import ExperimentConfig
+
+
+def _say(message: str) -> None:
+    import click
+
+    click.echo(message, err=True)
+
+
+def _synth_stage(cfg: ExperimentConfig, out: Path, say: Callable[[str], None]) -> str:
+    from probe_kit.data.synth import SceneSpec, write_synth_dataset
+
+    folder = out / "data"
+    marker = folder / "synth.json"
+    wanted = json.dumps(asdict(cfg.synth), sort_keys=True)
+    if marker.is_file() and marker.read_text() == wanted:
+        say(f"[data] synthetic scenes up to date in {folder}")
+        return f"synth:{folder}"
+    say(f"[data] rendering {cfg.synth.frames} synthetic scenes (seed {cfg.synth.seed})")
+    shutil.rmtree(folder, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(dir=out, prefix=".data."))
+    try:
+        spec = SceneSpec(cfg.synth.size, cfg.synth.size)
+        write_synth_dataset(staging, cfg.synth.frames, cfg.synth.seed, spec)
+        (staging / "synth.json").write_text(wanted)
+        staging.rename(folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return f"synth:{folder}"
+
+
+def _cache_stage(cfg: ExperimentConfig, data_text: str, out: Path, say: Callable[[str], None]) -> Path:
+    from probe_kit.cache.writer import write_cache
+    from probe_kit.data.spec import parse_data_spec
+    from probe_kit.models.loading import ModelSpec
+
+    path = out / "cache.h5"
+    data_spec = parse_data_spec(
+        data_text, sequences=cfg.sequences or None, split=cfg.split, min_visibility=cfg.min_visibility,
+        stride=cfg.stride,
+    )
+    model_spec = ModelSpec(cfg.model, cfg.revision, cfg.device, shortest_edge=cfg.shortest_edge)
+    say(f"[cache] {cfg.model} over {data_text} -> {path}")
+    try:
+        write_cache(model_spec, data_spec, cfg.layers, cfg.tokens, path, batch_size=cfg.batch_size)
+    except ValueError as err:
+        if "refusing to append" not in str(err):
+            raise
+        say(f"[cache] inputs changed ({err}); rebuilding")
+        path.unlink()
+        write_cache(model_spec, data_spec, cfg.layers, cfg.tokens, path, batch_size=cfg.batch_size)
+    return path
+
+
+def _inputs_key(fingerprint: str, name: str, layers: str, options: dict, seed: int) -> str:
+    text = json.dumps([fingerprint, name, layers, options, seed], sort_keys=True, default=list)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _analyzer_stage(cfg: ExperimentConfig, cache_path: Path, out: Path, say: Callable[[str], None]) -> None:
+    from probe_kit.analyzers import run_analyzer, write_result
+    from probe_kit.cache.reader import FeatureCache
+
+    with FeatureCache(cache_path) as cache:
+        fingerprint = cache.fingerprint
+    for name, settings in cfg.analyzers.items():
+        options = {k: v for k, v in settings.items() if k != "layers"}
+        if cfg.val_sequences and name != "flops" and "val_sequences" not in options:
+            options["val_sequences"] = tuple(cfg.val_sequences)
+        layers = str(settings.get("layers", cfg.layers))
+        key = _inputs_key(fingerprint, name, layers, options, cfg.seed)
+        result_path = out / "results" / name / "result.json"
+        if result_path.is_file() and json.loads(result_path.read_text()).get("inputs_key") == key:
+            say(f"[analyze] {name}: up to date")
+            continue
+        say(f"[analyze] {name} on layers {layers}")
+        result = run_analyzer(name, cache_path, layers, cfg.seed, **options)
+        result.extra["inputs_key"] = key
+        write_result(result, result_path.parent)
+
+
+def run_experiment(cfg: ExperimentConfig, out: Path, say: Callable[[str], None] = _say) -> dict:
+    """Run every stage of ``cfg`` into ``out``; returns the decision as JSON."""
+    from probe_kit.decision import decide, load_results
+    from probe_kit.io import write_json
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "experiment.json", asdict(cfg))
+    data_text = _synth_stage(cfg, out, say) if cfg.synth else cfg.data
+    cache_path = _cache_stage(cfg, data_text, out, say)
+    _analyzer_stage(cfg, cache_path, out, say)
+    decision = decide(load_results(out / "results")).to_json()
+    write_json(out / "results" / "decision.json", decision)
+    say("[decide] " + "\n[decide] ".join(decision["rationale"]))
+    return decision

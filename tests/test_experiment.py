@@ -1,0 +1,58 @@
+"""Experiment files: validated before any work, stages skipped when up to date."""
+
+import json
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from probe_kit.cli.main import cli
+from probe_kit.experiment import DEMO_CONFIG, load_experiment, run_experiment
+
+
+def _write(tmp_path, **settings):
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(settings))
+    return path
+
+
+@pytest.mark.parametrize(
+    "settings,message",
+    [
+        ({"name": "x", "synth": {"frames": 5}, "colour": 1}, "unknown key 'colour'"),
+        ({"name": "x", "synth": {"frames": 5}, "batch_size": "big"}, "batch_size: expected int"),
+        ({"name": "x", "data": "mot17:/nowhere/at/all"}, "data: .*does not exist"),
+        ({"name": "x"}, "exactly one of 'data'"),
+        ({"name": "x", "synth": {"frams": 5}}, r"synth.frams: unknown key"),
+        ({"name": "x", "synth": {"frames": 5}, "analyzers": {"lens": {"epochs": 3}}}, r"analyzers.lens.epochs"),
+        ({"name": "x", "synth": {"frames": 5}, "analyzers": {"nope": {}}}, r"analyzers.nope: unknown analyzer"),
+    ],
+)
+def test_config_errors_name_the_key(tmp_path, settings, message):
+    with pytest.raises(ValueError, match=message):
+        load_experiment(_write(tmp_path, **settings))
+
+
+def test_cli_fails_before_any_work(tmp_path):
+    path = _write(tmp_path, name="x", synth={"frames": 5}, colour=1)
+    result = CliRunner().invoke(cli, ["run", str(path), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1 and "unknown key 'colour'" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_shipped_experiments_parse():
+    assert load_experiment(DEMO_CONFIG).synth is not None
+
+
+def test_runs_and_skips_up_to_date_stages(tmp_path, tiny_model):
+    path = _write(tmp_path, name="t", synth={"frames": 12, "seed": 4, "size": 128}, model=str(tiny_model),
+                  analyzers={"flops": {}, "lens": {}, "probe-linear": {"epochs": 1, "layers": "2,4"}})
+    cfg = load_experiment(path)
+    messages: list[str] = []
+    decision = run_experiment(cfg, tmp_path / "out", say=messages.append)
+    assert decision["exits"][-1] == 4
+    assert json.loads((tmp_path / "out/results/probe-linear/result.json").read_text())["layers"].keys() == {"2", "4"}
+    messages.clear()
+    run_experiment(cfg, tmp_path / "out", say=messages.append)
+    assert "[data] synthetic scenes up to date" in messages[0]
+    assert sum("up to date" in m for m in messages) == 1 + 3  # data + every analyzer
