@@ -11,7 +11,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import nn
-from transformers.loss.loss_for_object_detection import generalized_box_iou
 
 from probe_kit.analyzers._data import Split, headline, iter_batches, load_cache_model, make_split, score
 from probe_kit.analyzers._fit import fit
@@ -19,7 +18,7 @@ from probe_kit.analyzers._registry import AnalyzerResult, register
 from probe_kit.cache.reader import FeatureCache
 from probe_kit.models.heads import DetectionHead
 from probe_kit.ops.boxes import paired_iou
-from probe_kit.ops.set_loss import cxcywh_to_xyxy
+from probe_kit.ops.distill import distillation_loss, kl_to_final
 
 CONFIDENT = 0.5  # final-layer person score above which a token counts as a detection for box agreement
 
@@ -36,16 +35,10 @@ def _outputs(head: nn.Module, cache: FeatureCache, layer: int, indices: np.ndarr
     return torch.cat(logits), torch.cat(boxes)
 
 
-def _kl_to_final(final_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    """Mean over tokens of KL(p_final || p_layer) of the class distributions."""
-    log_p_final = final_logits.log_softmax(-1)
-    return (log_p_final.exp() * (log_p_final - logits.log_softmax(-1))).sum(-1).mean()
-
-
 def agreement(logits: torch.Tensor, boxes: torch.Tensor, final_logits: torch.Tensor, final_boxes: torch.Tensor,
               person: int) -> dict:
     """KL(final || layer) of class distributions, and same-token box IoU where the final layer detects."""
-    kl = _kl_to_final(final_logits, logits)
+    kl = kl_to_final(final_logits, logits)
     confident = final_logits.softmax(-1)[..., person] >= CONFIDENT
     iou = paired_iou(boxes, final_boxes)[confident]
     return {"kl_to_final": float(kl), "box_iou_to_final": float(iou.mean()) if iou.numel() else None,
@@ -93,17 +86,6 @@ class TunedLens(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.head(tokens + self.translator(tokens))
-
-
-def distillation_loss(logits, boxes, final_logits, final_boxes) -> dict[str, torch.Tensor]:
-    """Class KL to the final layer, plus 5 L1 + 2 GIoU on boxes weighted by the final foreground probability."""
-    kl = _kl_to_final(final_logits, logits)
-    weight = 1 - final_logits.softmax(-1)[..., -1]  # probability that the final layer sees an object
-    norm = weight.sum().clamp(min=1e-6)
-    l1 = ((boxes - final_boxes).abs().sum(-1) * weight).sum() / norm
-    giou = torch.diag(generalized_box_iou(cxcywh_to_xyxy(boxes.reshape(-1, 4)), cxcywh_to_xyxy(final_boxes.reshape(-1, 4))))
-    giou_loss = ((1 - giou) * weight.reshape(-1)).sum() / norm
-    return {"loss": kl + 5 * l1 + 2 * giou_loss, "loss_kl": kl, "loss_l1": l1, "loss_giou": giou_loss}
 
 
 @register("tuned-lens", "per-layer affine translator (zero-init = lens) distilled to the final layer, COCO mAP")

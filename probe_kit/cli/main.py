@@ -27,10 +27,12 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from probe_kit.cli import analyze, cache, data, decide, evaluate, reference, run
+    from probe_kit.cli import analyze, cache, data, decide, evaluate, exits, reference, run
 
     for module in (data, cache, evaluate, analyze, decide, reference):
         cli.add_command(module.command)
+    cli.add_command(exits.train_exits)
+    cli.add_command(exits.evaluate_exits)
     cli.add_command(run.run)
     cli.add_command(run.demo)
 

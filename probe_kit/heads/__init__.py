@@ -1,0 +1,1 @@
+"""Multi-exit heads: training on cached tokens, adaptive inference, evaluation."""

@@ -1,0 +1,57 @@
+"""``probe-kit train-exits`` and ``probe-kit evaluate-exits``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from probe_kit.cli.options import build_data_spec, data_options
+
+
+@click.command("train-exits")
+@click.option("--cache", "cache_path", type=click.Path(path_type=Path), required=True)
+@click.option("--layers", required=True, help="Exit layers, e.g. 4,8,12 (the last layer is always added).")
+@click.option("--out", type=click.Path(path_type=Path), required=True)
+@click.option("--epochs", type=int, default=30, show_default=True)
+@click.option("--lr", type=float, default=5e-4, show_default=True)
+@click.option("--set-weight", type=float, default=1.0, show_default=True, help="Weight of the set loss vs ground truth.")
+@click.option("--distill-weight", type=float, default=1.0, show_default=True,
+              help="Weight of distillation towards the final layer.")
+@click.option("--val-sequences", default=None, help="Validation sequences (default: the last 30%).")
+@click.option("--seed", type=int, default=0, show_default=True)
+def train_exits(cache_path, layers, out, epochs, lr, set_weight, distill_weight, val_sequences, seed) -> None:
+    """Train exit heads (initialised from the pretrained head) on cached det tokens."""
+    from probe_kit.cache.reader import FeatureCache
+    from probe_kit.cache.writer import resolve_layers
+    from probe_kit.heads.exits import ExitTraining, train_exit_heads
+
+    with FeatureCache(cache_path) as cache:
+        chosen = resolve_layers(layers, cache.model["config"]["num_hidden_layers"])
+    opts = ExitTraining(epochs=epochs, lr=lr, set_weight=set_weight, distill_weight=distill_weight,
+                        val_sequences=tuple(v.strip() for v in val_sequences.split(",")) if val_sequences else ())
+    path = train_exit_heads(cache_path, chosen, out, seed, opts)
+    click.echo(f"exit heads -> {path}")
+
+
+@click.command("evaluate-exits")
+@click.option("--exits", "exits_dir", type=click.Path(path_type=Path), required=True)
+@data_options
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder (result.json).")
+@click.option("--policy", type=click.Choice(["confidence", "patience"]), default="confidence", show_default=True)
+@click.option("--thresholds", default=None, help="Policy thresholds to sweep, comma-separated.")
+def evaluate_exits(exits_dir, data, sequences, split, min_visibility, stride, out, policy, thresholds) -> None:
+    """Static exits, the policy sweep (AP vs GFLOPs vs latency) and the operating point."""
+    from probe_kit.heads.evaluate import DEFAULT_THRESHOLDS, evaluate_exits as run
+    from probe_kit.io import write_json
+
+    data_spec = build_data_spec(data, sequences, split, min_visibility, stride)
+    cuts = tuple(float(t) for t in thresholds.split(",")) if thresholds else DEFAULT_THRESHOLDS
+    result = run(exits_dir, data_spec, cuts, policy)
+    path = write_json(Path(out) / "result.json", result)
+    point = result["operating_point"]
+    for layer, metrics in result["exits"].items():
+        click.echo(f"exit {layer:>2}: AP {metrics['AP']:.4f}  AP50 {metrics['AP50']:.4f}  "
+                   f"{metrics['mean_gflops']:.3f} GFLOPs  {metrics['mean_latency_ms']:.2f} ms")
+    click.echo(f"operating point: threshold {point['threshold']}  AP {point['AP']:.4f}  "
+               f"FLOPs speed-up {point['flops_speedup']:.2f}x  measured {point['measured_speedup']:.2f}x -> {path}")

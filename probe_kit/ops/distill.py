@@ -1,0 +1,29 @@
+"""Distillation towards the final layer's outputs (tuned lens, exit heads)."""
+
+from __future__ import annotations
+
+import torch
+from transformers.loss.loss_for_object_detection import generalized_box_iou
+
+from probe_kit.ops.set_loss import cxcywh_to_xyxy
+
+
+def kl_to_final(final_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """Mean over tokens of KL(p_final || p_layer) of the class distributions (no-object included)."""
+    log_p_final = final_logits.log_softmax(-1)
+    return (log_p_final.exp() * (log_p_final - logits.log_softmax(-1))).sum(-1).mean()
+
+
+def distillation_loss(logits: torch.Tensor, boxes: torch.Tensor, final_logits: torch.Tensor,
+                      final_boxes: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Class KL to the final layer, plus 5 L1 + 2 GIoU on boxes weighted by the final foreground probability.
+
+    Shapes: logits [B, N, C+1] (no-object last), boxes [B, N, 4] normalised cx, cy, w, h.
+    """
+    kl = kl_to_final(final_logits, logits)
+    weight = 1 - final_logits.softmax(-1)[..., -1]  # probability that the final layer sees an object
+    norm = weight.sum().clamp(min=1e-6)
+    l1 = ((boxes - final_boxes).abs().sum(-1) * weight).sum() / norm
+    pairs = generalized_box_iou(cxcywh_to_xyxy(boxes.reshape(-1, 4)), cxcywh_to_xyxy(final_boxes.reshape(-1, 4)))
+    giou = ((1 - torch.diag(pairs)) * weight.reshape(-1)).sum() / norm
+    return {"loss": kl + 5 * l1 + 2 * giou, "loss_kl": kl, "loss_l1": l1, "loss_giou": giou}

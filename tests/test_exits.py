@@ -1,0 +1,111 @@
+"""Multi-exit heads and adaptive inference on a tiny model."""
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from probe_kit.cache.writer import write_cache
+from probe_kit.cli.main import cli
+from probe_kit.data.spec import parse_data_spec
+from probe_kit.heads.exits import ExitHeads, load_exits
+from probe_kit.heads.multi_exit import MultiExitYolos, Policy
+from probe_kit.models.loading import ModelSpec, load_yolos
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model):
+    return load_yolos(ModelSpec(str(tiny_model)))[0]
+
+
+def _pixels(n=3, seed=0):
+    return torch.randn(n, 3, 64, 64, generator=torch.Generator().manual_seed(seed))
+
+
+def test_untrained_last_exit_is_the_model(model):
+    multi = MultiExitYolos(model, ExitHeads.from_model(model, (2, 4)), 0)
+    pixels = _pixels()
+    with torch.no_grad():
+        ref = model(pixel_values=pixels)
+    out = multi(pixels, Policy("fixed", layer=4))
+    torch.testing.assert_close(out.logits, ref.logits)
+    torch.testing.assert_close(out.pred_boxes, ref.pred_boxes)
+    assert out.exit_layer.tolist() == [4, 4, 4]
+
+
+def test_intermediate_exit_reads_the_raw_block_output(model):
+    heads = ExitHeads.from_model(model, (2, 4))
+    multi = MultiExitYolos(model, heads, 0)
+    pixels = _pixels()
+    with torch.no_grad():
+        states = model(pixel_values=pixels, output_hidden_states=True).hidden_states
+        expected = heads(2, states[2][:, -model.config.num_detection_tokens :])
+    out = multi(pixels, Policy("fixed", layer=2))
+    torch.testing.assert_close(out.logits, expected[0])
+
+
+@pytest.mark.parametrize("layer", [1, 2, 3, 4])
+def test_an_exit_at_layer_k_runs_exactly_k_blocks(model, layer):
+    multi = MultiExitYolos(model, ExitHeads.from_model(model, (1, 2, 3, 4)), 0)
+    calls = []
+    handles = [block.register_forward_hook(lambda m, a, o, i=i: calls.append(i))
+               for i, block in enumerate(model.vit.encoder.layer)]
+    try:
+        multi(_pixels(1), Policy("fixed", layer=layer))
+    finally:
+        for h in handles:
+            h.remove()
+    assert calls == list(range(layer))
+
+
+@pytest.mark.parametrize("policy", [Policy("confidence", threshold=0.52), Policy("patience", threshold=0.5)])
+def test_batched_equals_one_by_one(model, policy):
+    multi = MultiExitYolos(model, ExitHeads.from_model(model, (1, 2, 3, 4)), 0)
+    # perturb the early heads so different images exit at different layers
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for layer in (1, 2):
+            for p in multi.heads.heads[str(layer)].classifier.parameters():
+                p.add_(torch.randn_like(p) * 0.5)
+    pixels = _pixels(6, seed=1)
+    batched = multi(pixels, policy)
+    for i in range(6):
+        single = multi(pixels[i : i + 1], policy)
+        assert single.exit_layer.item() == batched.exit_layer[i].item()
+        torch.testing.assert_close(single.logits[0], batched.logits[i], atol=1e-5, rtol=1e-5)
+    assert len(set(batched.exit_layer.tolist())) >= 1
+
+
+def test_batch_members_leave_and_the_rest_continue(model):
+    multi = MultiExitYolos(model, ExitHeads.from_model(model, (2, 4)), 0)
+    calls = []
+    handle = model.vit.encoder.layer[2].register_forward_hook(lambda m, a, o: calls.append(o.shape[0]))
+    try:
+        multi(_pixels(4), Policy("confidence", threshold=0.0))  # everything confident: all leave at 2
+        multi(_pixels(4), Policy("confidence", threshold=1.01))  # nothing confident: all run on
+    finally:
+        handle.remove()
+    assert calls == [4]
+
+
+def test_train_save_load_and_evaluate(tiny_model, synth_dir, tmp_path):
+    cache = write_cache(ModelSpec(str(tiny_model)), parse_data_spec(f"synth:{synth_dir}"), "all", ["det"],
+                        tmp_path / "c.h5", dtype="float32", batch_size=4, progress=False)
+    runner = CliRunner()
+    trained = runner.invoke(cli, ["train-exits", "--cache", str(cache), "--layers", "2", "--out",
+                                  str(tmp_path / "exits"), "--epochs", "2"])
+    assert trained.exit_code == 0, trained.output
+    model, _, heads, config = load_exits(tmp_path / "exits")
+    assert heads.layers == (2, 4) and config["base_model"]["fingerprint"]
+    assert {"set_loss_ce", "set_loss_bbox", "distill_loss_kl"} <= set(config["history"]["2"][0])
+    evaluated = runner.invoke(cli, ["evaluate-exits", "--exits", str(tmp_path / "exits"), "--data",
+                                    f"synth:{synth_dir}", "--out", str(tmp_path / "eval"), "--thresholds", "0.6,0.9"])
+    assert evaluated.exit_code == 0, evaluated.output
+    result = json.loads((tmp_path / "eval/result.json").read_text())
+    assert set(result["exits"]) == {"2", "4"}
+    assert [s["threshold"] for s in result["sweep"]] == [0.6, 0.9]
+    point = result["operating_point"]
+    assert {"measured_speedup", "flops_speedup", "threshold"} <= set(point)
+    assert result["exits"]["2"]["mean_gflops"] < result["exits"]["4"]["mean_gflops"]
+    assert sum(sum(v.values()) for v in result["exit_distribution"].values()) == 12
