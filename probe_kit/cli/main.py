@@ -27,9 +27,9 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from probe_kit.cli import analyze, cache, data, decide, evaluate, exits, reference, run
+    from probe_kit.cli import analyze, cache, data, decide, evaluate, exits, reference, report, run
 
-    for module in (data, cache, evaluate, analyze, decide, reference):
+    for module in (data, cache, evaluate, analyze, decide, report, reference):
         cli.add_command(module.command)
     cli.add_command(exits.train_exits)
     cli.add_command(exits.evaluate_exits)

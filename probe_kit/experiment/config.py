@@ -41,7 +41,8 @@ class ExperimentConfig:
     batch_size: int = 16
     seed: int = 0
     analyzers: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {layers: ..., options}
-    exits: dict[str, Any] = field(default_factory=dict)  # options of train-exits / evaluate-exits
+    # exit heads: layers ("decision" or "4,8,12"), ExitTraining options, thresholds, policy
+    exits: dict[str, Any] = field(default_factory=dict)
 
 
 _TYPES = {
@@ -99,6 +100,12 @@ def load_experiment(path: Path) -> ExperimentConfig:
             parse_data_spec(raw["data"])
         except ValueError as err:
             raise ValueError(f"{path}: data: {err}") from None
+    from probe_kit.heads.exits import ExitTraining
+
+    exit_keys = set(ExitTraining.__dataclass_fields__) | {"layers", "thresholds", "policy"}
+    for key in raw.get("exits") or {}:
+        if key not in exit_keys:
+            raise ValueError(f"{path}: exits.{key}: unknown key; expected {sorted(exit_keys)}")
     for key in ("sequences", "val_sequences", "tokens"):
         if key in raw:
             raw[key] = tuple(raw[key])

@@ -1,4 +1,4 @@
-"""Run a whole study: data -> cache -> analyzers -> decide (-> exits -> report, as later stages land).
+"""Run a whole study: data -> cache -> analyzers -> decide -> train exits -> evaluate exits -> report.
 
 Every stage writes into the experiment folder and is skipped when its output already exists for
 the same inputs: the cache by its identity (model, preprocessing, data, options), an analyzer by
@@ -96,6 +96,57 @@ def _analyzer_stage(cfg: ExperimentConfig, cache_path: Path, out: Path, say: Cal
         write_result(result, result_path.parent)
 
 
+def _exit_layers(cfg: ExperimentConfig, decision: dict) -> tuple[int, ...]:
+    chosen = cfg.exits.get("layers", "decision")
+    if chosen == "decision":
+        return tuple(decision["exits"])
+    return tuple(int(v) for v in str(chosen).split(","))
+
+
+def _exits_stage(cfg: ExperimentConfig, cache_path: Path, data_text: str, decision: dict, out: Path,
+                 say: Callable[[str], None]) -> None:
+    from probe_kit.cache.reader import FeatureCache
+    from probe_kit.data.spec import parse_data_spec
+    from probe_kit.heads.evaluate import DEFAULT_THRESHOLDS, evaluate_exits
+    from probe_kit.heads.exits import ExitTraining, train_exit_heads
+    from probe_kit.io import write_json
+
+    layers = _exit_layers(cfg, decision)
+    with FeatureCache(cache_path) as cache:
+        depth, fingerprint = cache.model["config"]["num_hidden_layers"], cache.fingerprint
+    if not [k for k in layers if k != depth]:
+        say("[exits] no intermediate exit to train (decision: not viable); skipped")
+        return
+    training = {k: v for k, v in cfg.exits.items() if k in ExitTraining.__dataclass_fields__}
+    if cfg.val_sequences:
+        training.setdefault("val_sequences", tuple(cfg.val_sequences))
+    opts = ExitTraining(**training)
+    key = _inputs_key(fingerprint, "exits", ",".join(map(str, layers)), asdict(opts), cfg.seed)
+    config_path = out / "exits" / "config.json"
+    if config_path.is_file() and json.loads(config_path.read_text()).get("inputs_key") == key:
+        say("[exits] exit heads up to date")
+    else:
+        say(f"[exits] training exit heads at layers {list(layers)}")
+        train_exit_heads(cache_path, layers, out / "exits", cfg.seed, opts)
+        config = json.loads(config_path.read_text())
+        config["inputs_key"] = key
+        config_path.write_text(json.dumps(config, indent=2))
+        (out / "exits_eval" / "result.json").unlink(missing_ok=True)
+    eval_path = out / "exits_eval" / "result.json"
+    if eval_path.is_file():
+        say("[exits] evaluation up to date")
+        return
+    split = json.loads(config_path.read_text())["split"]
+    options = {"sequences": tuple(split["val_groups"])} if split["unit"] == "sequence" else {}
+    data_spec = parse_data_spec(data_text, stride=cfg.stride, min_visibility=cfg.min_visibility, **options)
+    say(f"[exits] evaluating static exits and the adaptive policy on {split['val_images']} validation images"
+        if options else "[exits] evaluating on every image (the split was by image, not by sequence)")
+    thresholds = tuple(cfg.exits.get("thresholds", DEFAULT_THRESHOLDS))
+    result = evaluate_exits(out / "exits", data_spec, thresholds, cfg.exits.get("policy", "confidence"))
+    result["evaluated_on"] = "validation sequences" if options else "all images"
+    write_json(eval_path, result)
+
+
 def run_experiment(cfg: ExperimentConfig, out: Path, say: Callable[[str], None] = _say) -> dict:
     """Run every stage of ``cfg`` into ``out``; returns the decision as JSON."""
     from probe_kit.decision import decide, load_results
@@ -110,4 +161,9 @@ def run_experiment(cfg: ExperimentConfig, out: Path, say: Callable[[str], None] 
     decision = decide(load_results(out / "results")).to_json()
     write_json(out / "results" / "decision.json", decision)
     say("[decide] " + "\n[decide] ".join(decision["rationale"]))
+    _exits_stage(cfg, cache_path, data_text, decision, out, say)
+    from probe_kit.report import build_report
+
+    report = build_report(out, out / "report.html")
+    say(f"[report] {report}")
     return decision

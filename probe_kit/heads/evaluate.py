@@ -48,6 +48,7 @@ def _run(multi: MultiExitYolos, pixels: list[torch.Tensor], samples: Sequence[Sa
     exits = multi.heads.layers
     return {
         "AP": metrics["AP"], "AP50": metrics["AP50"], "AP75": metrics["AP75"],
+        "pr_curve_iou50": metrics.get("pr_curve_iou50"),
         "mean_gflops": float(np.mean([_gflops(profile, exits, k) for k in layers])),
         "mean_latency_ms": 1000 * float(np.mean(seconds)),
         "exit_layers": layers,
@@ -84,7 +85,7 @@ def evaluate_exits(exits_dir: Path, data_spec: DataSpec, thresholds: Sequence[fl
     sweep = []
     for t in thresholds:
         run = runs[(policy_kind, t)]
-        sweep.append({"threshold": t, **{k: v for k, v in run.items() if k != "exit_layers"},
+        sweep.append({"threshold": t, **{k: v for k, v in run.items() if k not in ("exit_layers", "pr_curve_iou50")},
                       "exit_histogram": {str(k): c for k, c in sorted(Counter(run["exit_layers"]).items())}})
     within = [s for s in sweep if s["AP"] >= full["AP"] - tolerance]
     chosen = min(within, key=lambda s: s["mean_gflops"]) if within else max(sweep, key=lambda s: s["AP"])

@@ -60,7 +60,8 @@ def evaluate(gt: dict, detections: Sequence[dict], thresholds: Sequence[float] =
 
     Returns ``AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100`` (-1 where COCO has nothing to
     score, e.g. no small objects), ``num_images``, ``num_gt``, ``num_detections`` and
-    ``at_threshold``: precision, recall and F1 at IoU 0.5 for each score threshold.
+    ``at_threshold``: precision, recall and F1 at IoU 0.5 for each score threshold, and
+    ``pr_curve_iou50``: COCO's interpolated precision-recall curve at IoU 0.5.
     """
     if not gt.get("images"):
         raise ValueError("ground truth: no images to evaluate")
@@ -80,6 +81,10 @@ def evaluate(gt: dict, detections: Sequence[dict], thresholds: Sequence[float] =
         evaluator.summarize()
     result.update({k: float(v) for k, v in zip(METRIC_KEYS, evaluator.stats[: len(METRIC_KEYS)])})
     result["at_threshold"] = _at_thresholds(evaluator, thresholds, num_gt)
+    # interpolated precision at IoU 0.5 on COCO's 101 recall points (area "all", 100 detections)
+    precision = evaluator.eval["precision"][0, :, 0, 0, -1]
+    result["pr_curve_iou50"] = {"recall": [round(float(r), 2) for r in evaluator.params.recThrs],
+                                "precision": [float(p) if p >= 0 else None for p in precision]}  # None: unreached
     return result
 
 
