@@ -19,14 +19,14 @@ from probe_kit.models.heads import DetectionHead
 from probe_kit.models.loading import ModelSpec, load_yolos
 
 FAST = {"lens": {}, "tuned-lens": {"epochs": 2}, "probe-linear": {"epochs": 2}, "probe-mlp": {"epochs": 2},
-        "probe-dense": {"epochs": 2}, "flops": {}}
+        "probe-dense": {"epochs": 2}, "flops": {}, "rollout": {}}
 
 
 @pytest.fixture(scope="module")
 def tiny_cache(tiny_model, synth_dir, tmp_path_factory):
     return write_cache(ModelSpec(str(tiny_model)), parse_data_spec(f"synth:{synth_dir}"), "all",
                        ["det", "patch"], tmp_path_factory.mktemp("a") / "c.h5", dtype="float32", batch_size=4,
-                       progress=False)
+                       progress=False, attention=True)
 
 
 def test_every_analyzer_is_listed_with_a_summary():
@@ -48,6 +48,10 @@ def test_runs_end_to_end_and_is_deterministic(name, tiny_cache, tmp_path):
         assert saved["cache_fingerprint"] == cache.fingerprint
     if name == "flops":
         assert saved["layers"]["4"]["fraction_of_full"] == pytest.approx(1.0)
+        return
+    if name == "rollout":
+        for metrics in saved["layers"].values():
+            assert 0 <= metrics["inbox_mass"] <= 1 and 0 <= metrics["pointing_game"] <= 1
         return
     assert {"AP", "AP50"} <= set(saved["layers"]["4"])
     # validation images never trained
@@ -138,6 +142,8 @@ def test_bad_input_errors(tiny_model, synth_dir, tiny_cache, tmp_path):
         run_analyzer("probe-dense", det_only, "2", epochs=1)
     with pytest.raises(ValueError, match="unknown option 'epochz'"):
         run_analyzer("probe-mlp", det_only, "2", epochz=1)
+    with pytest.raises(ValueError, match="no attention maps cached"):
+        run_analyzer("rollout", det_only, "2")
 
 
 def test_cli_list_and_run(tiny_cache, tmp_path):

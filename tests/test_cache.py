@@ -118,7 +118,7 @@ def test_patch_tokens_need_one_input_size(tiny_model, tmp_path):
     from conftest import real_data
 
     ann = real_data("COCO/icevision_samples/annotations.json")
-    with pytest.raises(ValueError, match="patch tokens need one grid"):
+    with pytest.raises(ValueError, match="need one grid"):
         write_cache(ModelSpec(str(tiny_model)), parse_data_spec(f"coco:{ann}"), "all", ["patch"], tmp_path / "p.h5",
                     progress=False)
     assert not (tmp_path / "p.h5").exists()
@@ -130,3 +130,22 @@ def test_patch_tokens_need_one_input_size(tiny_model, tmp_path):
 )
 def test_layer_selection(text, expected):
     assert resolve_layers(text, 4) == expected
+
+
+def test_attention_maps_are_the_rollout_of_the_models_attentions(tiny_model, synth_dir, tmp_path):
+    from probe_kit.ops.rollout import attention_rollout
+
+    path = _write(tiny_model, synth_dir, tmp_path / "a.h5", layers="2,4", tokens=["det"], dtype="float32",
+                  attention=True, head_fusion="max", discard_ratio=0.2)
+    model, processor = load_yolos(ModelSpec(str(tiny_model)))
+    samples = parse_data_spec(f"synth:{synth_dir}").load()
+    pixels = processor(images=[s.load_image() for s in samples[:4]], return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        attentions = model(pixel_values=pixels, output_attentions=True).attentions
+    with FeatureCache(path) as cache:
+        assert cache.options["head_fusion"] == "max" and cache.options["discard_ratio"] == 0.2
+        for layer in (2, 4):
+            expected = attention_rollout(attentions[:layer], "max", 0.2)[:, -5:, 1:17]
+            np.testing.assert_allclose(cache.read(layer, "rollout_det", slice(0, 4)), expected.numpy(), atol=1e-6)
+            raw = attentions[layer - 1].max(1).values[:, -5:, 1:17]
+            np.testing.assert_allclose(cache.read(layer, "attn_det", slice(0, 4)), raw.numpy(), atol=1e-6)

@@ -20,6 +20,7 @@ _BUILTIN_MODULES = (
     "probe_kit.analyzers.probes",
     "probe_kit.analyzers.dense",
     "probe_kit.analyzers.flops",
+    "probe_kit.analyzers.rollout",
 )
 
 

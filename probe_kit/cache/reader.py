@@ -10,7 +10,7 @@ from typing import Iterator
 import h5py
 import numpy as np
 
-from probe_kit.cache.schema import IDENTITY_ATTRS, SCHEMA_VERSION, TokenLayout, layer_path
+from probe_kit.cache.schema import ATTENTION_MAPS, IDENTITY_ATTRS, SCHEMA_VERSION, TokenLayout, layer_path
 from probe_kit.data.sample import Sample
 
 
@@ -115,15 +115,23 @@ class FeatureCache:
         n = self.num_images
         return self._h5["final/logits"][:n], self._h5["final/pred_boxes"][:n]
 
+    @property
+    def maps(self) -> tuple[str, ...]:
+        """Attention maps stored (``rollout_det``, ``attn_det``) when cached with ``--attention``."""
+        return ATTENTION_MAPS if self.options.get("attention") else ()
+
     def _dataset(self, layer: int, role: str) -> h5py.Dataset:
-        if role not in self.tokens:
+        if role in ATTENTION_MAPS and role not in self.maps:
+            raise ValueError(f"{self.path}: no attention maps cached (re-cache with --attention)")
+        if role not in self.tokens and role not in ATTENTION_MAPS:
             raise ValueError(f"{self.path}: no {role} tokens cached (tokens: {list(self.tokens)})")
         if layer not in self.layers:
             raise ValueError(f"{self.path}: layer {layer} not cached (layers: {list(self.layers)})")
         return self._h5[layer_path(layer, role)]
 
     def read(self, layer: int, role: str = "det", index: slice | np.ndarray | None = None) -> np.ndarray:
-        """Hidden states ``[n, tokens, D]`` of ``layer`` for ``role`` as float32 (all images by default)."""
+        """Hidden states ``[n, tokens, D]`` of ``layer`` for ``role`` as float32 (all images by default);
+        ``role`` may also name an attention map ``[n, n_det, n_patches]``."""
         data = self._dataset(layer, role)
         if index is None:
             index = slice(0, self.num_images)

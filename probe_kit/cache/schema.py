@@ -14,6 +14,8 @@ Layout of a cache file::
     /final/logits         [N, n_det, C+1] float32: the model's own class logits
     /final/pred_boxes     [N, n_det, 4] float32: its boxes (normalised cx, cy, w, h)
     /layers/<k>/<role>    [N, n_tokens(role), D] hidden state of layer k, role in det|patch|cls
+    /layers/<k>/rollout_det, attn_det  [N, n_det, n_patches] with --attention (options record
+                          head_fusion and discard_ratio)
 
 Layer ``k`` is transformers' ``hidden_states[k]``: 0 = embeddings, k >= 1 = raw output of block
 k, *before* yolos-small's mid position embedding is added and before any LayerNorm (the head
@@ -28,6 +30,9 @@ from dataclasses import asdict, dataclass
 
 SCHEMA_VERSION = 1
 TOKEN_ROLES = ("det", "patch", "cls")
+# With --attention, per layer k >= 1: det-token rows over the patch columns of the rollout R_k
+# and of the head-fused raw attention of block k ([N, n_det, n_patches]).
+ATTENTION_MAPS = ("rollout_det", "attn_det")
 FEATURE_DTYPES = ("float16", "float32")
 
 # Root attributes that must agree before a run may append to an existing cache.

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from probe_kit.cache.schema import (
+    ATTENTION_MAPS,
     FEATURE_DTYPES,
     IDENTITY_ATTRS,
     SCHEMA_VERSION,
@@ -32,6 +33,7 @@ from probe_kit.data.sample import Sample
 from probe_kit.data.spec import DataSpec
 from probe_kit.models.loading import ModelSpec, load_yolos
 from probe_kit.models.runner import batch_bounds, input_size, run_batches
+from probe_kit.ops.rollout import fuse_heads, rollout_layers
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,12 @@ class CacheOptions:
     tokens: tuple[str, ...] = ("det",)
     dtype: str = "float16"
     batch_size: int = 8
+    attention: bool = False  # store det-token rollout and raw attention rows over the patches
+    head_fusion: str = "mean"
+    discard_ratio: float = 0.0
+
+    def maps(self) -> tuple[str, ...]:
+        return ATTENTION_MAPS if self.attention else ()
 
 
 def weights_fingerprint(model: torch.nn.Module) -> str:
@@ -119,7 +127,8 @@ def _identity(model, processor, model_spec: ModelSpec, data_spec: DataSpec, opti
         "dataset": json.dumps(data_spec.describe(), sort_keys=True),
         "options": json.dumps(
             {"layers": list(options.layers), "tokens": list(options.tokens), "dtype": options.dtype,
-             "batch_size": options.batch_size},
+             "batch_size": options.batch_size, "attention": options.attention,
+             "head_fusion": options.head_fusion, "discard_ratio": options.discard_ratio},
             sort_keys=True,
         ),
     }
@@ -179,6 +188,10 @@ def _create(handle: h5py.File, samples: Sequence[Sample], identity: dict, layout
             chunk_rows = max(1, min(n, (1 << 20) // (tokens * width * 2)))
             handle.create_dataset(layer_path(layer, role), (n, tokens, width), dtype=options.dtype,
                                   chunks=(chunk_rows, tokens, width))
+        for name in options.maps() if layer > 0 else ():  # the embeddings have no attention
+            shape = (layout.num_det, layout.num_patches)
+            handle.create_dataset(layer_path(layer, name), (n,) + shape, dtype=options.dtype,
+                                  chunks=(max(1, min(n, (1 << 20) // (shape[0] * shape[1] * 2))),) + shape)
 
 
 def write_cache(
@@ -190,8 +203,16 @@ def write_cache(
     dtype: str = "float16",
     batch_size: int = 8,
     progress: bool = True,
+    attention: bool = False,
+    head_fusion: str = "mean",
+    discard_ratio: float = 0.0,
 ) -> Path:
-    """Extract hidden states of ``layers`` for ``tokens`` over the dataset into ``out``; resumes if possible."""
+    """Extract hidden states of ``layers`` for ``tokens`` over the dataset into ``out``; resumes if possible.
+
+    With ``attention``, attention rollout is computed while extracting (full attention matrices are
+    too large to cache) and, per layer, the det-token rows of the rollout and of the head-fused raw
+    attention, restricted to the patch columns, are stored.
+    """
     from tqdm import tqdm
 
     out = Path(out)
@@ -204,13 +225,16 @@ def write_cache(
         raise ValueError(f"--batch-size: expected a positive integer, got {batch_size}")
     samples = data_spec.load()
     model, processor = load_yolos(model_spec)
-    options = CacheOptions(resolve_layers(layers, model.config.num_hidden_layers), tuple(tokens), dtype, batch_size)
+    options = CacheOptions(resolve_layers(layers, model.config.num_hidden_layers), tuple(tokens), dtype, batch_size,
+                           attention, head_fusion, discard_ratio)
+    fuse_heads(torch.zeros(1, 1, 1, 1), head_fusion)  # validates the settings before any work
+    rollout_layers([torch.eye(1)[None, None]], head_fusion, discard_ratio)
     bounds = batch_bounds(samples, processor, batch_size)
     sizes = {input_size(processor, samples[lo]) for lo, _ in bounds}
-    if "patch" in tokens and len(sizes) > 1:
+    if ("patch" in tokens or attention) and len(sizes) > 1:
         raise ValueError(
-            f"--tokens patch: images of {data_spec.text()} resize to {len(sizes)} different sizes; patch "
-            "tokens need one grid (cache det/cls tokens only, or use images of one size)"
+            f"--tokens patch/--attention: images of {data_spec.text()} resize to {len(sizes)} different sizes; "
+            "patch tokens and attention maps need one grid (cache det/cls tokens only, or use images of one size)"
         )
     identity = _identity(model, processor, model_spec, data_spec, options)
     layout = _layout(model, next(iter(sizes)) if len(sizes) == 1 else (0, 0))
@@ -227,7 +251,8 @@ def write_cache(
                 return out
         start = int(handle.attrs["num_written"])
         bar = tqdm(total=len(samples), initial=start, desc="cache", unit="img", disable=not progress)
-        for batch in run_batches(model, processor, samples, batch_size, start, hidden_states=True):
+        for batch in run_batches(model, processor, samples, batch_size, start, hidden_states=True,
+                                 attentions=attention):
             _write_batch(handle, batch, options, layout)
             handle.attrs["num_written"] = batch.start + len(batch.samples)
             handle.flush()
@@ -248,3 +273,11 @@ def _write_batch(handle: h5py.File, batch, options: CacheOptions, layout: TokenL
         for role in options.tokens:
             values = state[:, layout.slice_of(role)].float().cpu().numpy()
             handle[layer_path(layer, role)][lo:hi] = values.astype(options.dtype)
+    if options.attention:
+        rolled = rollout_layers(out.attentions, options.head_fusion, options.discard_ratio)
+        det, patch = layout.slice_of("det"), layout.slice_of("patch")
+        for layer in (k for k in options.layers if k > 0):
+            maps = {"rollout_det": rolled[layer - 1],
+                    "attn_det": fuse_heads(out.attentions[layer - 1].float(), options.head_fusion)}
+            for name, matrix in maps.items():
+                handle[layer_path(layer, name)][lo:hi] = matrix[:, det, patch].cpu().numpy().astype(options.dtype)

@@ -17,10 +17,14 @@ from probe_kit.cli.options import build_data_spec, build_model_spec, data_option
 @click.option("--tokens", default="det", show_default=True, help="Comma-separated subset of det,patch,cls.")
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
               help="Storage type of the features.")
+@click.option("--attention", is_flag=True, help="Also store det-token attention rollout and raw attention rows.")
+@click.option("--head-fusion", type=click.Choice(["mean", "max", "min"]), default="mean", show_default=True)
+@click.option("--discard-ratio", type=float, default=0.0, show_default=True,
+              help="Rollout: zero this fraction of each row's weakest attention entries.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Cache file, e.g. feature_cache/NAME.h5")
 @click.pass_context
 def command(ctx, model, revision, device, model_dtype, shortest_edge, batch_size, data, sequences, split,
-            min_visibility, stride, layers, tokens, dtype, out) -> None:
+            min_visibility, stride, layers, tokens, dtype, attention, head_fusion, discard_ratio, out) -> None:
     """Cache the hidden states of every chosen layer over a dataset (resumes an interrupted run)."""
     if ctx.invoked_subcommand is not None:
         return
@@ -30,7 +34,8 @@ def command(ctx, model, revision, device, model_dtype, shortest_edge, batch_size
 
     data_spec = build_data_spec(data, sequences, split, min_visibility, stride)
     model_spec = build_model_spec(model, revision, device, model_dtype, shortest_edge)
-    path = write_cache(model_spec, data_spec, layers, [t.strip() for t in tokens.split(",")], out, dtype, batch_size)
+    path = write_cache(model_spec, data_spec, layers, [t.strip() for t in tokens.split(",")], out, dtype, batch_size,
+                       attention=attention, head_fusion=head_fusion, discard_ratio=discard_ratio)
     click.echo(f"cache complete: {path}")
 
 
@@ -50,8 +55,15 @@ def info(file: Path) -> None:
             f"dataset:      {cache.dataset['kind']}:{cache.dataset['path']}",
             f"layers:       {', '.join(map(str, cache.layers))}",
             f"tokens:       {', '.join(cache.tokens)} ({cache.options['dtype']})",
+            f"attention:    {_attention_line(cache.options)}",
             f"det tokens:   {cache.layout.num_det}; patch grid {cache.layout.grid_h}x{cache.layout.grid_w}",
             f"created:      {cache.attrs()['created']}",
             f"versions:     {json.loads(cache.attrs()['versions'])}",
         ]
     click.echo("\n".join(lines))
+
+
+def _attention_line(options: dict) -> str:
+    if not options.get("attention"):
+        return "not cached"
+    return f"rollout + raw det rows (head fusion {options['head_fusion']}, discard {options['discard_ratio']})"

@@ -1,0 +1,106 @@
+"""Attention rollout as a number per layer: do a layer's detection tokens attend to their objects?
+
+Needs a cache made with ``--attention``. Each final-layer detection matched to a ground-truth
+person (Hungarian on IoU, IoU >= 0.5) is followed back through the layers: per layer, the share of
+its rollout mass over the patches whose centres lie inside that person's box, and a pointing-game
+hit (is its arg-max patch inside the box). The same for the raw, head-fused attention row, and the
+share of patches inside the box (what a uniform map would score).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from probe_kit.analyzers._registry import AnalyzerResult, register
+from probe_kit.cache.reader import FeatureCache
+from probe_kit.ops.boxes import cxcywh_norm_to_xywh
+from probe_kit.ops.rollout import attention_rollout, rollout_layers
+
+__all__ = ["attention_rollout", "rollout_layers", "run_rollout"]
+
+MATCH_IOU = 0.5
+OVERLAYS = 4
+
+
+def _iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of [N, 4] x [M, 4] absolute xywh boxes -> [N, M]."""
+    a0, a1 = a[:, None, :2], a[:, None, :2] + a[:, None, 2:]
+    b0, b1 = b[None, :, :2], b[None, :, :2] + b[None, :, 2:]
+    inter = np.clip(np.minimum(a1, b1) - np.maximum(a0, b0), 0, None).prod(-1)
+    union = a[:, None, 2:].prod(-1) + b[None, :, 2:].prod(-1) - inter
+    return inter / np.maximum(union, 1e-12)
+
+
+def _matches(boxes_norm: np.ndarray, sample) -> list[tuple[int, int]]:
+    """(token, gt) pairs: Hungarian matching of final-layer boxes to ground truth, IoU >= 0.5."""
+    if len(sample.boxes) == 0:
+        return []
+    iou = _iou_matrix(cxcywh_norm_to_xywh(boxes_norm, sample.width, sample.height), sample.boxes)
+    rows, cols = linear_sum_assignment(-iou)
+    return [(int(r), int(c)) for r, c in zip(rows, cols) if iou[r, c] >= MATCH_IOU]
+
+
+def _inside(box: np.ndarray, grid: tuple[int, int], width: int, height: int) -> np.ndarray:
+    """[gh * gw] bool: patch centres inside the absolute xywh ``box``."""
+    gh, gw = grid
+    ys, xs = np.meshgrid((np.arange(gh) + 0.5) * height / gh, (np.arange(gw) + 0.5) * width / gw, indexing="ij")
+    x, y, w, h = box
+    return ((xs >= x) & (xs <= x + w) & (ys >= y) & (ys <= y + h)).ravel()
+
+
+def _image_paths(cache: FeatureCache) -> dict[int, str]:
+    """Image files by id, re-read from the dataset the cache records (for the report's overlays)."""
+    from probe_kit.data.spec import DataSpec
+
+    try:
+        spec = DataSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in cache.dataset.items()})
+        return {s.image_id: str(s.path) for s in spec.load() if s.path is not None}
+    except (ValueError, TypeError, OSError):
+        return {}
+
+
+@register("rollout", "share of each matched det token's rollout/attention mass inside its person's box, per layer")
+def run_rollout(cache: FeatureCache, layers: tuple[int, ...], seed: int = 0) -> AnalyzerResult:
+    if not cache.maps:
+        raise ValueError(f"{cache.path}: no attention maps cached (re-cache with --attention)")
+    layers = tuple(k for k in layers if k > 0)
+    samples = cache.samples()
+    _, final_boxes = cache.final_outputs()
+    grid = (cache.layout.grid_h, cache.layout.grid_w)
+    sums = {k: {"inbox_mass": [], "pointing_game": [], "attn_inbox_mass": [], "attn_pointing_game": []}
+            for k in layers}
+    chance: list[float] = []
+    overlays: list[tuple[int, int, int]] = []  # (image index, token, gt)
+    for i, sample in enumerate(samples):
+        pairs = _matches(final_boxes[i], sample)
+        if not pairs:
+            continue
+        if len(overlays) < OVERLAYS:
+            overlays.append((i, *pairs[0]))
+        masks = {g: _inside(sample.boxes[g], grid, sample.width, sample.height) for _, g in pairs}
+        chance += [float(masks[g].mean()) for _, g in pairs]
+        for layer in layers:
+            maps = {name: cache.read(layer, name, slice(i, i + 1))[0] for name in ("rollout_det", "attn_det")}
+            for token, g in pairs:
+                for name, prefix in (("rollout_det", ""), ("attn_det", "attn_")):
+                    row = maps[name][token]
+                    sums[layer][f"{prefix}inbox_mass"].append(float(row[masks[g]].sum() / max(row.sum(), 1e-12)))
+                    sums[layer][f"{prefix}pointing_game"].append(float(masks[g][int(row.argmax())]))
+    if not chance:
+        raise ValueError(f"{cache.path}: no final-layer detection matches a ground-truth person (IoU >= 0.5)")
+    per_layer = {k: {m: float(np.mean(v)) for m, v in sums[k].items()} | {"chance_mass": float(np.mean(chance)),
+                                                                           "matched_pairs": len(chance)}
+                 for k in layers}
+    paths = _image_paths(cache)
+    arrays = {
+        "overlay_maps": np.stack([
+            np.stack([cache.read(k, "rollout_det", slice(i, i + 1))[0, t].reshape(grid) for k in layers])
+            for i, t, _ in overlays]),
+        "overlay_boxes": np.stack([samples[i].boxes[g] for i, _, g in overlays]),
+        "overlay_paths": np.array([paths.get(samples[i].image_id, "") for i, _, _ in overlays]),
+        "overlay_layers": np.array(layers),
+    }
+    options = {"head_fusion": cache.options["head_fusion"], "discard_ratio": cache.options["discard_ratio"],
+               "match_iou": MATCH_IOU}
+    return AnalyzerResult("rollout", options, seed, per_layer, cache.fingerprint, arrays=arrays)
