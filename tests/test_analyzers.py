@@ -19,7 +19,7 @@ from probe_kit.models.heads import DetectionHead
 from probe_kit.models.loading import ModelSpec, load_yolos
 
 FAST = {"lens": {}, "tuned-lens": {"epochs": 2}, "probe-linear": {"epochs": 2}, "probe-mlp": {"epochs": 2},
-        "probe-dense": {"epochs": 2}, "flops": {}, "rollout": {}}
+        "probe-dense": {"epochs": 2}, "flops": {}, "rollout": {}, "clustering": {"umap": False, "max_points": 200}}
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +52,10 @@ def test_runs_end_to_end_and_is_deterministic(name, tiny_cache, tmp_path):
     if name == "rollout":
         for metrics in saved["layers"].values():
             assert 0 <= metrics["inbox_mass"] <= 1 and 0 <= metrics["pointing_game"] <= 1
+        return
+    if name == "clustering":
+        assert 0 <= saved["layers"]["2"]["patch_knn_balanced_accuracy"] <= 1
+        assert (tmp_path / name / "arrays.npz").is_file()
         return
     assert {"AP", "AP50"} <= set(saved["layers"]["4"])
     # validation images never trained
@@ -153,3 +157,18 @@ def test_cli_list_and_run(tiny_cache, tmp_path):
                                    "--out", str(tmp_path / "lens")])
     assert ran.exit_code == 0, ran.output
     assert json.loads((tmp_path / "lens/result.json").read_text())["layers"].keys() == {"1", "2"}
+
+
+def test_clustering_umap_embeddings_and_pca_reference(tiny_cache):
+    from sklearn.decomposition import PCA
+
+    result = run_analyzer("clustering", tiny_cache, "4", max_points=150)
+    umap_points = result.arrays["patch_umap_L4"]
+    assert umap_points.shape[1] == 2 and np.isfinite(umap_points).all()
+    assert len(umap_points) == len(result.arrays["patch_labels"])
+    # explained variance agrees with scikit-learn run directly on all patch tokens of the cache's
+    # training part, within sampling noise
+    with FeatureCache(tiny_cache) as cache:
+        tokens = cache.read(4, "patch").reshape(-1, cache.read(4, "patch").shape[-1])
+    direct = PCA(2).fit(tokens).explained_variance_ratio_.sum()
+    assert abs(result.layers[4]["patch_pca2_explained"] - direct) < 0.15

@@ -21,6 +21,7 @@ _BUILTIN_MODULES = (
     "probe_kit.analyzers.dense",
     "probe_kit.analyzers.flops",
     "probe_kit.analyzers.rollout",
+    "probe_kit.analyzers.clustering",
 )
 
 

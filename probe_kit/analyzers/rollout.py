@@ -23,7 +23,7 @@ MATCH_IOU = 0.5
 OVERLAYS = 4
 
 
-def _iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU of [N, 4] x [M, 4] absolute xywh boxes -> [N, M]."""
     a0, a1 = a[:, None, :2], a[:, None, :2] + a[:, None, 2:]
     b0, b1 = b[None, :, :2], b[None, :, :2] + b[None, :, 2:]
@@ -32,16 +32,16 @@ def _iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(union, 1e-12)
 
 
-def _matches(boxes_norm: np.ndarray, sample) -> list[tuple[int, int]]:
+def match_final_to_gt(boxes_norm: np.ndarray, sample) -> list[tuple[int, int]]:
     """(token, gt) pairs: Hungarian matching of final-layer boxes to ground truth, IoU >= 0.5."""
     if len(sample.boxes) == 0:
         return []
-    iou = _iou_matrix(cxcywh_norm_to_xywh(boxes_norm, sample.width, sample.height), sample.boxes)
+    iou = iou_matrix(cxcywh_norm_to_xywh(boxes_norm, sample.width, sample.height), sample.boxes)
     rows, cols = linear_sum_assignment(-iou)
     return [(int(r), int(c)) for r, c in zip(rows, cols) if iou[r, c] >= MATCH_IOU]
 
 
-def _inside(box: np.ndarray, grid: tuple[int, int], width: int, height: int) -> np.ndarray:
+def patches_inside(box: np.ndarray, grid: tuple[int, int], width: int, height: int) -> np.ndarray:
     """[gh * gw] bool: patch centres inside the absolute xywh ``box``."""
     gh, gw = grid
     ys, xs = np.meshgrid((np.arange(gh) + 0.5) * height / gh, (np.arange(gw) + 0.5) * width / gw, indexing="ij")
@@ -73,12 +73,12 @@ def run_rollout(cache: FeatureCache, layers: tuple[int, ...], seed: int = 0) -> 
     chance: list[float] = []
     overlays: list[tuple[int, int, int]] = []  # (image index, token, gt)
     for i, sample in enumerate(samples):
-        pairs = _matches(final_boxes[i], sample)
+        pairs = match_final_to_gt(final_boxes[i], sample)
         if not pairs:
             continue
         if len(overlays) < OVERLAYS:
             overlays.append((i, *pairs[0]))
-        masks = {g: _inside(sample.boxes[g], grid, sample.width, sample.height) for _, g in pairs}
+        masks = {g: patches_inside(sample.boxes[g], grid, sample.width, sample.height) for _, g in pairs}
         chance += [float(masks[g].mean()) for _, g in pairs]
         for layer in layers:
             maps = {name: cache.read(layer, name, slice(i, i + 1))[0] for name in ("rollout_det", "attn_det")}

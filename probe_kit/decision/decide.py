@@ -82,6 +82,18 @@ def _evidence(results: dict[str, dict]) -> dict[int, dict]:
     return evidence
 
 
+def _supporting(results: dict[str, dict], layer: int) -> str:
+    """Rollout and clustering numbers at ``layer``, cited but not used in the criteria."""
+    parts = []
+    rollout = results.get("rollout", {}).get("layers", {}).get(str(layer))
+    if rollout:
+        parts.append(f"rollout in-box mass {rollout['inbox_mass']:.2f} (chance {rollout['chance_mass']:.2f})")
+    clustering = results.get("clustering", {}).get("layers", {}).get(str(layer), {})
+    if "patch_knn_balanced_accuracy" in clustering:
+        parts.append(f"patch person/background k-NN balanced accuracy {clustering['patch_knn_balanced_accuracy']:.2f}")
+    return "; ".join(parts)
+
+
 def _num_layers(results: dict[str, dict], evidence: dict[int, dict]) -> int:
     for data in results.values():
         profile = data.get("profile")
@@ -115,6 +127,9 @@ def decide(results: dict[str, dict], criteria: Criteria = Criteria()) -> Decisio
         )
         if ratio >= need:
             passing.append(layer)
+        support = _supporting(results, layer)
+        if support:
+            rationale.append(f"layer {layer} supporting evidence: {support}")
     exits: list[int] = []
     gap = max(1, int(round(criteria.min_gap_fraction * depth)))
     for layer in passing:

@@ -38,6 +38,7 @@ class ExperimentConfig:
     val_sequences: tuple[str, ...] = ()
     layers: str = "all"
     tokens: tuple[str, ...] = ("det", "patch")
+    attention: bool = False  # cache rollout/attention maps (for the rollout analyzer)
     batch_size: int = 16
     seed: int = 0
     analyzers: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {layers: ..., options}
@@ -48,7 +49,7 @@ class ExperimentConfig:
 _TYPES = {
     "name": str, "data": str, "model": str, "revision": str, "shortest_edge": int, "device": str,
     "sequences": list, "split": str, "min_visibility": float, "stride": int, "val_sequences": list,
-    "layers": str, "tokens": list, "batch_size": int, "seed": int, "analyzers": dict, "synth": dict, "exits": dict,
+    "layers": str, "tokens": list, "attention": bool, "batch_size": int, "seed": int, "analyzers": dict, "synth": dict, "exits": dict,
 }
 
 

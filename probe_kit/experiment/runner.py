@@ -58,14 +58,16 @@ def _cache_stage(cfg: ExperimentConfig, data_text: str, out: Path, say: Callable
     )
     model_spec = ModelSpec(cfg.model, cfg.revision, cfg.device, shortest_edge=cfg.shortest_edge)
     say(f"[cache] {cfg.model} over {data_text} -> {path}")
+    write = lambda: write_cache(model_spec, data_spec, cfg.layers, cfg.tokens, path,  # noqa: E731
+                                batch_size=cfg.batch_size, attention=cfg.attention)
     try:
-        write_cache(model_spec, data_spec, cfg.layers, cfg.tokens, path, batch_size=cfg.batch_size)
+        write()
     except ValueError as err:
         if "refusing to append" not in str(err):
             raise
         say(f"[cache] inputs changed ({err}); rebuilding")
         path.unlink()
-        write_cache(model_spec, data_spec, cfg.layers, cfg.tokens, path, batch_size=cfg.batch_size)
+        write()
     return path
 
 

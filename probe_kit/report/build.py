@@ -38,6 +38,10 @@ def _figures(data: ReportData) -> list[dict]:
         ("pr", "Precision-recall per exit", figures.pr_curves(data), "COCO interpolated precision at IoU 0.5."),
         ("exits-by-difficulty", "Exit distribution per difficulty", figures.exit_distribution(data),
          "Easy frames should leave early, hard ones late."),
+        ("rollout", "Attention rollout overlays", figures.rollout_overlays(data),
+         "Where a detection token's rolled-out attention goes, layer by layer."),
+        ("pca", "PCA of patch tokens", figures.clustering_scatter(data, "pca"), "Person patches vs background."),
+        ("umap", "UMAP of patch tokens", figures.clustering_scatter(data, "umap"), "Person patches vs background."),
     ]
     for name in ("tuned-lens", "probe-linear", "probe-mlp", "probe-dense"):
         history = data.results.get(name, {}).get("training")

@@ -14,8 +14,8 @@ EXPECTED = {
     "probe-mlp": "probe-kit analyze probe-mlp",
     "probe-dense": "probe-kit analyze probe-dense",
     "flops": "probe-kit analyze flops",
-    "rollout": "attention rollout analyzer (not yet available in this version)",
-    "clustering": "PCA/UMAP clustering analyzer (not yet available in this version)",
+    "rollout": "probe-kit cache --attention, then probe-kit analyze rollout",
+    "clustering": "probe-kit analyze clustering",
 }
 
 
@@ -23,6 +23,7 @@ EXPECTED = {
 class ReportData:
     folder: Path
     results: dict[str, dict] = field(default_factory=dict)
+    arrays: dict[str, dict] = field(default_factory=dict)  # analyzer -> arrays.npz contents
     decision: dict | None = None
     exits_eval: dict | None = None
     exits_config: dict | None = None
@@ -44,6 +45,12 @@ class ReportData:
             for name in READOUTS:
                 row[name] = self.results.get(name, {}).get("layers", {}).get(str(layer), {}).get("AP50")
             row["gflops"] = flops.get(str(layer), {}).get("gflops_to_exit")
+            rollout = self.results.get("rollout", {}).get("layers", {}).get(str(layer), {})
+            row["rollout_inbox"] = rollout.get("inbox_mass")
+            row["rollout_chance"] = rollout.get("chance_mass")
+            clustering = self.results.get("clustering", {}).get("layers", {}).get(str(layer), {})
+            row["patch_knn"] = clustering.get("patch_knn_balanced_accuracy")
+            row["det_knn"] = clustering.get("det_knn_balanced_accuracy")
             row["kl_to_final"] = self.results.get("lens", {}).get("layers", {}).get(str(layer), {}).get("kl_to_final")
             rows.append(row)
         return rows
@@ -64,6 +71,11 @@ def collect(folder: Path) -> ReportData:
         content = json.loads(path.read_text())
         if "analyzer" in content:
             data.results[content["analyzer"]] = content
+            if (path.parent / "arrays.npz").is_file():
+                import numpy as np
+
+                with np.load(path.parent / "arrays.npz") as arrays:
+                    data.arrays[content["analyzer"]] = {k: arrays[k] for k in arrays.files}
     data.decision = _read(results_dir / "decision.json")
     data.exits_eval = _read(folder / "exits_eval" / "result.json")
     data.exits_config = _read(folder / "exits" / "config.json")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+from pathlib import Path
 
 import matplotlib
 
@@ -104,9 +105,7 @@ def training_curves(histories: dict[str, list[dict]], title: str, max_layers: in
     layers = sorted(histories, key=int)
     if not layers:
         return None
-    if len(layers) > max_layers:
-        step = (len(layers) - 1) / (max_layers - 1)
-        layers = [layers[round(i * step)] for i in range(max_layers)]
+    layers = _spread(layers, max_layers)
     fig, axes = plt.subplots(1, len(layers), figsize=(3.2 * len(layers), 3), squeeze=False)
     for ax, layer in zip(axes[0], layers):
         history = histories[layer]
@@ -116,7 +115,7 @@ def training_curves(histories: dict[str, list[dict]], title: str, max_layers: in
                 ax.plot(epochs, [h[key] for h in history], label=key)
         ax.set(title=f"layer {layer}", xlabel="epoch")
     axes[0][0].legend(fontsize=6)
-    fig.suptitle(title)
+    fig.suptitle(title, y=1.04)
     return _png(fig)
 
 
@@ -135,4 +134,60 @@ def exit_distribution(data: ReportData) -> str | None:
         bottoms = [b + s for b, s in zip(bottoms, shares)]
     ax.set(ylabel="share of images", title="Where images exit, by scene difficulty (operating point)")
     ax.legend(fontsize=8, bbox_to_anchor=(1.02, 1), loc="upper left")
+    return _png(fig)
+
+
+def rollout_overlays(data: ReportData) -> str | None:
+    """Rollout maps of one matched detection token per image, over the image where it is reachable."""
+    arrays = data.arrays.get("rollout")
+    if not arrays or not len(arrays.get("overlay_maps", [])):
+        return None
+    from PIL import Image
+
+    maps, boxes, paths = arrays["overlay_maps"], arrays["overlay_boxes"], arrays["overlay_paths"]
+    layers = list(arrays["overlay_layers"])
+    shown = [i for i, k in enumerate(layers) if k in _spread(layers, 4)]
+    fig, axes = plt.subplots(len(maps), len(shown), figsize=(2.4 * len(shown), 2.4 * len(maps)), squeeze=False)
+    for row, (image_maps, box, path) in enumerate(zip(maps, boxes, paths)):
+        image = Image.open(path).convert("RGB") if path and Path(path).is_file() else None
+        for col, index in enumerate(shown):
+            ax = axes[row][col]
+            extent = (0, image.width, image.height, 0) if image else None
+            if image:
+                ax.imshow(image)
+            ax.imshow(image_maps[index], cmap="inferno", alpha=0.55 if image else 1.0, extent=extent)
+            ax.add_patch(plt.Rectangle(box[:2], box[2], box[3], fill=False, color="cyan", linewidth=1.2))
+            ax.set_axis_off()
+            if row == 0:
+                ax.set_title(f"layer {layers[index]}", fontsize=9)
+    fig.suptitle("Attention rollout of a matched detection token (cyan: its person)")
+    return _png(fig)
+
+
+def _spread(values: list, count: int) -> list:
+    if len(values) <= count:
+        return values
+    step = (len(values) - 1) / (count - 1)
+    return [values[round(i * step)] for i in range(count)]
+
+
+def clustering_scatter(data: ReportData, method: str) -> str | None:
+    """2-D PCA or UMAP embeddings of patch tokens per layer, coloured person/background."""
+    arrays = data.arrays.get("clustering")
+    if not arrays or "patch_labels" not in arrays:
+        return None
+    layers = sorted(int(k.rsplit("L", 1)[1]) for k in arrays if k.startswith(f"patch_{method}_L"))
+    if not layers:
+        return None
+    layers = _spread(layers, 4)
+    labels = arrays["patch_labels"]
+    fig, axes = plt.subplots(1, len(layers), figsize=(3.2 * len(layers), 3.2), squeeze=False)
+    for ax, layer in zip(axes[0], layers):
+        points = arrays[f"patch_{method}_L{layer}"]
+        for value, name, colour in ((0, "background", "#bbbbbb"), (1, "person", "#d62728")):
+            chosen = labels == value
+            ax.scatter(points[chosen, 0], points[chosen, 1], s=4, c=colour, label=name, alpha=0.7)
+        ax.set(title=f"layer {layer}", xticks=[], yticks=[])
+    axes[0][0].legend(fontsize=7, markerscale=3)
+    fig.suptitle(f"Patch tokens, {method.upper()} (points: {len(labels)} sampled with the seed)", y=1.04)
     return _png(fig)
