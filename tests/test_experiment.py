@@ -1,6 +1,7 @@
 """Experiment files: validated before any work, stages skipped when up to date."""
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -40,8 +41,22 @@ def test_cli_fails_before_any_work(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_shipped_experiments_parse():
+def test_shipped_experiments_parse(monkeypatch, tmp_path):
+    from conftest import real_data
+
     assert load_experiment(DEMO_CONFIG).synth is not None
+    experiments = Path(__file__).resolve().parents[1] / "experiments"
+    monkeypatch.delenv("MOT17_ROOT", raising=False)
+    with pytest.raises(ValueError, match="data: .*environment variable that is not set"):
+        load_experiment(experiments / "mot17_yolos_small.yaml")
+    monkeypatch.setenv("MOT17_ROOT", str(real_data("MOT17")))
+    cfg = load_experiment(experiments / "mot17_yolos_small.yaml")
+    assert cfg.model == "hustvl/yolos-small" and cfg.shortest_edge == 512 and cfg.val_sequences == ("11", "13")
+    coco = tmp_path / "coco"
+    (coco / "annotations").mkdir(parents=True)
+    (coco / "annotations/instances_val2017.json").write_text("{}")
+    monkeypatch.setenv("COCO_ROOT", str(coco))
+    assert load_experiment(experiments / "coco_person.yaml").tokens == ("det",)
 
 
 def test_runs_and_skips_up_to_date_stages(tmp_path, tiny_model):

@@ -10,21 +10,27 @@ import click
 @click.command("run")
 @click.argument("config", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Experiment folder (default runs/NAME).")
-def run(config: Path, out: Path | None) -> None:
+@click.option("--open", "open_browser", is_flag=True, help="Open the report in the default browser.")
+def run(config: Path, out: Path | None, open_browser: bool) -> None:
     """Run a whole study from a YAML file, skipping stages that are up to date."""
     from probe_kit.experiment import load_experiment, run_experiment
 
     cfg = load_experiment(config)  # every config error surfaces here, before any work
     target = out or Path("runs") / cfg.name
     decision = run_experiment(cfg, target)
-    click.echo(f"{decision['verdict']}: exits {decision['exits']} -> {target}")
+    click.echo(f"{decision['verdict']}: exits {decision['exits']} -> {target / 'report.html'}")
+    if open_browser:
+        click.launch(str((target / "report.html").resolve()))
 
 
 @click.command("demo")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/demo"), show_default=True)
-def demo(out: Path) -> None:
-    """Offline: synthetic scenes + the shipped reference model -> the whole study."""
+@click.option("--open", "open_browser", is_flag=True, help="Open the report in the default browser.")
+def demo(out: Path, open_browser: bool) -> None:
+    """Offline: synthetic scenes + the shipped reference model -> the whole study -> OUT/report.html."""
     from probe_kit.experiment import DEMO_CONFIG, load_experiment, run_experiment
 
     decision = run_experiment(load_experiment(DEMO_CONFIG), out)
-    click.echo(f"{decision['verdict']}: exits {decision['exits']} -> {out}")
+    click.echo(f"{decision['verdict']}: exits {decision['exits']} -> {out / 'report.html'}")
+    if open_browser:
+        click.launch(str((out / "report.html").resolve()))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,8 @@ class ExperimentConfig:
 _TYPES = {
     "name": str, "data": str, "model": str, "revision": str, "shortest_edge": int, "device": str,
     "sequences": list, "split": str, "min_visibility": float, "stride": int, "val_sequences": list,
-    "layers": str, "tokens": list, "attention": bool, "batch_size": int, "seed": int, "analyzers": dict, "synth": dict, "exits": dict,
+    "layers": str, "tokens": list, "attention": bool, "batch_size": int, "seed": int, "analyzers": dict,
+    "synth": dict, "exits": dict,
 }
 
 
@@ -97,6 +99,9 @@ def load_experiment(path: Path) -> ExperimentConfig:
             if option != "layers" and option not in accepted:
                 raise ValueError(f"{path}: analyzers.{name}.{option}: unknown option; expected {accepted}")
     if raw.get("data"):
+        raw["data"] = os.path.expandvars(raw["data"])  # e.g. mot17:${MOT17_ROOT}
+        if "$" in raw["data"]:
+            raise ValueError(f"{path}: data: {raw['data']!r} names an environment variable that is not set")
         try:
             parse_data_spec(raw["data"])
         except ValueError as err:
