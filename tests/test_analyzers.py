@@ -19,7 +19,8 @@ from probe_kit.models.heads import DetectionHead
 from probe_kit.models.loading import ModelSpec, load_yolos
 
 FAST = {"lens": {}, "tuned-lens": {"epochs": 2}, "probe-linear": {"epochs": 2}, "probe-mlp": {"epochs": 2},
-        "probe-dense": {"epochs": 2}, "flops": {}, "rollout": {}, "clustering": {"umap": False, "max_points": 200}}
+        "probe-dense": {"epochs": 2}, "flops": {}, "rollout": {}, "clustering": {"umap": False, "max_points": 200},
+        "attribution": {"images": 2, "steps": 8}}
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +53,10 @@ def test_runs_end_to_end_and_is_deterministic(name, tiny_cache, tmp_path):
     if name == "rollout":
         for metrics in saved["layers"].values():
             assert 0 <= metrics["inbox_mass"] <= 1 and 0 <= metrics["pointing_game"] <= 1
+        return
+    if name == "attribution":
+        for metrics in saved["layers"].values():
+            assert 0 <= metrics["inbox_attribution"] <= 1 and np.isfinite(metrics["relative_completeness_delta"])
         return
     if name == "clustering":
         assert 0 <= saved["layers"]["2"]["patch_knn_balanced_accuracy"] <= 1
@@ -172,3 +177,22 @@ def test_clustering_umap_embeddings_and_pca_reference(tiny_cache):
         tokens = cache.read(4, "patch").reshape(-1, cache.read(4, "patch").shape[-1])
     direct = PCA(2).fit(tokens).explained_variance_ratio_.sum()
     assert abs(result.layers[4]["patch_pca2_explained"] - direct) < 0.15
+
+
+def test_forward_to_layer_is_hidden_states(tiny_model):
+    from probe_kit.models.layers import forward_to_layer
+
+    model, _ = load_yolos(ModelSpec(str(tiny_model)))
+    pixels = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        states = model(pixel_values=pixels, output_hidden_states=True).hidden_states
+        for layer in range(5):
+            torch.testing.assert_close(forward_to_layer(model, pixels, layer), states[layer])
+
+
+def test_attribution_completeness_with_enough_steps(tiny_cache):
+    """Integrated Gradients' completeness: attributions sum to F(x) - F(baseline) as steps grow."""
+    coarse = run_analyzer("attribution", tiny_cache, "2", images=1, steps=4)
+    fine = run_analyzer("attribution", tiny_cache, "2", images=1, steps=64)
+    assert fine.layers[2]["relative_completeness_delta"] < 0.1
+    assert fine.layers[2]["relative_completeness_delta"] < coarse.layers[2]["relative_completeness_delta"]

@@ -22,6 +22,7 @@ _BUILTIN_MODULES = (
     "probe_kit.analyzers.flops",
     "probe_kit.analyzers.rollout",
     "probe_kit.analyzers.clustering",
+    "probe_kit.analyzers.attribution",
 )
 
 

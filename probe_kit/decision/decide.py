@@ -83,11 +83,15 @@ def _evidence(results: dict[str, dict]) -> dict[int, dict]:
 
 
 def _supporting(results: dict[str, dict], layer: int) -> str:
-    """Rollout and clustering numbers at ``layer``, cited but not used in the criteria."""
+    """Rollout, attribution and clustering numbers at ``layer``, cited but not used in the criteria."""
     parts = []
     rollout = results.get("rollout", {}).get("layers", {}).get(str(layer))
     if rollout:
         parts.append(f"rollout in-box mass {rollout['inbox_mass']:.2f} (chance {rollout['chance_mass']:.2f})")
+    attribution = results.get("attribution", {}).get("layers", {}).get(str(layer))
+    if attribution:
+        parts.append(f"IG attribution in-box {attribution['inbox_attribution']:.2f} "
+                     f"(chance {attribution['chance_mass']:.2f})")
     clustering = results.get("clustering", {}).get("layers", {}).get(str(layer), {})
     if "patch_knn_balanced_accuracy" in clustering:
         parts.append(f"patch person/background k-NN balanced accuracy {clustering['patch_knn_balanced_accuracy']:.2f}")

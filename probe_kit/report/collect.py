@@ -16,6 +16,7 @@ EXPECTED = {
     "flops": "probe-kit analyze flops",
     "rollout": "probe-kit cache --attention, then probe-kit analyze rollout",
     "clustering": "probe-kit analyze clustering",
+    "attribution": "probe-kit analyze attribution",
 }
 
 
