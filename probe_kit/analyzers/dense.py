@@ -9,21 +9,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from probe_kit.analyzers._data import headline, iter_batches, make_split
-from probe_kit.analyzers._fit import fit
+from probe_kit.training.data import apply_in_chunks, headline, iter_batches, make_split
+from probe_kit.training.fit import fit
 from probe_kit.analyzers._registry import AnalyzerResult, register
 from probe_kit.cache.reader import FeatureCache
 from probe_kit.metrics.coco import evaluate, ground_truth_dict
 from probe_kit.ops.boxes import cxcywh_norm_to_xywh, xywh_to_cxcywh_norm
 from probe_kit.ops.dense import DenseHead, dense_loss, dense_targets, nms
-
-
-def _predict(head, cache, layer, indices, chunk=256) -> torch.Tensor:
-    out = []
-    with torch.no_grad():
-        for start in range(0, len(indices), chunk):
-            out.append(head(torch.from_numpy(cache.read(layer, "patch", indices[start : start + chunk]))))
-    return torch.cat(out)
 
 
 def decode(pred: torch.Tensor, samples, iou_threshold: float = 0.5, keep: int = 100) -> list[dict]:
@@ -64,12 +56,12 @@ def run_dense(cache: FeatureCache, layers: tuple[int, ...], seed: int = 0, head:
             return {"loss": parts.pop("loss_dense"), **parts}
 
         def holdout(m, layer=layer):
-            pred = _predict(m, cache, layer, split.holdout)
+            pred = apply_in_chunks(m, cache, layer, "patch", split.holdout, chunk=256)
             return float(dense_loss(pred, objectness[split.holdout], box_targets[split.holdout])["loss_dense"])
 
         histories[str(layer)] = fit(module, batches, loss_fn, holdout, epochs, lr, desc=f"probe-dense L{layer}")
         val = [samples[i] for i in split.val]
-        metrics = evaluate(ground_truth_dict(val), decode(_predict(module, cache, layer, split.val), val))
+        metrics = evaluate(ground_truth_dict(val), decode(apply_in_chunks(module, cache, layer, "patch", split.val, chunk=256), val))
         per_layer[layer] = headline(metrics) | {"epochs_trained": len(histories[str(layer)])}
     options = {"head": head, "val_fraction": val_fraction, "val_sequences": list(val_sequences), "epochs": epochs,
                "lr": lr, "batch_size": batch_size}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from probe_kit.analyzers._data import load_cache_model
+from probe_kit.training.data import load_cache_model
 from probe_kit.analyzers._registry import AnalyzerResult, register
 from probe_kit.cache.reader import FeatureCache
 from probe_kit.models.flops import measure_flops

@@ -12,8 +12,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from probe_kit.analyzers._data import Split, headline, iter_batches, load_cache_model, make_split, score
-from probe_kit.analyzers._fit import fit
+from probe_kit.training.data import (
+    Split,
+    apply_in_chunks,
+    headline,
+    iter_batches,
+    load_cache_model,
+    make_split,
+    score,
+)
+from probe_kit.training.fit import fit
 from probe_kit.analyzers._registry import AnalyzerResult, register
 from probe_kit.cache.reader import FeatureCache
 from probe_kit.models.heads import DetectionHead
@@ -21,18 +29,6 @@ from probe_kit.ops.boxes import paired_iou
 from probe_kit.ops.distill import distillation_loss, kl_to_final
 
 CONFIDENT = 0.5  # final-layer person score above which a token counts as a detection for box agreement
-
-
-def _outputs(head: nn.Module, cache: FeatureCache, layer: int, indices: np.ndarray, chunk: int = 512):
-    """Head outputs ``(logits, boxes)`` for the det tokens of ``layer`` at ``indices``, read chunk-wise."""
-    logits, boxes = [], []
-    with torch.no_grad():
-        for start in range(0, len(indices), chunk):
-            feats = torch.from_numpy(cache.read(layer, "det", indices[start : start + chunk]))
-            lg, bx = head(feats)
-            logits.append(lg)
-            boxes.append(bx)
-    return torch.cat(logits), torch.cat(boxes)
 
 
 def agreement(logits: torch.Tensor, boxes: torch.Tensor, final_logits: torch.Tensor, final_boxes: torch.Tensor,
@@ -53,7 +49,7 @@ def _setup(cache: FeatureCache, val_fraction: float, val_sequences):
 
 
 def _layer_metrics(head, cache, layer, split: Split, samples, final_logits, final_boxes, person) -> dict:
-    logits, boxes = _outputs(head, cache, layer, split.val)
+    logits, boxes = apply_in_chunks(head, cache, layer, "det", split.val)
     metrics = headline(score(logits, boxes, [samples[i] for i in split.val], person))
     return metrics | agreement(logits, boxes, final_logits[split.val], final_boxes[split.val], person)
 
@@ -110,7 +106,7 @@ def run_tuned_lens(cache: FeatureCache, layers: tuple[int, ...], seed: int = 0, 
             return distillation_loss(logits, boxes, final_logits[idx], final_boxes[idx])
 
         def holdout(module, layer=layer):
-            logits, boxes = _outputs(module, cache, layer, split.holdout)
+            logits, boxes = apply_in_chunks(module, cache, layer, "det", split.holdout)
             return float(distillation_loss(logits, boxes, final_logits[split.holdout], final_boxes[split.holdout])["loss"])
 
         histories[str(layer)] = fit(lens, batches, loss_fn, holdout, epochs, lr, desc=f"tuned-lens L{layer}")

@@ -11,7 +11,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from probe_kit.analyzers._data import (
+from probe_kit.training.data import (
+    apply_in_chunks,
     box_targets,
     headline,
     iter_batches,
@@ -20,21 +21,11 @@ from probe_kit.analyzers._data import (
     options_json,
     score,
 )
-from probe_kit.analyzers._fit import fit
+from probe_kit.training.fit import fit
 from probe_kit.analyzers._registry import AnalyzerResult, register
 from probe_kit.cache.reader import FeatureCache
 from probe_kit.models.heads import DetectionHead, Standardize
 from probe_kit.ops.set_loss import SetCriterion
-
-
-def _predict(head, cache: FeatureCache, layer: int, indices: np.ndarray, chunk: int = 512):
-    logits, boxes = [], []
-    with torch.no_grad():
-        for start in range(0, len(indices), chunk):
-            lg, bx = head(torch.from_numpy(cache.read(layer, "det", indices[start : start + chunk])))
-            logits.append(lg)
-            boxes.append(bx)
-    return torch.cat(logits), torch.cat(boxes)
 
 
 def _standardizer(cache: FeatureCache, layer: int, indices: np.ndarray, chunk: int = 2048) -> Standardize:
@@ -88,7 +79,7 @@ def train_probe(cache: FeatureCache, layer: int, kind: str, seed: int = 0, opts:
         return criterion(logits, boxes, [targets[i] for i in idx])
 
     def holdout(module):
-        logits, boxes = _predict(module, cache, layer, split.holdout)
+        logits, boxes = apply_in_chunks(module, cache, layer, "det", split.holdout)
         return float(criterion(logits, boxes, [targets[i] for i in split.holdout])["loss"])
 
     history = fit(head, batches, loss_fn, holdout, opts.epochs, opts.lr, desc=f"probe-{kind} L{layer}")
@@ -100,7 +91,7 @@ def _run(kind: str, cache: FeatureCache, layers: tuple[int, ...], seed: int, **o
     per_layer, histories, split_info = {}, {}, None
     for layer in layers:
         head, person, split, samples, history = train_probe(cache, layer, kind, seed, opts)
-        logits, boxes = _predict(head, cache, layer, split.val)
+        logits, boxes = apply_in_chunks(head, cache, layer, "det", split.val)
         per_layer[layer] = headline(score(logits, boxes, [samples[i] for i in split.val], person))
         per_layer[layer]["epochs_trained"] = len(history)
         histories[str(layer)] = history

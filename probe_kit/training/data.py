@@ -1,4 +1,4 @@
-"""What analyzers share: leakage-free splits, targets, chunked batches, the cached model, scoring."""
+"""Leakage-free splits, targets, chunked batches, the cached model, scoring: what trained readouts share."""
 
 from __future__ import annotations
 
@@ -104,6 +104,18 @@ def iter_batches(cache: FeatureCache, layer: int, role: str, indices: np.ndarray
         for start in range(0, len(block), batch_size):
             pick = order[start : start + batch_size]
             yield block[pick], torch.from_numpy(features[pick])
+
+
+def apply_in_chunks(module, cache: FeatureCache, layer: int, role: str, indices: np.ndarray, chunk: int = 512):
+    """``module`` on the ``role`` tokens of ``layer`` at ``indices``, read chunk by chunk (no gradients);
+    outputs concatenated (a tuple of outputs stays a tuple)."""
+    outputs = []
+    with torch.no_grad():
+        for start in range(0, len(indices), chunk):
+            outputs.append(module(torch.from_numpy(cache.read(layer, role, indices[start : start + chunk]))))
+    if isinstance(outputs[0], tuple):
+        return tuple(torch.cat(parts) for parts in zip(*outputs))
+    return torch.cat(outputs)
 
 
 def score(logits: torch.Tensor, boxes: torch.Tensor, samples: Sequence[Sample], person_index: int) -> dict:
