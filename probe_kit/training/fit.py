@@ -18,7 +18,7 @@ def fit(
     lr: float,
     patience: int = 5,
     desc: str = "fit",
-    progress: bool = False,
+    progress: bool = True,
 ) -> list[dict]:
     """Adam on ``loss_fn(module, batch)["loss"]``; keeps the weights of the best holdout epoch.
 
