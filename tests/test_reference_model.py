@@ -33,7 +33,7 @@ def test_model_card_states_the_recorded_numbers(recorded):
 
 
 def test_reproduces_recorded_ap50(recorded, tmp_path):
-    heldout = write_heldout_set(tmp_path / "heldout")
+    heldout = write_heldout_set(tmp_path / "heldout", recorded["heldout"]["seed"])
     result = CliRunner().invoke(cli, ["evaluate", "--model", "reference", "--data", f"synth:{heldout}",
                                       "--out", str(tmp_path / "m.json"), "--batch-size", "32"])
     assert result.exit_code == 0, result.output

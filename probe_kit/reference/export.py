@@ -16,17 +16,23 @@ from probe_kit.reference.recipe import RecipeConfig
 
 SHIPPED_FILES = ("config.json", "model.safetensors", "preprocessor_config.json")
 METRICS_FILE = "heldout_metrics.json"
+# The test set: a seed used neither for training nor for checkpoint selection (heldout_seed).
+TEST_SEED = 17
 
 
-def write_heldout_set(folder: Path, cfg: RecipeConfig = RecipeConfig()) -> Path:
-    """The held-out scenes: the recipe's ``heldout_seed`` (never trained on), the default difficulty mix."""
+def write_heldout_set(folder: Path, seed: int = TEST_SEED, cfg: RecipeConfig = RecipeConfig()) -> Path:
+    """Held-out scenes at ``seed`` with the generator's default difficulty mix."""
     if not (Path(folder) / "train").is_dir():
-        write_synth_dataset(Path(folder), cfg.heldout_frames, cfg.heldout_seed, SceneSpec(cfg.scene_size, cfg.scene_size))
+        write_synth_dataset(Path(folder), cfg.heldout_frames, seed, SceneSpec(cfg.scene_size, cfg.scene_size))
     return Path(folder)
 
 
 def export_reference(run_dir: Path, heldout_dir: Path, cfg: RecipeConfig = RecipeConfig()) -> dict:
-    """Copy ``run_dir/best`` into the package and write its held-out metrics next to it."""
+    """Copy ``run_dir/best`` into the package and write its held-out metrics next to it.
+
+    Scored on two synthetic sets through the real evaluate path: the test seed (never seen in
+    training or selection; the number the model card and its test quote) and the selection seed.
+    """
     best = Path(run_dir) / "best"
     missing = [name for name in SHIPPED_FILES if not (best / name).is_file()]
     if missing:
@@ -34,13 +40,18 @@ def export_reference(run_dir: Path, heldout_dir: Path, cfg: RecipeConfig = Recip
     REFERENCE_DIR.mkdir(parents=True, exist_ok=True)
     for name in SHIPPED_FILES:
         shutil.copy2(best / name, REFERENCE_DIR / name)
-    heldout = write_heldout_set(heldout_dir, cfg)
-    metrics, _ = evaluate_model(ModelSpec("reference"), parse_data_spec(f"synth:{heldout}"), batch_size=32)
+    keys = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")
+    scored = {}
+    for name, seed in (("test", TEST_SEED), ("selection", cfg.heldout_seed)):
+        folder = write_heldout_set(Path(heldout_dir) / f"seed{seed}", seed, cfg)
+        metrics, _ = evaluate_model(ModelSpec("reference"), parse_data_spec(f"synth:{folder}"), batch_size=32)
+        scored[name] = {k: metrics[k] for k in keys}
     training = json.loads((best / METRICS_FILE).read_text()) if (best / METRICS_FILE).is_file() else {}
     record = {
-        **{k: metrics[k] for k in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")},
-        "heldout": {"seed": cfg.heldout_seed, "frames": cfg.heldout_frames, "size": cfg.scene_size,
+        **scored["test"],
+        "heldout": {"seed": TEST_SEED, "frames": cfg.heldout_frames, "size": cfg.scene_size,
                     "mix": "default (easy 0.4, medium 0.35, hard 0.25)"},
+        "selection_set": {"seed": cfg.heldout_seed, **scored["selection"]},
         "checkpoint_step": training.get("step"),
     }
     write_json(REFERENCE_DIR / METRICS_FILE, record)
