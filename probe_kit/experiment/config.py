@@ -21,6 +21,7 @@ class SynthData:
     frames: int = 300
     seed: int = 11
     size: int = 256
+    frames_per_sequence: int = 50  # sequences are the unit of train/validation splits
 
 
 @dataclass(frozen=True)

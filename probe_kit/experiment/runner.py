@@ -38,7 +38,7 @@ def _synth_stage(cfg: ExperimentConfig, out: Path, say: Callable[[str], None]) -
     staging = Path(tempfile.mkdtemp(dir=out, prefix=".data."))
     try:
         spec = SceneSpec(cfg.synth.size, cfg.synth.size)
-        write_synth_dataset(staging, cfg.synth.frames, cfg.synth.seed, spec)
+        write_synth_dataset(staging, cfg.synth.frames, cfg.synth.seed, spec, cfg.synth.frames_per_sequence)
         (staging / "synth.json").write_text(wanted)
         staging.rename(folder)
     finally:
@@ -77,15 +77,15 @@ def _inputs_key(fingerprint: str, name: str, layers: str, options: dict, seed: i
 
 
 def _analyzer_stage(cfg: ExperimentConfig, cache_path: Path, out: Path, say: Callable[[str], None]) -> None:
-    from probe_kit.analyzers import run_analyzer, write_result
+    from probe_kit.analyzers import get_analyzer, run_analyzer, write_result
     from probe_kit.cache.reader import FeatureCache
 
     with FeatureCache(cache_path) as cache:
         fingerprint = cache.fingerprint
     for name, settings in cfg.analyzers.items():
         options = {k: v for k, v in settings.items() if k != "layers"}
-        if cfg.val_sequences and name != "flops" and "val_sequences" not in options:
-            options["val_sequences"] = tuple(cfg.val_sequences)
+        if cfg.val_sequences and "val_sequences" in get_analyzer(name).option_names():
+            options.setdefault("val_sequences", tuple(cfg.val_sequences))
         layers = str(settings.get("layers", cfg.layers))
         key = _inputs_key(fingerprint, name, layers, options, cfg.seed)
         result_path = out / "results" / name / "result.json"
