@@ -44,7 +44,8 @@ class ExperimentConfig:
     batch_size: int = 16
     seed: int = 0
     analyzers: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {layers: ..., options}
-    # exit heads: layers ("decision" or "4,8,12"), ExitTraining options, thresholds, policy
+    # exit heads: layers ("decision" or "4,8,12"), candidates (used when the decision recommends
+    # no early exit), ExitTraining options, thresholds, policy
     exits: dict[str, Any] = field(default_factory=dict)
 
 
@@ -109,7 +110,7 @@ def load_experiment(path: Path) -> ExperimentConfig:
             raise ValueError(f"{path}: data: {err}") from None
     from probe_kit.heads.exits import ExitTraining
 
-    exit_keys = set(ExitTraining.__dataclass_fields__) | {"layers", "thresholds", "policy"}
+    exit_keys = set(ExitTraining.__dataclass_fields__) | {"layers", "candidates", "thresholds", "policy"}
     for key in raw.get("exits") or {}:
         if key not in exit_keys:
             raise ValueError(f"{path}: exits.{key}: unknown key; expected {sorted(exit_keys)}")

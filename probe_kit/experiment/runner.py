@@ -98,11 +98,17 @@ def _analyzer_stage(cfg: ExperimentConfig, cache_path: Path, out: Path, say: Cal
         write_result(result, result_path.parent)
 
 
-def _exit_layers(cfg: ExperimentConfig, decision: dict) -> tuple[int, ...]:
+def _exit_layers(cfg: ExperimentConfig, decision: dict, say: Callable[[str], None]) -> tuple[int, ...]:
+    """The decision's exits; where it recommends none, the config's ``candidates`` (if any), said aloud."""
     chosen = cfg.exits.get("layers", "decision")
-    if chosen == "decision":
+    if chosen != "decision":
+        return tuple(int(v) for v in str(chosen).split(","))
+    if len(decision["exits"]) > 1 or "candidates" not in cfg.exits:
         return tuple(decision["exits"])
-    return tuple(int(v) for v in str(chosen).split(","))
+    candidates = tuple(int(v) for v in str(cfg.exits["candidates"]).split(","))
+    say(f"[exits] the decision recommends no early exit; training heads at the candidate layers "
+        f"{list(candidates)} anyway, to measure what trained exit heads reach (the verdict stands)")
+    return candidates
 
 
 def _exits_stage(cfg: ExperimentConfig, cache_path: Path, data_text: str, decision: dict, out: Path,
@@ -113,7 +119,7 @@ def _exits_stage(cfg: ExperimentConfig, cache_path: Path, data_text: str, decisi
     from probe_kit.heads.exits import ExitTraining, train_exit_heads
     from probe_kit.io import write_json
 
-    layers = _exit_layers(cfg, decision)
+    layers = _exit_layers(cfg, decision, say)
     with FeatureCache(cache_path) as cache:
         depth, fingerprint = cache.model["config"]["num_hidden_layers"], cache.fingerprint
     if not [k for k in layers if k != depth]:

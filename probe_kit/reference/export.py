@@ -39,7 +39,7 @@ def export_reference(run_dir: Path, heldout_dir: Path, cfg: RecipeConfig = Recip
         raise ValueError(f"{best}: missing {missing}; train first with `probe-kit reference train`")
     REFERENCE_DIR.mkdir(parents=True, exist_ok=True)
     for name in SHIPPED_FILES:
-        shutil.copy2(best / name, REFERENCE_DIR / name)
+        shutil.copyfile(best / name, REFERENCE_DIR / name)  # contents only: shipped files stay world-readable
     keys = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")
     scored = {}
     for name, seed in (("test", TEST_SEED), ("selection", cfg.heldout_seed)):
