@@ -108,4 +108,5 @@ def test_train_save_load_and_evaluate(tiny_model, synth_dir, tmp_path):
     point = result["operating_point"]
     assert {"measured_speedup", "flops_speedup", "threshold"} <= set(point)
     assert result["exits"]["2"]["mean_gflops"] < result["exits"]["4"]["mean_gflops"]
+    assert result["exits"]["4"]["mean_gflops"] == pytest.approx(result["full_model"]["gflops"])
     assert sum(sum(v.values()) for v in result["exit_distribution"].values()) == 12

@@ -28,9 +28,9 @@ from probe_kit.models.runner import input_size
 DEFAULT_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
 
 
-def _gflops(profile: FlopProfile, exits: Sequence[int], layer: int) -> float:
-    """Blocks 1..layer plus one head per exit evaluated up to and including ``layer``."""
-    heads = sum(1 for k in exits if k <= layer)
+def _gflops(profile: FlopProfile, exits: Sequence[int], layer: int, policy: Policy) -> float:
+    """Blocks 1..layer plus every head evaluated on the way: one for a fixed exit, else each exit up to ``layer``."""
+    heads = 1 if policy.kind == "fixed" else sum(1 for k in exits if k <= layer)
     return profile.to_exit(layer, head=0.0) + heads * profile.head
 
 
@@ -49,7 +49,7 @@ def _run(multi: MultiExitYolos, pixels: list[torch.Tensor], samples: Sequence[Sa
     return {
         "AP": metrics["AP"], "AP50": metrics["AP50"], "AP75": metrics["AP75"],
         "pr_curve_iou50": metrics.get("pr_curve_iou50"),
-        "mean_gflops": float(np.mean([_gflops(profile, exits, k) for k in layers])),
+        "mean_gflops": float(np.mean([_gflops(profile, exits, k, policy) for k in layers])),
         "mean_latency_ms": 1000 * float(np.mean(seconds)),
         "exit_layers": layers,
     }

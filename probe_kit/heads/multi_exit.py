@@ -90,7 +90,8 @@ class MultiExitYolos(nn.Module):
         for index, block in enumerate(vit.encoder.layer):
             layer = index + 1
             hidden = block(hidden)
-            if layer in self.heads.layers:
+            fixed_elsewhere = policy.kind == "fixed" and layer not in (policy.layer, self.depth)
+            if layer in self.heads.layers and not fixed_elsewhere:  # a fixed exit evaluates one head only
                 logits, boxes = self.heads(layer, hidden[:, -n_det:])
                 if out_logits is None:
                     out_logits = logits.new_zeros((batch,) + logits.shape[1:])
