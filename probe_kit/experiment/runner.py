@@ -95,6 +95,7 @@ def _analyzer_stage(cfg: ExperimentConfig, cache_path: Path, out: Path, say: Cal
         say(f"[analyze] {name} on layers {layers}")
         result = run_analyzer(name, cache_path, layers, cfg.seed, **options)
         result.extra["inputs_key"] = key
+        result.extra["command"] = f"probe-kit run (experiment {cfg.name!r}, analyzer {name})"
         write_result(result, result_path.parent)
 
 
