@@ -220,13 +220,14 @@ def train_reference(cfg: RecipeConfig, out: Path, budget_minutes: float | None =
         step += 1
         losses.append(float(loss.detach()))
         parts = {k: float(v.detach()) for k, v in out_model.loss_dict.items() if k.startswith("loss")}
+        parts["loss_dense"] = float(dense["loss_dense"].detach())
         bar.set_postfix(ce=parts["loss_ce"], l1=parts["loss_bbox"], giou=parts["loss_giou"],
-                        dense=float(dense["loss_dense"]), refresh=False)
+                        dense=parts["loss_dense"], refresh=False)
         bar.update(1)
         if step % cfg.eval_every == 0 or step == cfg.steps:
             metrics = evaluate_pool(model, heldout)
-            record = {"step": step, "minutes": (time.time() - started) / 60, "loss": float(loss), **parts,
-                      "loss_dense": float(dense["loss_dense"]), "AP": metrics["AP"], "AP50": metrics["AP50"]}
+            record = {"step": step, "minutes": (time.time() - started) / 60, "loss": losses[-1], **parts,
+                      "AP": metrics["AP"], "AP50": metrics["AP50"]}
             with open(out / "history.jsonl", "a") as fh:
                 fh.write(json.dumps(record) + "\n")
             bar.write(json.dumps(record))
