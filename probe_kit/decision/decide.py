@@ -83,8 +83,12 @@ def _evidence(results: dict[str, dict]) -> dict[int, dict]:
 
 
 def _supporting(results: dict[str, dict], layer: int) -> str:
-    """Rollout, attribution and clustering numbers at ``layer``, cited but not used in the criteria."""
+    """Dense-probe, rollout, attribution and clustering numbers at ``layer``: cited, not used in the criteria
+    (exits read detection tokens, so only det-token readouts decide)."""
     parts = []
+    dense = results.get("probe-dense", {}).get("layers", {}).get(str(layer))
+    if dense:
+        parts.append(f"patch-token dense probe AP50 {dense['AP50']:.3f}")
     rollout = results.get("rollout", {}).get("layers", {}).get(str(layer))
     if rollout:
         parts.append(f"rollout in-box mass {rollout['inbox_mass']:.2f} (chance {rollout['chance_mass']:.2f})")
