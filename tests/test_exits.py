@@ -110,3 +110,24 @@ def test_train_save_load_and_evaluate(tiny_model, synth_dir, tmp_path):
     assert result["exits"]["2"]["mean_gflops"] < result["exits"]["4"]["mean_gflops"]
     assert result["exits"]["4"]["mean_gflops"] == pytest.approx(result["full_model"]["gflops"])
     assert sum(sum(v.values()) for v in result["exit_distribution"].values()) == 12
+
+
+def test_finetuning_the_blocks_before_each_exit(tiny_model, synth_dir, tmp_path):
+    from probe_kit.heads.finetune import blocks_before_exits
+
+    assert blocks_before_exits((2, 4), 1) == [1, 3]
+    assert blocks_before_exits((1, 3), 2) == [0, 1, 2]
+    cache = write_cache(ModelSpec(str(tiny_model)), parse_data_spec(f"synth:{synth_dir}"), "all", ["det"],
+                        tmp_path / "c.h5", dtype="float32", batch_size=4, progress=False)
+    result = CliRunner().invoke(cli, ["train-exits", "--cache", str(cache), "--layers", "2", "--out",
+                                      str(tmp_path / "ft"), "--epochs", "1", "--finetune-blocks", "1",
+                                      "--finetune-epochs", "2", "--finetune-lr", "1e-3"])
+    assert result.exit_code == 0, result.output
+    base, _ = load_yolos(ModelSpec(str(tiny_model)))
+    tuned, _, heads, config = load_exits(tmp_path / "ft")
+    assert config["finetuned_blocks"] == [1, 3] and len(config["finetune_history"]) >= 1
+    assert {"set_L2", "distill_L4"} <= set(config["finetune_history"][0])
+    changed = [i for i in range(4) if not torch.equal(base.vit.encoder.layer[i].output.dense.weight,
+                                                        tuned.vit.encoder.layer[i].output.dense.weight)]
+    assert changed == [1, 3]  # only the blocks before each exit moved
+    torch.testing.assert_close(base.vit.embeddings.detection_tokens, tuned.vit.embeddings.detection_tokens)

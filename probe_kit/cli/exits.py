@@ -19,8 +19,13 @@ from probe_kit.cli.options import build_data_spec, data_options
 @click.option("--distill-weight", type=float, default=1.0, show_default=True,
               help="Weight of distillation towards the final layer.")
 @click.option("--val-sequences", default=None, help="Validation sequences (default: the last 30%).")
+@click.option("--finetune-blocks", type=int, default=0, show_default=True,
+              help="Then fine-tune the k blocks before each exit with all heads, on live images (GPU path).")
+@click.option("--finetune-epochs", type=int, default=3, show_default=True)
+@click.option("--finetune-lr", type=float, default=1e-5, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-def train_exits(cache_path, layers, out, epochs, lr, set_weight, distill_weight, val_sequences, seed) -> None:
+def train_exits(cache_path, layers, out, epochs, lr, set_weight, distill_weight, val_sequences, finetune_blocks,
+                finetune_epochs, finetune_lr, seed) -> None:
     """Train exit heads (initialised from the pretrained head) on cached det tokens."""
     from probe_kit.cache.reader import FeatureCache
     from probe_kit.cache.writer import resolve_layers
@@ -29,7 +34,8 @@ def train_exits(cache_path, layers, out, epochs, lr, set_weight, distill_weight,
     with FeatureCache(cache_path) as cache:
         chosen = resolve_layers(layers, cache.model["config"]["num_hidden_layers"])
     opts = ExitTraining(epochs=epochs, lr=lr, set_weight=set_weight, distill_weight=distill_weight,
-                        val_sequences=tuple(v.strip() for v in val_sequences.split(",")) if val_sequences else ())
+                        val_sequences=tuple(v.strip() for v in val_sequences.split(",")) if val_sequences else (),
+                        finetune_blocks=finetune_blocks, finetune_epochs=finetune_epochs, finetune_lr=finetune_lr)
     path = train_exit_heads(cache_path, chosen, out, seed, opts)
     click.echo(f"exit heads -> {path}")
 

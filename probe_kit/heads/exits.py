@@ -37,6 +37,9 @@ class ExitTraining:
     val_fraction: float = 0.3
     val_sequences: tuple[str, ...] = ()
     train_last: bool = False  # also train the final layer's head (default: keep the model's own)
+    finetune_blocks: int = 0  # then fine-tune the k blocks before each exit jointly, on live images
+    finetune_epochs: int = 3
+    finetune_lr: float = 1e-5
 
 
 class ExitHeads(nn.Module):
@@ -101,8 +104,14 @@ def train_exit_heads(cache_path: Path, layers: tuple[int, ...], out: Path, seed:
 
             histories[str(layer)] = fit(head, batches, lambda m, b: loss_on(m, *b), holdout, opts.epochs, opts.lr,
                                         desc=f"exit head L{layer}", progress=progress)
+        finetuned, finetune_history = [], []
+        if opts.finetune_blocks > 0:
+            finetuned, finetune_history = _finetune(cache, model, heads, samples, split, targets, final_logits,
+                                                    final_boxes, criterion, opts, seed, progress)
         config = {
             "layers": list(layers),
+            "finetuned_blocks": finetuned,
+            "finetune_history": finetune_history,
             "base_model": {k: cache.model[k] for k in ("name", "revision", "fingerprint")},
             "cache": str(Path(cache_path).resolve()),
             "cache_fingerprint": cache.fingerprint,
@@ -111,13 +120,36 @@ def train_exit_heads(cache_path: Path, layers: tuple[int, ...], out: Path, seed:
             "history": histories,
             "split": split.describe(samples),
         }
-    return save_exits(heads, config, out)
+    blocks = {k: v for k, v in model.state_dict().items()
+              if any(k.startswith(f"vit.encoder.layer.{i}.") for i in finetuned)}
+    return save_exits(heads, config, out, blocks)
 
 
-def save_exits(heads: ExitHeads, config: dict, out: Path) -> Path:
+def _finetune(cache, model, heads, samples, split, targets, final_logits, final_boxes, criterion,
+              opts: ExitTraining, seed: int, progress: bool):
+    from probe_kit.data.spec import DataSpec
+    from probe_kit.heads.finetune import finetune_blocks
+    from probe_kit.heads.multi_exit import MultiExitYolos
+    from probe_kit.models.loading import ModelSpec, load_yolos
+
+    spec = DataSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in cache.dataset.items()})
+    live = spec.load()
+    if [s.image_id for s in live] != [s.image_id for s in samples]:
+        raise ValueError(f"{cache.path}: the dataset on disk no longer matches the cache; cannot fine-tune blocks")
+    _, processor = load_yolos(ModelSpec(cache.model["name"], cache.model["revision"]))
+    multi = MultiExitYolos(model, heads, cache.person_index())
+    return finetune_blocks(multi, processor, live, split.train, split.holdout, targets, final_logits, final_boxes,
+                           criterion, opts.finetune_blocks, opts.finetune_epochs, opts.finetune_lr, opts.batch_size,
+                           opts.set_weight, opts.distill_weight, seed, progress)
+
+
+def save_exits(heads: ExitHeads, config: dict, out: Path, blocks: dict[str, torch.Tensor] | None = None) -> Path:
+    """``heads.safetensors`` + ``config.json`` (+ ``blocks.safetensors``: fine-tuned blocks over the base)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in heads.state_dict().items()}, out / "heads.safetensors")
+    if blocks:
+        save_file({k: v.contiguous() for k, v in blocks.items()}, out / "blocks.safetensors")
     (out / "config.json").write_text(json.dumps(config, indent=2))
     return out
 
@@ -136,6 +168,10 @@ def load_exits(folder: Path):
     if weights_fingerprint(model) != base["fingerprint"]:
         raise ValueError(f"{folder}: heads were trained on weights {base['fingerprint']}, "
                          f"{base['name']} now has {weights_fingerprint(model)}")
+    if config.get("finetuned_blocks"):
+        missing, unexpected = model.load_state_dict(load_file(folder / "blocks.safetensors"), strict=False)
+        if unexpected:
+            raise ValueError(f"{folder}/blocks.safetensors: unexpected tensors {unexpected[:3]}")
     heads = ExitHeads.from_model(model, tuple(config["layers"]))
     heads.load_state_dict(load_file(folder / "heads.safetensors"))
     heads.eval()

@@ -75,6 +75,22 @@ class MultiExitYolos(nn.Module):
             agree &= same_tokens & (iou >= policy.threshold)
         return agree
 
+    def all_exits(self, pixel_values: torch.Tensor) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        """Every exit's ``(logits, boxes)``, all blocks run, gradients kept (for joint fine-tuning)."""
+        vit = self.model.vit
+        hidden = vit.embeddings(pixel_values)
+        height, width = pixel_values.shape[-2:]
+        mid = vit.encoder.interpolation((height, width)) if self.model.config.use_mid_position_embeddings else None
+        n_det = self.model.config.num_detection_tokens
+        outputs = {}
+        for index, block in enumerate(vit.encoder.layer):
+            hidden = block(hidden)
+            if index + 1 in self.heads.layers:
+                outputs[index + 1] = self.heads(index + 1, hidden[:, -n_det:])
+            if mid is not None and index + 1 < self.depth:
+                hidden = hidden + mid[index].to(hidden.device)
+        return outputs
+
     @torch.no_grad()
     def forward(self, pixel_values: torch.Tensor, policy: Policy) -> ExitOutput:
         vit = self.model.vit
