@@ -26,12 +26,16 @@ def main() -> None:
     full, point = result["full_model"], result["operating_point"]
     print(f"full model:      AP {full['AP']:.4f}  {full['gflops']:.3f} GFLOPs  {full['mean_latency_ms']:.2f} ms/img")
     for row in result["sweep"]:
-        print(f"threshold {row['threshold']:<6} AP {row['AP']:.4f}  {row['mean_gflops']:.3f} GFLOPs  "
-              f"{row['mean_latency_ms']:.2f} ms/img  exits {row['exit_histogram']}")
+        print(
+            f"threshold {row['threshold']:<6} AP {row['AP']:.4f}  {row['mean_gflops']:.3f} GFLOPs  "
+            f"{row['mean_latency_ms']:.2f} ms/img  exits {row['exit_histogram']}"
+        )
     ratio = point["measured_speedup"] / point["flops_speedup"]
     print(f"operating point: threshold {point['threshold']} (AP within 1 point: {point['within_tolerance']})")
-    print(f"speed-up: FLOPs-predicted {point['flops_speedup']:.2f}x, measured {point['measured_speedup']:.2f}x, "
-          f"measured/predicted {ratio:.2f} (target >= 0.8)")
+    print(
+        f"speed-up: FLOPs-predicted {point['flops_speedup']:.2f}x, measured {point['measured_speedup']:.2f}x, "
+        f"measured/predicted {ratio:.2f} (target >= 0.8)"
+    )
 
 
 if __name__ == "__main__":

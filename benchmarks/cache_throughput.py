@@ -22,9 +22,16 @@ def _make_model(folder: Path) -> Path:
 
     from probe_kit.models.loading import seed_token_embeddings
 
-    config = YolosConfig(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536,
-                         image_size=[512, 864], num_detection_tokens=100, id2label={0: "person"},
-                         label2id={"person": 0})
+    config = YolosConfig(
+        hidden_size=384,
+        num_hidden_layers=12,
+        num_attention_heads=6,
+        intermediate_size=1536,
+        image_size=[512, 864],
+        num_detection_tokens=100,
+        id2label={0: "person"},
+        label2id={"person": 0},
+    )
     model = YolosForObjectDetection(config)
     seed_token_embeddings(model, 0)
     model.save_pretrained(folder)
@@ -71,8 +78,10 @@ def main() -> None:
     print(f"images: {args.images} at 512x512, batch {args.batch_size}, torch threads {torch.get_num_threads()}")
     print(f"bare forward:        {args.images / bare:6.2f} img/s")
     for name in ("det", "all"):
-        print(f"cache ({name:>3} tokens): {args.images / timings[name]:6.2f} img/s  "
-              f"time ratio vs bare {timings[name] / bare:.3f}  ({sizes[name] / 2**20:.2f} MiB/image)")
+        print(
+            f"cache ({name:>3} tokens): {args.images / timings[name]:6.2f} img/s  "
+            f"time ratio vs bare {timings[name] / bare:.3f}  ({sizes[name] / 2**20:.2f} MiB/image)"
+        )
     print(f"bytes per image, all tokens / det only: {sizes['all'] / sizes['det']:.1f}x")
 
 

@@ -22,8 +22,16 @@ def real_data(sub: str) -> Path:
     return path
 
 
-def make_tiny_yolos(folder: Path, *, layers: int = 4, mid_position: bool = True, image: int = 64, seed: int = 0,
-                    det_tokens: int = 5, labels: dict | None = None) -> Path:
+def make_tiny_yolos(
+    folder: Path,
+    *,
+    layers: int = 4,
+    mid_position: bool = True,
+    image: int = 64,
+    seed: int = 0,
+    det_tokens: int = 5,
+    labels: dict | None = None,
+) -> Path:
     """Save a tiny random YOLOS + processor with seeded (non-zero) tokens and position embeddings."""
     import torch
     from transformers import YolosConfig, YolosForObjectDetection, YolosImageProcessorPil

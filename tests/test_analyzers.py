@@ -18,16 +18,32 @@ from probe_kit.data.spec import parse_data_spec
 from probe_kit.models.heads import DetectionHead
 from probe_kit.models.loading import ModelSpec, load_yolos
 
-FAST = {"lens": {}, "tuned-lens": {"epochs": 2}, "probe-linear": {"epochs": 2}, "probe-mlp": {"epochs": 2},
-        "probe-dense": {"epochs": 2}, "flops": {}, "rollout": {}, "clustering": {"umap": False, "max_points": 200},
-        "attribution": {"images": 2, "steps": 8}}
+FAST = {
+    "lens": {},
+    "tuned-lens": {"epochs": 2},
+    "probe-linear": {"epochs": 2},
+    "probe-mlp": {"epochs": 2},
+    "probe-dense": {"epochs": 2},
+    "flops": {},
+    "rollout": {},
+    "clustering": {"umap": False, "max_points": 200},
+    "attribution": {"images": 2, "steps": 8},
+}
 
 
 @pytest.fixture(scope="module")
 def tiny_cache(tiny_model, synth_dir, tmp_path_factory):
-    return write_cache(ModelSpec(str(tiny_model)), parse_data_spec(f"synth:{synth_dir}"), "all",
-                       ["det", "patch"], tmp_path_factory.mktemp("a") / "c.h5", dtype="float32", batch_size=4,
-                       progress=False, attention=True)
+    return write_cache(
+        ModelSpec(str(tiny_model)),
+        parse_data_spec(f"synth:{synth_dir}"),
+        "all",
+        ["det", "patch"],
+        tmp_path_factory.mktemp("a") / "c.h5",
+        dtype="float32",
+        batch_size=4,
+        progress=False,
+        attention=True,
+    )
 
 
 def test_every_analyzer_is_listed_with_a_summary():
@@ -94,31 +110,54 @@ def test_tuned_lens_starts_as_the_lens(tiny_model, tiny_cache):
 def _write_linear_world_cache(path, shuffle: bool, n=90, n_det=3, dim=16, seed=0):
     """A cache whose det token 0 carries logit(box) and an object flag through a fixed linear map."""
     rng = np.random.default_rng(seed)
-    cxcywh = np.column_stack([rng.uniform(0.3, 0.7, n), rng.uniform(0.3, 0.7, n),
-                              rng.uniform(0.1, 0.3, n), rng.uniform(0.2, 0.4, n)])
+    cxcywh = np.column_stack(
+        [rng.uniform(0.3, 0.7, n), rng.uniform(0.3, 0.7, n), rng.uniform(0.1, 0.3, n), rng.uniform(0.2, 0.4, n)]
+    )
     mixing = rng.normal(size=(5, dim))
     tokens = rng.normal(scale=0.05, size=(n, n_det, dim))
     latent = np.column_stack([np.log(cxcywh / (1 - cxcywh)), np.ones(n)])
     tokens[:, 0] += latent @ mixing
-    tokens[:, 1:] += np.column_stack([rng.normal(size=(n * (n_det - 1), 4)), -np.ones(n * (n_det - 1))]).reshape(
-        n, n_det - 1, 5) @ mixing
+    tokens[:, 1:] += (
+        np.column_stack([rng.normal(size=(n * (n_det - 1), 4)), -np.ones(n * (n_det - 1))]).reshape(n, n_det - 1, 5)
+        @ mixing
+    )
     if shuffle:
         tokens = tokens[rng.permutation(n)]
     size = 100
-    xywh = np.column_stack([(cxcywh[:, 0] - cxcywh[:, 2] / 2) * size, (cxcywh[:, 1] - cxcywh[:, 3] / 2) * size,
-                            cxcywh[:, 2] * size, cxcywh[:, 3] * size]).astype(np.float32)
+    xywh = np.column_stack(
+        [
+            (cxcywh[:, 0] - cxcywh[:, 2] / 2) * size,
+            (cxcywh[:, 1] - cxcywh[:, 3] / 2) * size,
+            cxcywh[:, 2] * size,
+            cxcywh[:, 3] * size,
+        ]
+    ).astype(np.float32)
     with h5py.File(path, "w") as h5:
-        h5.attrs.update({
-            "schema_version": SCHEMA_VERSION, "complete": True, "num_written": n,
-            "layout": TokenLayout(n_det, 0, 0).to_json(),
-            "model": json.dumps({"name": "none", "revision": None, "fingerprint": "x",
-                                 "config": {"num_hidden_layers": 1, "id2label": {"0": "person"}}}),
-            "dataset": json.dumps({"kind": "synth"}), "preprocessing": "{}", "versions": "{}", "created": "",
-            "options": json.dumps({"layers": [1], "tokens": ["det"], "dtype": "float32", "batch_size": 1}),
-        })
+        h5.attrs.update(
+            {
+                "schema_version": SCHEMA_VERSION,
+                "complete": True,
+                "num_written": n,
+                "layout": TokenLayout(n_det, 0, 0).to_json(),
+                "model": json.dumps(
+                    {
+                        "name": "none",
+                        "revision": None,
+                        "fingerprint": "x",
+                        "config": {"num_hidden_layers": 1, "id2label": {"0": "person"}},
+                    }
+                ),
+                "dataset": json.dumps({"kind": "synth"}),
+                "preprocessing": "{}",
+                "versions": "{}",
+                "created": "",
+                "options": json.dumps({"layers": [1], "tokens": ["det"], "dtype": "float32", "batch_size": 1}),
+            }
+        )
         h5["images/image_id"] = np.arange(1, n + 1)
         h5["images/file_name"] = np.array([f"SEQ-{i // 10:02d}/{i:06d}.jpg" for i in range(n)], dtype=object).astype(
-            h5py.string_dtype())
+            h5py.string_dtype()
+        )
         h5["images/orig_size"] = np.full((n, 2), size, dtype=np.int32)
         h5["images/difficulty"] = np.array([""] * n, dtype=object).astype(h5py.string_dtype())
         for name, values in (("gt/boxes", xywh), ("gt/ignore", np.zeros((n, 0), np.float32))):
@@ -132,10 +171,10 @@ def _write_linear_world_cache(path, shuffle: bool, n=90, n_det=3, dim=16, seed=0
 
 
 def test_linear_probe_finds_a_linear_world_and_fails_on_shuffled_features(tmp_path):
-    good = run_analyzer("probe-linear", _write_linear_world_cache(tmp_path / "good.h5", False), "1", epochs=150,
-                        lr=1e-2)
-    bad = run_analyzer("probe-linear", _write_linear_world_cache(tmp_path / "bad.h5", True), "1", epochs=150,
-                       lr=1e-2)
+    good = run_analyzer(
+        "probe-linear", _write_linear_world_cache(tmp_path / "good.h5", False), "1", epochs=150, lr=1e-2
+    )
+    bad = run_analyzer("probe-linear", _write_linear_world_cache(tmp_path / "bad.h5", True), "1", epochs=150, lr=1e-2)
     assert good.layers[1]["AP50"] > 0.9
     assert bad.layers[1]["AP50"] < 0.5
 
@@ -143,8 +182,14 @@ def test_linear_probe_finds_a_linear_world_and_fails_on_shuffled_features(tmp_pa
 def test_bad_input_errors(tiny_model, synth_dir, tiny_cache, tmp_path):
     with pytest.raises(ValueError, match="unknown analyzer 'nope'"):
         run_analyzer("nope", tiny_cache, "all")
-    det_only = write_cache(ModelSpec(str(tiny_model)), parse_data_spec(f"synth:{synth_dir}"), "2", ["det"],
-                           tmp_path / "d.h5", progress=False)
+    det_only = write_cache(
+        ModelSpec(str(tiny_model)),
+        parse_data_spec(f"synth:{synth_dir}"),
+        "2",
+        ["det"],
+        tmp_path / "d.h5",
+        progress=False,
+    )
     with pytest.raises(ValueError, match=r"layers \[4\] are not in the cache"):
         run_analyzer("lens", det_only, "4")
     with pytest.raises(ValueError, match="no patch tokens cached"):
@@ -158,8 +203,9 @@ def test_bad_input_errors(tiny_model, synth_dir, tiny_cache, tmp_path):
 def test_cli_list_and_run(tiny_cache, tmp_path):
     listed = CliRunner().invoke(cli, ["analyze", "--list"])
     assert listed.exit_code == 0 and "probe-dense" in listed.output
-    ran = CliRunner().invoke(cli, ["analyze", "lens", "--cache", str(tiny_cache), "--layers", "1-2",
-                                   "--out", str(tmp_path / "lens")])
+    ran = CliRunner().invoke(
+        cli, ["analyze", "lens", "--cache", str(tiny_cache), "--layers", "1-2", "--out", str(tmp_path / "lens")]
+    )
     assert ran.exit_code == 0, ran.output
     assert json.loads((tmp_path / "lens/result.json").read_text())["layers"].keys() == {"1", "2"}
 

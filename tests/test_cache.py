@@ -16,8 +16,9 @@ from probe_kit.models.loading import ModelSpec, load_yolos
 def _write(tiny_model, synth_dir, out, **kw):
     kw.setdefault("layers", "all")
     kw.setdefault("tokens", ["det", "patch", "cls"])
-    return write_cache(ModelSpec(str(tiny_model)), parse_data_spec(f"synth:{synth_dir}"), out=out, batch_size=4,
-                       progress=False, **kw)
+    return write_cache(
+        ModelSpec(str(tiny_model)), parse_data_spec(f"synth:{synth_dir}"), out=out, batch_size=4, progress=False, **kw
+    )
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +52,17 @@ def test_features_equal_the_models_hidden_states(tiny_model, synth_dir, cache_fi
 
 def test_metadata_needed_to_trust_it(cache_file):
     with h5py.File(cache_file) as h5:
-        for key in ("schema_version", "model", "preprocessing", "dataset", "options", "versions", "created",
-                    "complete", "layout"):
+        for key in (
+            "schema_version",
+            "model",
+            "preprocessing",
+            "dataset",
+            "options",
+            "versions",
+            "created",
+            "complete",
+            "layout",
+        ):
             assert key in h5.attrs, key
         assert h5.attrs["complete"]
 
@@ -87,8 +97,15 @@ def test_appending_with_another_model_is_refused(tiny_model, synth_dir, tmp_path
     _write(tiny_model, synth_dir, path)
     other = make_tiny_yolos(tmp_path / "other", seed=1)
     with pytest.raises(ValueError, match="refusing to append, model differs"):
-        write_cache(ModelSpec(str(other)), parse_data_spec(f"synth:{synth_dir}"), "all", ["det", "patch", "cls"],
-                    path, batch_size=4, progress=False)
+        write_cache(
+            ModelSpec(str(other)),
+            parse_data_spec(f"synth:{synth_dir}"),
+            "all",
+            ["det", "patch", "cls"],
+            path,
+            batch_size=4,
+            progress=False,
+        )
     with pytest.raises(ValueError, match="options differs"):
         _write(tiny_model, synth_dir, path, tokens=["det"])
 
@@ -119,8 +136,14 @@ def test_patch_tokens_need_one_input_size(tiny_model, tmp_path):
 
     ann = real_data("COCO/icevision_samples/annotations.json")
     with pytest.raises(ValueError, match="need one grid"):
-        write_cache(ModelSpec(str(tiny_model)), parse_data_spec(f"coco:{ann}"), "all", ["patch"], tmp_path / "p.h5",
-                    progress=False)
+        write_cache(
+            ModelSpec(str(tiny_model)),
+            parse_data_spec(f"coco:{ann}"),
+            "all",
+            ["patch"],
+            tmp_path / "p.h5",
+            progress=False,
+        )
     assert not (tmp_path / "p.h5").exists()
 
 
@@ -135,8 +158,17 @@ def test_layer_selection(text, expected):
 def test_attention_maps_are_the_rollout_of_the_models_attentions(tiny_model, synth_dir, tmp_path):
     from probe_kit.ops.rollout import attention_rollout
 
-    path = _write(tiny_model, synth_dir, tmp_path / "a.h5", layers="2,4", tokens=["det"], dtype="float32",
-                  attention=True, head_fusion="max", discard_ratio=0.2)
+    path = _write(
+        tiny_model,
+        synth_dir,
+        tmp_path / "a.h5",
+        layers="2,4",
+        tokens=["det"],
+        dtype="float32",
+        attention=True,
+        head_fusion="max",
+        discard_ratio=0.2,
+    )
     model, processor = load_yolos(ModelSpec(str(tiny_model)))
     samples = parse_data_spec(f"synth:{synth_dir}").load()
     pixels = processor(images=[s.load_image() for s in samples[:4]], return_tensors="pt")["pixel_values"]

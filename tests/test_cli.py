@@ -44,8 +44,19 @@ def test_synth_export_evaluate_round_trip(tmp_path, tiny_model):
 
 def test_cache_then_evaluate_cache_and_info(tmp_path, tiny_model, synth_dir):
     out = tmp_path / "c.h5"
-    result = run("cache", "--model", tiny_model, "--data", f"synth:{synth_dir}", "--layers", "2,4",
-                 "--tokens", "det,cls", "--out", out)
+    result = run(
+        "cache",
+        "--model",
+        tiny_model,
+        "--data",
+        f"synth:{synth_dir}",
+        "--layers",
+        "2,4",
+        "--tokens",
+        "det,cls",
+        "--out",
+        out,
+    )
     assert result.exit_code == 0, result.output
     info = run("cache", "info", out)
     assert info.exit_code == 0 and "layers:       2, 4" in info.output and "12 of 12" in info.output
@@ -85,8 +96,20 @@ def test_bad_input_is_one_line_and_non_zero(tmp_path, monkeypatch, args, message
 
 
 def test_cache_with_out_of_range_layer_writes_nothing(tmp_path, tiny_model, synth_dir):
-    result = CliRunner().invoke(cli, ["cache", "--model", str(tiny_model), "--data", f"synth:{synth_dir}",
-                                      "--layers", "13", "--out", str(tmp_path / "c.h5")])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "cache",
+            "--model",
+            str(tiny_model),
+            "--data",
+            f"synth:{synth_dir}",
+            "--layers",
+            "13",
+            "--out",
+            str(tmp_path / "c.h5"),
+        ],
+    )
     assert result.exit_code == 1
     assert "layer 13 out of range" in result.output
     assert not (tmp_path / "c.h5").exists()
@@ -95,8 +118,18 @@ def test_cache_with_out_of_range_layer_writes_nothing(tmp_path, tiny_model, synt
 def test_unreadable_image_names_the_file(tmp_path, tiny_model):
     run("data", "synth", "--out", tmp_path / "s", "--frames", 3, "--seed", 2)
     (tmp_path / "s/train/SYNTH-01/img1/000002.jpg").write_bytes(b"not a jpeg")
-    result = CliRunner().invoke(cli, ["evaluate", "--model", str(tiny_model), "--data", f"synth:{tmp_path / 's'}",
-                                      "--out", str(tmp_path / "m.json")])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "evaluate",
+            "--model",
+            str(tiny_model),
+            "--data",
+            f"synth:{tmp_path / 's'}",
+            "--out",
+            str(tmp_path / "m.json"),
+        ],
+    )
     assert result.exit_code == 1
     assert "000002.jpg: unreadable image" in result.output
     assert not (tmp_path / "m.json").exists()

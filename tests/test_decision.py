@@ -11,8 +11,7 @@ from probe_kit.decision import Criteria, decide, load_results
 
 def _results(ap50_by_layer: dict[int, float], readout="tuned-lens", blocks=12):
     profile = {"blocks": [1.0] * blocks}
-    flops = {str(k): {"gflops_to_exit": k + 0.5, "fraction_of_full": (k + 0.5) / (blocks + 0.5)}
-             for k in ap50_by_layer}
+    flops = {str(k): {"gflops_to_exit": k + 0.5, "fraction_of_full": (k + 0.5) / (blocks + 0.5)} for k in ap50_by_layer}
     return {
         readout: {"analyzer": readout, "layers": {str(k): {"AP50": v} for k, v in ap50_by_layer.items()}},
         "flops": {"analyzer": "flops", "layers": flops, "profile": profile},

@@ -49,8 +49,10 @@ def test_intermediate_exit_reads_the_raw_block_output(model):
 def test_an_exit_at_layer_k_runs_exactly_k_blocks(model, layer):
     multi = MultiExitYolos(model, ExitHeads.from_model(model, (1, 2, 3, 4)), 0)
     calls = []
-    handles = [block.register_forward_hook(lambda m, a, o, i=i: calls.append(i))
-               for i, block in enumerate(model.vit.encoder.layer)]
+    handles = [
+        block.register_forward_hook(lambda m, a, o, i=i: calls.append(i))
+        for i, block in enumerate(model.vit.encoder.layer)
+    ]
     try:
         multi(_pixels(1), Policy("fixed", layer=layer))
     finally:
@@ -90,17 +92,38 @@ def test_batch_members_leave_and_the_rest_continue(model):
 
 
 def test_train_save_load_and_evaluate(tiny_model, synth_dir, tmp_path):
-    cache = write_cache(ModelSpec(str(tiny_model)), parse_data_spec(f"synth:{synth_dir}"), "all", ["det"],
-                        tmp_path / "c.h5", dtype="float32", batch_size=4, progress=False)
+    cache = write_cache(
+        ModelSpec(str(tiny_model)),
+        parse_data_spec(f"synth:{synth_dir}"),
+        "all",
+        ["det"],
+        tmp_path / "c.h5",
+        dtype="float32",
+        batch_size=4,
+        progress=False,
+    )
     runner = CliRunner()
-    trained = runner.invoke(cli, ["train-exits", "--cache", str(cache), "--layers", "2", "--out",
-                                  str(tmp_path / "exits"), "--epochs", "2"])
+    trained = runner.invoke(
+        cli, ["train-exits", "--cache", str(cache), "--layers", "2", "--out", str(tmp_path / "exits"), "--epochs", "2"]
+    )
     assert trained.exit_code == 0, trained.output
     model, _, heads, config = load_exits(tmp_path / "exits")
     assert heads.layers == (2, 4) and config["base_model"]["fingerprint"]
     assert {"set_loss_ce", "set_loss_bbox", "distill_loss_kl"} <= set(config["history"]["2"][0])
-    evaluated = runner.invoke(cli, ["evaluate-exits", "--exits", str(tmp_path / "exits"), "--data",
-                                    f"synth:{synth_dir}", "--out", str(tmp_path / "eval"), "--thresholds", "0.6,0.9"])
+    evaluated = runner.invoke(
+        cli,
+        [
+            "evaluate-exits",
+            "--exits",
+            str(tmp_path / "exits"),
+            "--data",
+            f"synth:{synth_dir}",
+            "--out",
+            str(tmp_path / "eval"),
+            "--thresholds",
+            "0.6,0.9",
+        ],
+    )
     assert evaluated.exit_code == 0, evaluated.output
     result = json.loads((tmp_path / "eval/result.json").read_text())
     assert set(result["exits"]) == {"2", "4"}
@@ -117,17 +140,47 @@ def test_finetuning_the_blocks_before_each_exit(tiny_model, synth_dir, tmp_path)
 
     assert blocks_before_exits((2, 4), 1) == [1, 3]
     assert blocks_before_exits((1, 3), 2) == [0, 1, 2]
-    cache = write_cache(ModelSpec(str(tiny_model)), parse_data_spec(f"synth:{synth_dir}"), "all", ["det"],
-                        tmp_path / "c.h5", dtype="float32", batch_size=4, progress=False)
-    result = CliRunner().invoke(cli, ["train-exits", "--cache", str(cache), "--layers", "2", "--out",
-                                      str(tmp_path / "ft"), "--epochs", "1", "--finetune-blocks", "1",
-                                      "--finetune-epochs", "2", "--finetune-lr", "1e-3"])
+    cache = write_cache(
+        ModelSpec(str(tiny_model)),
+        parse_data_spec(f"synth:{synth_dir}"),
+        "all",
+        ["det"],
+        tmp_path / "c.h5",
+        dtype="float32",
+        batch_size=4,
+        progress=False,
+    )
+    result = CliRunner().invoke(
+        cli,
+        [
+            "train-exits",
+            "--cache",
+            str(cache),
+            "--layers",
+            "2",
+            "--out",
+            str(tmp_path / "ft"),
+            "--epochs",
+            "1",
+            "--finetune-blocks",
+            "1",
+            "--finetune-epochs",
+            "2",
+            "--finetune-lr",
+            "1e-3",
+        ],
+    )
     assert result.exit_code == 0, result.output
     base, _ = load_yolos(ModelSpec(str(tiny_model)))
     tuned, _, heads, config = load_exits(tmp_path / "ft")
     assert config["finetuned_blocks"] == [1, 3] and len(config["finetune_history"]) >= 1
     assert {"set_L2", "distill_L4"} <= set(config["finetune_history"][0])
-    changed = [i for i in range(4) if not torch.equal(base.vit.encoder.layer[i].output.dense.weight,
-                                                        tuned.vit.encoder.layer[i].output.dense.weight)]
+    changed = [
+        i
+        for i in range(4)
+        if not torch.equal(
+            base.vit.encoder.layer[i].output.dense.weight, tuned.vit.encoder.layer[i].output.dense.weight
+        )
+    ]
     assert changed == [1, 3]  # only the blocks before each exit moved
     torch.testing.assert_close(base.vit.embeddings.detection_tokens, tuned.vit.embeddings.detection_tokens)

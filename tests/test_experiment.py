@@ -60,9 +60,14 @@ def test_shipped_experiments_parse(monkeypatch, tmp_path):
 
 
 def test_runs_and_skips_up_to_date_stages(tmp_path, tiny_model):
-    path = _write(tmp_path, name="t", synth={"frames": 12, "seed": 4, "size": 128, "frames_per_sequence": 4},
-                  model=str(tiny_model), val_sequences=["SYNTH-03"],
-                  analyzers={"flops": {}, "lens": {}, "probe-linear": {"epochs": 1, "layers": "2,4"}})
+    path = _write(
+        tmp_path,
+        name="t",
+        synth={"frames": 12, "seed": 4, "size": 128, "frames_per_sequence": 4},
+        model=str(tiny_model),
+        val_sequences=["SYNTH-03"],
+        analyzers={"flops": {}, "lens": {}, "probe-linear": {"epochs": 1, "layers": "2,4"}},
+    )
     cfg = load_experiment(path)
     messages: list[str] = []
     decision = run_experiment(cfg, tmp_path / "out", say=messages.append)

@@ -6,9 +6,26 @@ import numpy as np
 
 from probe_kit.reference.recipe import RecipeConfig, build_model, train_reference
 
-TINY = dict(scene_size=128, image_size=64, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
-            det_tokens=5, batch_size=8, lr=2e-3, grad_clip=1.0, warmup_steps=5, steps=40, train_frames=48, easy_frames=24,
-            curriculum_start=10, curriculum_end=20, heldout_frames=8, eval_every=20)
+TINY = dict(
+    scene_size=128,
+    image_size=64,
+    hidden_size=32,
+    num_layers=2,
+    num_heads=2,
+    intermediate_size=64,
+    det_tokens=5,
+    batch_size=8,
+    lr=2e-3,
+    grad_clip=1.0,
+    warmup_steps=5,
+    steps=40,
+    train_frames=48,
+    easy_frames=24,
+    curriculum_start=10,
+    curriculum_end=20,
+    heldout_frames=8,
+    eval_every=20,
+)
 
 
 def test_loss_goes_down_and_best_checkpoint_is_kept(tmp_path):

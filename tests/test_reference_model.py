@@ -34,8 +34,20 @@ def test_model_card_states_the_recorded_numbers(recorded):
 
 def test_reproduces_recorded_ap50(recorded, tmp_path):
     heldout = write_heldout_set(tmp_path / "heldout", recorded["heldout"]["seed"])
-    result = CliRunner().invoke(cli, ["evaluate", "--model", "reference", "--data", f"synth:{heldout}",
-                                      "--out", str(tmp_path / "m.json"), "--batch-size", "32"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "evaluate",
+            "--model",
+            "reference",
+            "--data",
+            f"synth:{heldout}",
+            "--out",
+            str(tmp_path / "m.json"),
+            "--batch-size",
+            "32",
+        ],
+    )
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["AP50"] == pytest.approx(recorded["AP50"], abs=0.01)

@@ -19,11 +19,17 @@ from probe_kit.report import build_report
 def study(tiny_model, tmp_path_factory):
     folder = tmp_path_factory.mktemp("study")
     path = folder / "exp.yaml"
-    path.write_text(yaml.safe_dump({
-        "name": "tiny", "synth": {"frames": 12, "seed": 4, "size": 128}, "model": str(tiny_model),
-        "analyzers": {"flops": {}, "lens": {}, "probe-mlp": {"epochs": 2, "layers": "2,4"}},
-        "exits": {"layers": "2", "epochs": 2, "thresholds": [0.6, 0.9]},
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "tiny",
+                "synth": {"frames": 12, "seed": 4, "size": 128},
+                "model": str(tiny_model),
+                "analyzers": {"flops": {}, "lens": {}, "probe-mlp": {"epochs": 2, "layers": "2,4"}},
+                "exits": {"layers": "2", "epochs": 2, "thresholds": [0.6, 0.9]},
+            }
+        )
+    )
     run_experiment(load_experiment(path), folder / "out", say=lambda m: None)
     return folder / "out"
 
@@ -36,8 +42,15 @@ def test_report_is_one_self_contained_file(study, tmp_path):
     assert len(images) >= 4
     for data in images:
         assert base64.b64decode(data).startswith(b"\x89PNG")
-    for section in ("Summary", "Per-layer evidence", "mAP vs GFLOPs", "Precision-recall per exit",
-                    "Exit distribution per difficulty", "Provenance", "Not yet measured"):
+    for section in (
+        "Summary",
+        "Per-layer evidence",
+        "mAP vs GFLOPs",
+        "Precision-recall per exit",
+        "Exit distribution per difficulty",
+        "Provenance",
+        "Not yet measured",
+    ):
         assert section in html
     assert "rollout" in html  # named among what is missing
 
@@ -70,9 +83,17 @@ def _browser():
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium not installed (pip install -e .[dev])")
     options = webdriver.ChromeOptions()
     options.binary_location = str(chromium)
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=1200,2000"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1200,2000",
+    ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     return webdriver.Chrome(service=webdriver.ChromeService(executable_path=str(driver)), options=options)
@@ -84,7 +105,8 @@ def test_report_renders_in_headless_chromium(study, tmp_path):
     try:
         browser.get(out.resolve().as_uri())
         decoded = browser.execute_script(
-            "return Array.from(document.images).map(i => i.complete && i.naturalWidth > 0);")
+            "return Array.from(document.images).map(i => i.complete && i.naturalWidth > 0);"
+        )
         errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
         browser.save_screenshot(str(tmp_path / "report.png"))
     finally:

@@ -14,8 +14,15 @@ from probe_kit.analyzers._registry import (
     register,
 )
 
-__all__ = ["AnalyzerResult", "ENTRY_POINT_GROUP", "get_analyzer", "list_analyzers", "register", "run_analyzer",
-           "write_result"]
+__all__ = [
+    "AnalyzerResult",
+    "ENTRY_POINT_GROUP",
+    "get_analyzer",
+    "list_analyzers",
+    "register",
+    "run_analyzer",
+    "write_result",
+]
 
 
 def run_analyzer(name: str, cache_path: Path, layers: str, seed: int = 0, **options) -> AnalyzerResult:

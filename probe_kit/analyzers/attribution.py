@@ -38,8 +38,11 @@ def _load_pixels(cache: FeatureCache, image_ids: list[int], processor) -> dict[i
     return {s.image_id: processor(images=[s.load_image()], return_tensors="pt")["pixel_values"] for s in samples}
 
 
-@register("attribution", "captum Integrated Gradients of a matched detection's score at layer k: mass inside its box",
-          AttributionOptions)
+@register(
+    "attribution",
+    "captum Integrated Gradients of a matched detection's score at layer k: mass inside its box",
+    AttributionOptions,
+)
 def run_attribution(cache: FeatureCache, layers: tuple[int, ...], seed: int = 0, **options) -> AnalyzerResult:
     from captum.attr import IntegratedGradients
 
@@ -75,8 +78,12 @@ def run_attribution(cache: FeatureCache, layers: tuple[int, ...], seed: int = 0,
 
             baseline = torch.zeros_like(x)  # the dataset mean colour, after the processor's normalisation
             attributions, delta = IntegratedGradients(score).attribute(
-                x, baselines=baseline, n_steps=opts.steps, internal_batch_size=opts.internal_batch_size,
-                return_convergence_delta=True)
+                x,
+                baselines=baseline,
+                n_steps=opts.steps,
+                internal_batch_size=opts.internal_batch_size,
+                return_convergence_delta=True,
+            )
             with torch.no_grad():
                 gap = float((score(x) - score(baseline)).abs())
             heat = attributions[0].abs().sum(0).detach().numpy()  # [H, W] of the processed image
@@ -87,7 +94,17 @@ def run_attribution(cache: FeatureCache, layers: tuple[int, ...], seed: int = 0,
             inside.append(float(heat[box].sum() / max(heat.sum(), 1e-12)))
             chance.append(float(box.mean()))
             deltas.append(float(delta.abs()) / max(gap, 1e-12))
-        per_layer[layer] = {"inbox_attribution": float(np.mean(inside)), "chance_mass": float(np.mean(chance)),
-                            "relative_completeness_delta": float(np.mean(deltas)), "detections": len(chosen)}
-    return AnalyzerResult("attribution", options_json(asdict(opts)), seed, per_layer, cache.fingerprint,
-                          extra={"method": "IntegratedGradients", "baseline": "zeros (normalised mean colour)"})
+        per_layer[layer] = {
+            "inbox_attribution": float(np.mean(inside)),
+            "chance_mass": float(np.mean(chance)),
+            "relative_completeness_delta": float(np.mean(deltas)),
+            "detections": len(chosen),
+        }
+    return AnalyzerResult(
+        "attribution",
+        options_json(asdict(opts)),
+        seed,
+        per_layer,
+        cache.fingerprint,
+        extra={"method": "IntegratedGradients", "baseline": "zeros (normalised mean colour)"},
+    )

@@ -74,8 +74,11 @@ def _umap(points: np.ndarray, seed: int) -> np.ndarray:
         return reducer.fit_transform(points).astype(np.float32)
 
 
-@register("clustering", "PCA/UMAP per layer: explained variance, silhouette, held-out k-NN accuracy of person labels",
-          ClusteringOptions)
+@register(
+    "clustering",
+    "PCA/UMAP per layer: explained variance, silhouette, held-out k-NN accuracy of person labels",
+    ClusteringOptions,
+)
 def run_clustering(cache: FeatureCache, layers: tuple[int, ...], seed: int = 0, **options) -> AnalyzerResult:
     opts = ClusteringOptions(**{k: tuple(v) if k == "val_sequences" else v for k, v in options.items()})
     samples = cache.samples()
@@ -97,16 +100,25 @@ def run_clustering(cache: FeatureCache, layers: tuple[int, ...], seed: int = 0, 
             pca = PCA(n_components=min(opts.pca_dims, *x_train.shape), random_state=seed).fit(x_train)
             z_train, z_test = pca.transform(x_train), pca.transform(x_test)
             knn = KNeighborsClassifier(opts.neighbours).fit(z_train, y[train])
-            per_layer[layer].update({
-                f"{kind}_pca2_explained": float(pca.explained_variance_ratio_[:2].sum()),
-                f"{kind}_silhouette": float(silhouette_score(z_train, y[train], random_state=seed)),
-                f"{kind}_knn_balanced_accuracy": float(balanced_accuracy_score(y[test], knn.predict(z_test))),
-                f"{kind}_points": int(len(train) + len(test)),
-            })
+            per_layer[layer].update(
+                {
+                    f"{kind}_pca2_explained": float(pca.explained_variance_ratio_[:2].sum()),
+                    f"{kind}_silhouette": float(silhouette_score(z_train, y[train], random_state=seed)),
+                    f"{kind}_knn_balanced_accuracy": float(balanced_accuracy_score(y[test], knn.predict(z_test))),
+                    f"{kind}_points": int(len(train) + len(test)),
+                }
+            )
             arrays[f"{kind}_pca_L{layer}"] = z_train[:, :2].astype(np.float32)
             if opts.umap:
                 arrays[f"{kind}_umap_L{layer}"] = _umap(z_train, seed)
     if not arrays:
         raise ValueError(f"{cache.path}: no token kind has both labels among the sampled points")
-    return AnalyzerResult("clustering", options_json(asdict(opts)), seed, per_layer, cache.fingerprint, arrays=arrays,
-                          extra={"split": split.describe(samples)})
+    return AnalyzerResult(
+        "clustering",
+        options_json(asdict(opts)),
+        seed,
+        per_layer,
+        cache.fingerprint,
+        arrays=arrays,
+        extra={"split": split.describe(samples)},
+    )

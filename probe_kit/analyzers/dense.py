@@ -26,15 +26,29 @@ def decode(pred: torch.Tensor, samples, iou_threshold: float = 0.5, keep: int = 
         boxes = cxcywh_norm_to_xywh(p[:, 1:].sigmoid(), sample.width, sample.height)
         corners = np.concatenate([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], axis=1)
         for i in nms(corners, scores, iou_threshold, keep):
-            detections.append({"image_id": sample.image_id, "category_id": 1,
-                               "bbox": [round(float(v), 3) for v in boxes[i]], "score": float(scores[i])})
+            detections.append(
+                {
+                    "image_id": sample.image_id,
+                    "category_id": 1,
+                    "bbox": [round(float(v), 3) for v in boxes[i]],
+                    "score": float(scores[i]),
+                }
+            )
     return detections
 
 
 @register("probe-dense", "per-patch objectness + box (linear or MLP) on patch tokens, NMS, COCO mAP")
-def run_dense(cache: FeatureCache, layers: tuple[int, ...], seed: int = 0, head: str = "mlp",
-              val_fraction: float = 0.3, val_sequences: tuple[str, ...] = (), epochs: int = 30, lr: float = 1e-3,
-              batch_size: int = 32) -> AnalyzerResult:
+def run_dense(
+    cache: FeatureCache,
+    layers: tuple[int, ...],
+    seed: int = 0,
+    head: str = "mlp",
+    val_fraction: float = 0.3,
+    val_sequences: tuple[str, ...] = (),
+    epochs: int = 30,
+    lr: float = 1e-3,
+    batch_size: int = 32,
+) -> AnalyzerResult:
     samples = cache.samples()
     split = make_split(samples, val_fraction, val_sequences=val_sequences)
     grid = (cache.layout.grid_h, cache.layout.grid_w)
@@ -47,8 +61,9 @@ def run_dense(cache: FeatureCache, layers: tuple[int, ...], seed: int = 0, head:
         module = DenseHead(dim, head)
 
         def batches(epoch, layer=layer):
-            return iter_batches(cache, layer, "patch", split.train, batch_size,
-                                np.random.default_rng([seed, layer, epoch]))
+            return iter_batches(
+                cache, layer, "patch", split.train, batch_size, np.random.default_rng([seed, layer, epoch])
+            )
 
         def loss_fn(m, batch):
             idx, feats = batch
@@ -61,9 +76,23 @@ def run_dense(cache: FeatureCache, layers: tuple[int, ...], seed: int = 0, head:
 
         histories[str(layer)] = fit(module, batches, loss_fn, holdout, epochs, lr, desc=f"probe-dense L{layer}")
         val = [samples[i] for i in split.val]
-        metrics = evaluate(ground_truth_dict(val), decode(apply_in_chunks(module, cache, layer, "patch", split.val, chunk=256), val))
+        metrics = evaluate(
+            ground_truth_dict(val), decode(apply_in_chunks(module, cache, layer, "patch", split.val, chunk=256), val)
+        )
         per_layer[layer] = headline(metrics) | {"epochs_trained": len(histories[str(layer)])}
-    options = {"head": head, "val_fraction": val_fraction, "val_sequences": list(val_sequences), "epochs": epochs,
-               "lr": lr, "batch_size": batch_size}
-    return AnalyzerResult("probe-dense", options, seed, per_layer, cache.fingerprint,
-                          extra={"split": split.describe(samples), "training": histories})
+    options = {
+        "head": head,
+        "val_fraction": val_fraction,
+        "val_sequences": list(val_sequences),
+        "epochs": epochs,
+        "lr": lr,
+        "batch_size": batch_size,
+    }
+    return AnalyzerResult(
+        "probe-dense",
+        options,
+        seed,
+        per_layer,
+        cache.fingerprint,
+        extra={"split": split.describe(samples), "training": histories},
+    )

@@ -14,9 +14,18 @@ def run_flops(cache: FeatureCache, layers: tuple[int, ...], seed: int = 0) -> An
     width, height = max(sizes, key=lambda s: s[0] * s[1])  # the largest input of the cache, if they differ
     profile = measure_flops(load_cache_model(cache), (width, height))
     per_layer = {
-        layer: {"gflops_block": profile.blocks[layer - 1] if layer else profile.embeddings,
-                "gflops_to_exit": profile.to_exit(layer), "fraction_of_full": profile.to_exit(layer) / profile.full}
+        layer: {
+            "gflops_block": profile.blocks[layer - 1] if layer else profile.embeddings,
+            "gflops_to_exit": profile.to_exit(layer),
+            "fraction_of_full": profile.to_exit(layer) / profile.full,
+        }
         for layer in layers
     }
-    return AnalyzerResult("flops", {}, seed, per_layer, cache.fingerprint,
-                          extra={"profile": profile.to_json(), "full_gflops": profile.full})
+    return AnalyzerResult(
+        "flops",
+        {},
+        seed,
+        per_layer,
+        cache.fingerprint,
+        extra={"profile": profile.to_json(), "full_gflops": profile.full},
+    )

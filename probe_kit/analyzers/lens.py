@@ -31,14 +31,18 @@ from probe_kit.ops.distill import distillation_loss, kl_to_final
 CONFIDENT = 0.5  # final-layer person score above which a token counts as a detection for box agreement
 
 
-def agreement(logits: torch.Tensor, boxes: torch.Tensor, final_logits: torch.Tensor, final_boxes: torch.Tensor,
-              person: int) -> dict:
+def agreement(
+    logits: torch.Tensor, boxes: torch.Tensor, final_logits: torch.Tensor, final_boxes: torch.Tensor, person: int
+) -> dict:
     """KL(final || layer) of class distributions, and same-token box IoU where the final layer detects."""
     kl = kl_to_final(final_logits, logits)
     confident = final_logits.softmax(-1)[..., person] >= CONFIDENT
     iou = paired_iou(boxes, final_boxes)[confident]
-    return {"kl_to_final": float(kl), "box_iou_to_final": float(iou.mean()) if iou.numel() else None,
-            "confident_tokens": int(confident.sum())}
+    return {
+        "kl_to_final": float(kl),
+        "box_iou_to_final": float(iou.mean()) if iou.numel() else None,
+        "confident_tokens": int(confident.sum()),
+    }
 
 
 def _setup(cache: FeatureCache, val_fraction: float, val_sequences):
@@ -55,17 +59,27 @@ def _layer_metrics(head, cache, layer, split: Split, samples, final_logits, fina
 
 
 @register("lens", "model's final LayerNorm + pretrained heads on each layer's det tokens (no training), COCO mAP")
-def run_lens(cache: FeatureCache, layers: tuple[int, ...], seed: int = 0, val_fraction: float = 0.3,
-             val_sequences: tuple[str, ...] = ()) -> AnalyzerResult:
+def run_lens(
+    cache: FeatureCache,
+    layers: tuple[int, ...],
+    seed: int = 0,
+    val_fraction: float = 0.3,
+    val_sequences: tuple[str, ...] = (),
+) -> AnalyzerResult:
     samples, split, final_logits, final_boxes = _setup(cache, val_fraction, val_sequences)
     head = DetectionHead.from_model(load_cache_model(cache)).eval()
     person = cache.person_index()
     per_layer = {
-        layer: _layer_metrics(head, cache, layer, split, samples, final_logits, final_boxes, person)
-        for layer in layers
+        layer: _layer_metrics(head, cache, layer, split, samples, final_logits, final_boxes, person) for layer in layers
     }
-    return AnalyzerResult("lens", {"val_fraction": val_fraction, "val_sequences": list(val_sequences)}, seed,
-                          per_layer, cache.fingerprint, extra={"split": split.describe(samples)})
+    return AnalyzerResult(
+        "lens",
+        {"val_fraction": val_fraction, "val_sequences": list(val_sequences)},
+        seed,
+        per_layer,
+        cache.fingerprint,
+        extra={"split": split.describe(samples)},
+    )
 
 
 class TunedLens(nn.Module):
@@ -85,9 +99,16 @@ class TunedLens(nn.Module):
 
 
 @register("tuned-lens", "per-layer affine translator (zero-init = lens) distilled to the final layer, COCO mAP")
-def run_tuned_lens(cache: FeatureCache, layers: tuple[int, ...], seed: int = 0, val_fraction: float = 0.3,
-                   val_sequences: tuple[str, ...] = (), epochs: int = 30, lr: float = 1e-3,
-                   batch_size: int = 64) -> AnalyzerResult:
+def run_tuned_lens(
+    cache: FeatureCache,
+    layers: tuple[int, ...],
+    seed: int = 0,
+    val_fraction: float = 0.3,
+    val_sequences: tuple[str, ...] = (),
+    epochs: int = 30,
+    lr: float = 1e-3,
+    batch_size: int = 64,
+) -> AnalyzerResult:
     samples, split, final_logits, final_boxes = _setup(cache, val_fraction, val_sequences)
     model = load_cache_model(cache)
     person = cache.person_index()
@@ -107,11 +128,24 @@ def run_tuned_lens(cache: FeatureCache, layers: tuple[int, ...], seed: int = 0, 
 
         def holdout(module, layer=layer):
             logits, boxes = apply_in_chunks(module, cache, layer, "det", split.holdout)
-            return float(distillation_loss(logits, boxes, final_logits[split.holdout], final_boxes[split.holdout])["loss"])
+            return float(
+                distillation_loss(logits, boxes, final_logits[split.holdout], final_boxes[split.holdout])["loss"]
+            )
 
         histories[str(layer)] = fit(lens, batches, loss_fn, holdout, epochs, lr, desc=f"tuned-lens L{layer}")
         per_layer[layer] = _layer_metrics(lens, cache, layer, split, samples, final_logits, final_boxes, person)
-    options = {"val_fraction": val_fraction, "val_sequences": list(val_sequences), "epochs": epochs, "lr": lr,
-               "batch_size": batch_size}
-    return AnalyzerResult("tuned-lens", options, seed, per_layer, cache.fingerprint,
-                          extra={"split": split.describe(samples), "training": histories})
+    options = {
+        "val_fraction": val_fraction,
+        "val_sequences": list(val_sequences),
+        "epochs": epochs,
+        "lr": lr,
+        "batch_size": batch_size,
+    }
+    return AnalyzerResult(
+        "tuned-lens",
+        options,
+        seed,
+        per_layer,
+        cache.fingerprint,
+        extra={"split": split.describe(samples), "training": histories},
+    )

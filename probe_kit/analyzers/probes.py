@@ -96,8 +96,14 @@ def _run(kind: str, cache: FeatureCache, layers: tuple[int, ...], seed: int, **o
         per_layer[layer]["epochs_trained"] = len(history)
         histories[str(layer)] = history
         split_info = split.describe(samples)
-    return AnalyzerResult(f"probe-{kind}", options_json(asdict(opts)), seed, per_layer, cache.fingerprint,
-                          extra={"split": split_info, "training": histories})
+    return AnalyzerResult(
+        f"probe-{kind}",
+        options_json(asdict(opts)),
+        seed,
+        per_layer,
+        cache.fingerprint,
+        extra={"split": split_info, "training": histories},
+    )
 
 
 @register("probe-linear", "affine maps from standardised det tokens to class + box, set loss, COCO mAP", ProbeOptions)

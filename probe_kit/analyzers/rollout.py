@@ -68,8 +68,7 @@ def run_rollout(cache: FeatureCache, layers: tuple[int, ...], seed: int = 0) -> 
     samples = cache.samples()
     _, final_boxes = cache.final_outputs()
     grid = (cache.layout.grid_h, cache.layout.grid_w)
-    sums = {k: {"inbox_mass": [], "pointing_game": [], "attn_inbox_mass": [], "attn_pointing_game": []}
-            for k in layers}
+    sums = {k: {"inbox_mass": [], "pointing_game": [], "attn_inbox_mass": [], "attn_pointing_game": []} for k in layers}
     chance: list[float] = []
     overlays: list[tuple[int, int, int]] = []  # (image index, token, gt)
     for i, sample in enumerate(samples):
@@ -89,18 +88,26 @@ def run_rollout(cache: FeatureCache, layers: tuple[int, ...], seed: int = 0) -> 
                     sums[layer][f"{prefix}pointing_game"].append(float(masks[g][int(row.argmax())]))
     if not chance:
         raise ValueError(f"{cache.path}: no final-layer detection matches a ground-truth person (IoU >= 0.5)")
-    per_layer = {k: {m: float(np.mean(v)) for m, v in sums[k].items()} | {"chance_mass": float(np.mean(chance)),
-                                                                           "matched_pairs": len(chance)}
-                 for k in layers}
+    per_layer = {
+        k: {m: float(np.mean(v)) for m, v in sums[k].items()}
+        | {"chance_mass": float(np.mean(chance)), "matched_pairs": len(chance)}
+        for k in layers
+    }
     paths = _image_paths(cache)
     arrays = {
-        "overlay_maps": np.stack([
-            np.stack([cache.read(k, "rollout_det", slice(i, i + 1))[0, t].reshape(grid) for k in layers])
-            for i, t, _ in overlays]),
+        "overlay_maps": np.stack(
+            [
+                np.stack([cache.read(k, "rollout_det", slice(i, i + 1))[0, t].reshape(grid) for k in layers])
+                for i, t, _ in overlays
+            ]
+        ),
         "overlay_boxes": np.stack([samples[i].boxes[g] for i, _, g in overlays]),
         "overlay_paths": np.array([paths.get(samples[i].image_id, "") for i, _, _ in overlays]),
         "overlay_layers": np.array(layers),
     }
-    options = {"head_fusion": cache.options["head_fusion"], "discard_ratio": cache.options["discard_ratio"],
-               "match_iou": MATCH_IOU}
+    options = {
+        "head_fusion": cache.options["head_fusion"],
+        "discard_ratio": cache.options["discard_ratio"],
+        "match_iou": MATCH_IOU,
+    }
     return AnalyzerResult("rollout", options, seed, per_layer, cache.fingerprint, arrays=arrays)

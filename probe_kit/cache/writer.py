@@ -126,9 +126,15 @@ def _identity(model, processor, model_spec: ModelSpec, data_spec: DataSpec, opti
         "preprocessing": json.dumps(processor.to_dict(), sort_keys=True, default=str),
         "dataset": json.dumps(data_spec.describe(), sort_keys=True),
         "options": json.dumps(
-            {"layers": list(options.layers), "tokens": list(options.tokens), "dtype": options.dtype,
-             "batch_size": options.batch_size, "attention": options.attention,
-             "head_fusion": options.head_fusion, "discard_ratio": options.discard_ratio},
+            {
+                "layers": list(options.layers),
+                "tokens": list(options.tokens),
+                "dtype": options.dtype,
+                "batch_size": options.batch_size,
+                "attention": options.attention,
+                "head_fusion": options.head_fusion,
+                "discard_ratio": options.discard_ratio,
+            },
             sort_keys=True,
         ),
     }
@@ -153,8 +159,9 @@ def _layout(model, input_size: tuple[int, int]) -> TokenLayout:
     return TokenLayout(model.config.num_detection_tokens, input_size[1] // patch, input_size[0] // patch)
 
 
-def _create(handle: h5py.File, samples: Sequence[Sample], identity: dict, layout: TokenLayout, model,
-            options: CacheOptions) -> None:
+def _create(
+    handle: h5py.File, samples: Sequence[Sample], identity: dict, layout: TokenLayout, model, options: CacheOptions
+) -> None:
     n = len(samples)
     handle.attrs.update(identity)
     handle.attrs["schema_version"] = SCHEMA_VERSION
@@ -186,12 +193,17 @@ def _create(handle: h5py.File, samples: Sequence[Sample], identity: dict, layout
             tokens = layout.count(role)
             # Chunks of whole images of one layer/role: a layer reads contiguously, image by image.
             chunk_rows = max(1, min(n, (1 << 20) // (tokens * width * 2)))
-            handle.create_dataset(layer_path(layer, role), (n, tokens, width), dtype=options.dtype,
-                                  chunks=(chunk_rows, tokens, width))
+            handle.create_dataset(
+                layer_path(layer, role), (n, tokens, width), dtype=options.dtype, chunks=(chunk_rows, tokens, width)
+            )
         for name in options.maps() if layer > 0 else ():  # the embeddings have no attention
             shape = (layout.num_det, layout.num_patches)
-            handle.create_dataset(layer_path(layer, name), (n,) + shape, dtype=options.dtype,
-                                  chunks=(max(1, min(n, (1 << 20) // (shape[0] * shape[1] * 2))),) + shape)
+            handle.create_dataset(
+                layer_path(layer, name),
+                (n,) + shape,
+                dtype=options.dtype,
+                chunks=(max(1, min(n, (1 << 20) // (shape[0] * shape[1] * 2))),) + shape,
+            )
 
 
 def write_cache(
@@ -225,8 +237,15 @@ def write_cache(
         raise ValueError(f"--batch-size: expected a positive integer, got {batch_size}")
     samples = data_spec.load()
     model, processor = load_yolos(model_spec)
-    options = CacheOptions(resolve_layers(layers, model.config.num_hidden_layers), tuple(tokens), dtype, batch_size,
-                           attention, head_fusion, discard_ratio)
+    options = CacheOptions(
+        resolve_layers(layers, model.config.num_hidden_layers),
+        tuple(tokens),
+        dtype,
+        batch_size,
+        attention,
+        head_fusion,
+        discard_ratio,
+    )
     fuse_heads(torch.zeros(1, 1, 1, 1), head_fusion)  # validates the settings before any work
     rollout_layers([torch.eye(1)[None, None]], head_fusion, discard_ratio)
     bounds = batch_bounds(samples, processor, batch_size)
@@ -251,8 +270,9 @@ def write_cache(
                 return out
         start = int(handle.attrs["num_written"])
         bar = tqdm(total=len(samples), initial=start, desc="cache", unit="img", disable=not progress)
-        for batch in run_batches(model, processor, samples, batch_size, start, hidden_states=True,
-                                 attentions=attention):
+        for batch in run_batches(
+            model, processor, samples, batch_size, start, hidden_states=True, attentions=attention
+        ):
             _write_batch(handle, batch, options, layout)
             handle.attrs["num_written"] = batch.start + len(batch.samples)
             handle.flush()
@@ -277,7 +297,9 @@ def _write_batch(handle: h5py.File, batch, options: CacheOptions, layout: TokenL
         rolled = rollout_layers(out.attentions, options.head_fusion, options.discard_ratio)
         det, patch = layout.slice_of("det"), layout.slice_of("patch")
         for layer in (k for k in options.layers if k > 0):
-            maps = {"rollout_det": rolled[layer - 1],
-                    "attn_det": fuse_heads(out.attentions[layer - 1].float(), options.head_fusion)}
+            maps = {
+                "rollout_det": rolled[layer - 1],
+                "attn_det": fuse_heads(out.attentions[layer - 1].float(), options.head_fusion),
+            }
             for name, matrix in maps.items():
                 handle[layer_path(layer, name)][lo:hi] = matrix[:, det, patch].cpu().numpy().astype(options.dtype)

@@ -17,8 +17,14 @@ import click
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder (default runs/NAME).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--val-sequences", default=None, help="Validation sequences, comma-separated (default: last 30%).")
-@click.option("--option", "-o", "extra", multiple=True, metavar="KEY=VALUE",
-              help="Analyzer option, e.g. -o epochs=20 -o head=linear -o init_from_head=true.")
+@click.option(
+    "--option",
+    "-o",
+    "extra",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Analyzer option, e.g. -o epochs=20 -o head=linear -o init_from_head=true.",
+)
 def command(name, show_list, cache_path, layers, out, seed, val_sequences, extra) -> None:
     """Run one analyzer on one layer set of a cache; writes OUT/result.json."""
     from probe_kit.analyzers import list_analyzers, run_analyzer, write_result

@@ -15,16 +15,45 @@ from probe_kit.cli.options import build_data_spec, build_model_spec, data_option
 @data_options
 @click.option("--layers", default="all", show_default=True, help="all | 3,6,9,12 | 1-4 | -1 | embeddings")
 @click.option("--tokens", default="det", show_default=True, help="Comma-separated subset of det,patch,cls.")
-@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
-              help="Storage type of the features.")
+@click.option(
+    "--dtype",
+    type=click.Choice(["float16", "float32"]),
+    default="float16",
+    show_default=True,
+    help="Storage type of the features.",
+)
 @click.option("--attention", is_flag=True, help="Also store det-token attention rollout and raw attention rows.")
 @click.option("--head-fusion", type=click.Choice(["mean", "max", "min"]), default="mean", show_default=True)
-@click.option("--discard-ratio", type=float, default=0.0, show_default=True,
-              help="Rollout: zero this fraction of each row's weakest attention entries.")
+@click.option(
+    "--discard-ratio",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Rollout: zero this fraction of each row's weakest attention entries.",
+)
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Cache file, e.g. feature_cache/NAME.h5")
 @click.pass_context
-def command(ctx, model, revision, device, model_dtype, shortest_edge, batch_size, data, sequences, split,
-            min_visibility, stride, layers, tokens, dtype, attention, head_fusion, discard_ratio, out) -> None:
+def command(
+    ctx,
+    model,
+    revision,
+    device,
+    model_dtype,
+    shortest_edge,
+    batch_size,
+    data,
+    sequences,
+    split,
+    min_visibility,
+    stride,
+    layers,
+    tokens,
+    dtype,
+    attention,
+    head_fusion,
+    discard_ratio,
+    out,
+) -> None:
     """Cache the hidden states of every chosen layer over a dataset (resumes an interrupted run)."""
     if ctx.invoked_subcommand is not None:
         return
@@ -34,8 +63,18 @@ def command(ctx, model, revision, device, model_dtype, shortest_edge, batch_size
 
     data_spec = build_data_spec(data, sequences, split, min_visibility, stride)
     model_spec = build_model_spec(model, revision, device, model_dtype, shortest_edge)
-    path = write_cache(model_spec, data_spec, layers, [t.strip() for t in tokens.split(",")], out, dtype, batch_size,
-                       attention=attention, head_fusion=head_fusion, discard_ratio=discard_ratio)
+    path = write_cache(
+        model_spec,
+        data_spec,
+        layers,
+        [t.strip() for t in tokens.split(",")],
+        out,
+        dtype,
+        batch_size,
+        attention=attention,
+        head_fusion=head_fusion,
+        discard_ratio=discard_ratio,
+    )
     click.echo(f"cache complete: {path}")
 
 

@@ -8,9 +8,16 @@ import click
 
 
 @click.command("decide")
-@click.option("--results", "results_dir", type=click.Path(path_type=Path), required=True,
-              help="Folder holding <analyzer>/result.json files.")
-@click.option("--out", type=click.Path(path_type=Path), default=None, help="decision.json (default RESULTS/decision.json)")
+@click.option(
+    "--results",
+    "results_dir",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Folder holding <analyzer>/result.json files.",
+)
+@click.option(
+    "--out", type=click.Path(path_type=Path), default=None, help="decision.json (default RESULTS/decision.json)"
+)
 def command(results_dir: Path, out: Path | None) -> None:
     """Print the recommended exits, the verdict and its rationale; write them as JSON."""
     from probe_kit.decision import decide, load_results

@@ -10,19 +10,49 @@ from probe_kit.cli.options import build_data_spec, build_model_spec, data_option
 
 
 @click.command("evaluate")
-@click.option("--cache", "cache_path", type=click.Path(path_type=Path), default=None,
-              help="Score the final outputs stored in this cache.")
+@click.option(
+    "--cache",
+    "cache_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Score the final outputs stored in this cache.",
+)
 @click.option("--gt", type=click.Path(path_type=Path), default=None, help="COCO ground-truth JSON to re-score.")
 @click.option("--detections", type=click.Path(path_type=Path), default=None, help="COCO results JSON to re-score.")
 @model_options
 @data_options
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="metrics.json to write.")
-@click.option("--detections-out", type=click.Path(path_type=Path), default=None,
-              help="Where to write COCO-format detections (default: next to --out).")
-@click.option("--thresholds", default="0.3,0.5,0.7", show_default=True,
-              help="Score thresholds for precision/recall/F1 (AP itself never uses one).")
-def command(cache_path, gt, detections, model, revision, device, model_dtype, shortest_edge, batch_size, data,
-            sequences, split, min_visibility, stride, out, detections_out, thresholds) -> None:
+@click.option(
+    "--detections-out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where to write COCO-format detections (default: next to --out).",
+)
+@click.option(
+    "--thresholds",
+    default="0.3,0.5,0.7",
+    show_default=True,
+    help="Score thresholds for precision/recall/F1 (AP itself never uses one).",
+)
+def command(
+    cache_path,
+    gt,
+    detections,
+    model,
+    revision,
+    device,
+    model_dtype,
+    shortest_edge,
+    batch_size,
+    data,
+    sequences,
+    split,
+    min_visibility,
+    stride,
+    out,
+    detections_out,
+    thresholds,
+) -> None:
     """COCO AP/AP50/AP75/APs/m/l/AR100 on the full ranked list, plus P/R/F1 at thresholds.
 
     One of: --cache F | --data SPEC [--model M] (live run) | --gt gt.json --detections dets.json.
@@ -54,5 +84,7 @@ def command(cache_path, gt, detections, model, revision, device, model_dtype, sh
         write_json(dets_path, dets)
         source["detections_out"] = str(dets_path)
     write_json(out, {**metrics, "source": source})
-    click.echo(f"AP {metrics['AP']:.4f}  AP50 {metrics['AP50']:.4f}  AP75 {metrics['AP75']:.4f}  "
-               f"AR100 {metrics['AR100']:.4f}  ({metrics['num_images']} images) -> {out}")
+    click.echo(
+        f"AP {metrics['AP']:.4f}  AP50 {metrics['AP50']:.4f}  AP75 {metrics['AP75']:.4f}  "
+        f"AR100 {metrics['AR100']:.4f}  ({metrics['num_images']} images) -> {out}"
+    )

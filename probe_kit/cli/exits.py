@@ -15,17 +15,41 @@ from probe_kit.cli.options import build_data_spec, data_options
 @click.option("--out", type=click.Path(path_type=Path), required=True)
 @click.option("--epochs", type=int, default=30, show_default=True)
 @click.option("--lr", type=float, default=5e-4, show_default=True)
-@click.option("--set-weight", type=float, default=1.0, show_default=True, help="Weight of the set loss vs ground truth.")
-@click.option("--distill-weight", type=float, default=1.0, show_default=True,
-              help="Weight of distillation towards the final layer.")
+@click.option(
+    "--set-weight", type=float, default=1.0, show_default=True, help="Weight of the set loss vs ground truth."
+)
+@click.option(
+    "--distill-weight",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Weight of distillation towards the final layer.",
+)
 @click.option("--val-sequences", default=None, help="Validation sequences (default: the last 30%).")
-@click.option("--finetune-blocks", type=int, default=0, show_default=True,
-              help="Then fine-tune the k blocks before each exit with all heads, on live images (GPU path).")
+@click.option(
+    "--finetune-blocks",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Then fine-tune the k blocks before each exit with all heads, on live images (GPU path).",
+)
 @click.option("--finetune-epochs", type=int, default=3, show_default=True)
 @click.option("--finetune-lr", type=float, default=1e-5, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-def train_exits(cache_path, layers, out, epochs, lr, set_weight, distill_weight, val_sequences, finetune_blocks,
-                finetune_epochs, finetune_lr, seed) -> None:
+def train_exits(
+    cache_path,
+    layers,
+    out,
+    epochs,
+    lr,
+    set_weight,
+    distill_weight,
+    val_sequences,
+    finetune_blocks,
+    finetune_epochs,
+    finetune_lr,
+    seed,
+) -> None:
     """Train exit heads (initialised from the pretrained head) on cached det tokens."""
     from probe_kit.cache.reader import FeatureCache
     from probe_kit.cache.writer import resolve_layers
@@ -33,9 +57,16 @@ def train_exits(cache_path, layers, out, epochs, lr, set_weight, distill_weight,
 
     with FeatureCache(cache_path) as cache:
         chosen = resolve_layers(layers, cache.model["config"]["num_hidden_layers"])
-    opts = ExitTraining(epochs=epochs, lr=lr, set_weight=set_weight, distill_weight=distill_weight,
-                        val_sequences=tuple(v.strip() for v in val_sequences.split(",")) if val_sequences else (),
-                        finetune_blocks=finetune_blocks, finetune_epochs=finetune_epochs, finetune_lr=finetune_lr)
+    opts = ExitTraining(
+        epochs=epochs,
+        lr=lr,
+        set_weight=set_weight,
+        distill_weight=distill_weight,
+        val_sequences=tuple(v.strip() for v in val_sequences.split(",")) if val_sequences else (),
+        finetune_blocks=finetune_blocks,
+        finetune_epochs=finetune_epochs,
+        finetune_lr=finetune_lr,
+    )
     path = train_exit_heads(cache_path, chosen, out, seed, opts)
     click.echo(f"exit heads -> {path}")
 
@@ -57,7 +88,11 @@ def evaluate_exits(exits_dir, data, sequences, split, min_visibility, stride, ou
     path = write_json(Path(out) / "result.json", result)
     point = result["operating_point"]
     for layer, metrics in result["exits"].items():
-        click.echo(f"exit {layer:>2}: AP {metrics['AP']:.4f}  AP50 {metrics['AP50']:.4f}  "
-                   f"{metrics['mean_gflops']:.3f} GFLOPs  {metrics['mean_latency_ms']:.2f} ms")
-    click.echo(f"operating point: threshold {point['threshold']}  AP {point['AP']:.4f}  "
-               f"FLOPs speed-up {point['flops_speedup']:.2f}x  measured {point['measured_speedup']:.2f}x -> {path}")
+        click.echo(
+            f"exit {layer:>2}: AP {metrics['AP']:.4f}  AP50 {metrics['AP50']:.4f}  "
+            f"{metrics['mean_gflops']:.3f} GFLOPs  {metrics['mean_latency_ms']:.2f} ms"
+        )
+    click.echo(
+        f"operating point: threshold {point['threshold']}  AP {point['AP']:.4f}  "
+        f"FLOPs speed-up {point['flops_speedup']:.2f}x  measured {point['measured_speedup']:.2f}x -> {path}"
+    )

@@ -14,10 +14,15 @@ def data_options(func: Callable) -> Callable:
     decorators = [
         click.option("--data", "data", metavar="SPEC", help="mot17:ROOT | coco:ANN.json[:IMAGES_DIR] | synth:DIR"),
         click.option("--sequences", default=None, help="MOT17 sequences, comma-separated (02,04 or MOT17-02-FRCNN)."),
-        click.option("--split", type=click.Choice(["first-half", "second-half"]), default=None,
-                     help="Per-sequence half (MOT17 layout)."),
-        click.option("--min-visibility", type=float, default=None,
-                     help="Persons less visible than this become ignore regions."),
+        click.option(
+            "--split",
+            type=click.Choice(["first-half", "second-half"]),
+            default=None,
+            help="Per-sequence half (MOT17 layout).",
+        ),
+        click.option(
+            "--min-visibility", type=float, default=None, help="Persons less visible than this become ignore regions."
+        ),
         click.option("--stride", type=int, default=None, help="Keep every n-th frame."),
     ]
     for decorator in reversed(decorators):
@@ -25,8 +30,9 @@ def data_options(func: Callable) -> Callable:
     return func
 
 
-def build_data_spec(data: str | None, sequences: str | None, split: str | None, min_visibility: float | None,
-                    stride: int | None):
+def build_data_spec(
+    data: str | None, sequences: str | None, split: str | None, min_visibility: float | None, stride: int | None
+):
     from probe_kit.data.spec import parse_data_spec
 
     if not data:
@@ -43,14 +49,24 @@ def build_data_spec(data: str | None, sequences: str | None, split: str | None, 
 def model_options(func: Callable) -> Callable:
     """``--model`` (hub id, folder or ``reference``) and how to run it."""
     decorators = [
-        click.option("--model", "model", default=REFERENCE_NAME, show_default=True,
-                     help="Hugging Face hub id, local folder, or 'reference' (the shipped model)."),
+        click.option(
+            "--model",
+            "model",
+            default=REFERENCE_NAME,
+            show_default=True,
+            help="Hugging Face hub id, local folder, or 'reference' (the shipped model).",
+        ),
         click.option("--revision", default=None, help="Hub revision (branch, tag or commit)."),
         click.option("--device", default="cpu", show_default=True),
-        click.option("--model-dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32",
-                     show_default=True),
-        click.option("--shortest-edge", type=int, default=None,
-                     help="Resize so the shortest edge is this many pixels (the original study used 512)."),
+        click.option(
+            "--model-dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", show_default=True
+        ),
+        click.option(
+            "--shortest-edge",
+            type=int,
+            default=None,
+            help="Resize so the shortest edge is this many pixels (the original study used 512).",
+        ),
         click.option("--batch-size", type=int, default=8, show_default=True),
     ]
     for decorator in reversed(decorators):

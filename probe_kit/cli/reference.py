@@ -13,8 +13,13 @@ def command() -> None:
 
 
 @command.command("train")
-@click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
-              help="Recipe YAML (default: the recipe in experiments/reference_model.yaml, built in).")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Recipe YAML (default: the recipe in experiments/reference_model.yaml, built in).",
+)
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/reference"), show_default=True)
 @click.option("--budget-minutes", type=float, default=None, help="Stop (resumably) after this many minutes.")
 def train(config_path: Path | None, out: Path, budget_minutes: float | None) -> None:
@@ -28,8 +33,12 @@ def train(config_path: Path | None, out: Path, budget_minutes: float | None) -> 
 
 @command.command("export")
 @click.option("--run", "run_dir", type=click.Path(path_type=Path), default=Path("runs/reference"), show_default=True)
-@click.option("--heldout", type=click.Path(path_type=Path), required=True,
-              help="Folder for the held-out synthetic set (written if absent).")
+@click.option(
+    "--heldout",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Folder for the held-out synthetic set (written if absent).",
+)
 def export(run_dir: Path, heldout: Path) -> None:
     """Copy OUT/best into the package and record its held-out metrics through the real evaluate path."""
     from probe_kit.reference.export import export_reference

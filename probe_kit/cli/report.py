@@ -8,8 +8,13 @@ import click
 
 
 @click.command("report")
-@click.option("--results", "results_dir", type=click.Path(path_type=Path), required=True,
-              help="A study folder (probe-kit run/demo) or a folder of <analyzer>/result.json.")
+@click.option(
+    "--results",
+    "results_dir",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="A study folder (probe-kit run/demo) or a folder of <analyzer>/result.json.",
+)
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="HTML file (default reports/NAME.html).")
 @click.option("--open", "open_browser", is_flag=True, help="Open the report in the default browser.")
 def command(results_dir: Path, out: Path | None, open_browser: bool) -> None:

@@ -19,7 +19,9 @@ def _default_image_dir(annotations: Path) -> Path:
     return beside / "images" if (beside / "images").is_dir() else beside
 
 
-def load_coco(annotations: Path, images_dir: Path | None = None, categories: tuple[str, ...] = ("person",)) -> list[Sample]:
+def load_coco(
+    annotations: Path, images_dir: Path | None = None, categories: tuple[str, ...] = ("person",)
+) -> list[Sample]:
     """Samples of a COCO JSON; boxes of ``categories`` only (absolute xywh as in the file)."""
     annotations = Path(annotations)
     try:

@@ -92,8 +92,7 @@ def select_sequences(folders: list[Path], wanted: list[str] | None) -> list[Path
     picked = []
     for token in wanted:
         matches = [
-            f for f in folders
-            if token in (f.name, _base_name(f.name)) or _base_name(f.name).endswith(f"-{token}")
+            f for f in folders if token in (f.name, _base_name(f.name)) or _base_name(f.name).endswith(f"-{token}")
         ]
         if not matches:
             names = ", ".join(f.name for f in folders) or "none"

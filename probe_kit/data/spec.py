@@ -33,7 +33,11 @@ class DataSpec:
             samples = samples[:: self.stride]
         else:
             samples = load_mot17(
-                Path(self.path), list(self.sequences) or None, self.detector, self.split, self.min_visibility,
+                Path(self.path),
+                list(self.sequences) or None,
+                self.detector,
+                self.split,
+                self.min_visibility,
                 self.stride,
             )
         if not samples:

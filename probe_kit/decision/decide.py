@@ -46,8 +46,13 @@ class Decision:
     criteria: Criteria = Criteria()
 
     def to_json(self) -> dict:
-        return {"exits": list(self.exits), "verdict": self.verdict, "rationale": list(self.rationale),
-                "evidence": {str(k): v for k, v in self.evidence.items()}, "criteria": asdict(self.criteria)}
+        return {
+            "exits": list(self.exits),
+            "verdict": self.verdict,
+            "rationale": list(self.rationale),
+            "evidence": {str(k): v for k, v in self.evidence.items()},
+            "criteria": asdict(self.criteria),
+        }
 
 
 def load_results(folder: Path) -> dict[str, dict]:
@@ -94,8 +99,9 @@ def _supporting(results: dict[str, dict], layer: int) -> str:
         parts.append(f"rollout in-box mass {rollout['inbox_mass']:.2f} (chance {rollout['chance_mass']:.2f})")
     attribution = results.get("attribution", {}).get("layers", {}).get(str(layer))
     if attribution:
-        parts.append(f"IG attribution in-box {attribution['inbox_attribution']:.2f} "
-                     f"(chance {attribution['chance_mass']:.2f})")
+        parts.append(
+            f"IG attribution in-box {attribution['inbox_attribution']:.2f} (chance {attribution['chance_mass']:.2f})"
+        )
     clustering = results.get("clustering", {}).get("layers", {}).get(str(layer), {})
     if "patch_knn_balanced_accuracy" in clustering:
         parts.append(f"patch person/background k-NN balanced accuracy {clustering['patch_knn_balanced_accuracy']:.2f}")

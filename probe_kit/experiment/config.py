@@ -50,10 +50,25 @@ class ExperimentConfig:
 
 
 _TYPES = {
-    "name": str, "data": str, "model": str, "revision": str, "shortest_edge": int, "device": str,
-    "sequences": list, "split": str, "min_visibility": float, "stride": int, "val_sequences": list,
-    "layers": str, "tokens": list, "attention": bool, "batch_size": int, "seed": int, "analyzers": dict,
-    "synth": dict, "exits": dict,
+    "name": str,
+    "data": str,
+    "model": str,
+    "revision": str,
+    "shortest_edge": int,
+    "device": str,
+    "sequences": list,
+    "split": str,
+    "min_visibility": float,
+    "stride": int,
+    "val_sequences": list,
+    "layers": str,
+    "tokens": list,
+    "attention": bool,
+    "batch_size": int,
+    "seed": int,
+    "analyzers": dict,
+    "synth": dict,
+    "exits": dict,
 }
 
 

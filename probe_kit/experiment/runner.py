@@ -53,13 +53,23 @@ def _cache_stage(cfg: ExperimentConfig, data_text: str, out: Path, say: Callable
 
     path = out / "cache.h5"
     data_spec = parse_data_spec(
-        data_text, sequences=cfg.sequences or None, split=cfg.split, min_visibility=cfg.min_visibility,
+        data_text,
+        sequences=cfg.sequences or None,
+        split=cfg.split,
+        min_visibility=cfg.min_visibility,
         stride=cfg.stride,
     )
     model_spec = ModelSpec(cfg.model, cfg.revision, cfg.device, shortest_edge=cfg.shortest_edge)
     say(f"[cache] {cfg.model} over {data_text} -> {path}")
-    write = lambda: write_cache(model_spec, data_spec, cfg.layers, cfg.tokens, path,  # noqa: E731
-                                batch_size=cfg.batch_size, attention=cfg.attention)
+    write = lambda: write_cache(
+        model_spec,
+        data_spec,
+        cfg.layers,
+        cfg.tokens,
+        path,  # noqa: E731
+        batch_size=cfg.batch_size,
+        attention=cfg.attention,
+    )
     try:
         write()
     except ValueError as err:
@@ -107,13 +117,16 @@ def _exit_layers(cfg: ExperimentConfig, decision: dict, say: Callable[[str], Non
     if len(decision["exits"]) > 1 or "candidates" not in cfg.exits:
         return tuple(decision["exits"])
     candidates = tuple(int(v) for v in str(cfg.exits["candidates"]).split(","))
-    say(f"[exits] the decision recommends no early exit; training heads at the candidate layers "
-        f"{list(candidates)} anyway, to measure what trained exit heads reach (the verdict stands)")
+    say(
+        f"[exits] the decision recommends no early exit; training heads at the candidate layers "
+        f"{list(candidates)} anyway, to measure what trained exit heads reach (the verdict stands)"
+    )
     return candidates
 
 
-def _exits_stage(cfg: ExperimentConfig, cache_path: Path, data_text: str, decision: dict, out: Path,
-                 say: Callable[[str], None]) -> None:
+def _exits_stage(
+    cfg: ExperimentConfig, cache_path: Path, data_text: str, decision: dict, out: Path, say: Callable[[str], None]
+) -> None:
     from probe_kit.cache.reader import FeatureCache
     from probe_kit.data.spec import parse_data_spec
     from probe_kit.heads.evaluate import DEFAULT_THRESHOLDS, evaluate_exits
@@ -148,8 +161,11 @@ def _exits_stage(cfg: ExperimentConfig, cache_path: Path, data_text: str, decisi
     split = json.loads(config_path.read_text())["split"]
     options = {"sequences": tuple(split["val_groups"])} if split["unit"] == "sequence" else {}
     data_spec = parse_data_spec(data_text, stride=cfg.stride, min_visibility=cfg.min_visibility, **options)
-    say(f"[exits] evaluating static exits and the adaptive policy on {split['val_images']} validation images"
-        if options else "[exits] evaluating on every image (the split was by image, not by sequence)")
+    say(
+        f"[exits] evaluating static exits and the adaptive policy on {split['val_images']} validation images"
+        if options
+        else "[exits] evaluating on every image (the split was by image, not by sequence)"
+    )
     thresholds = tuple(cfg.exits.get("thresholds", DEFAULT_THRESHOLDS))
     result = evaluate_exits(out / "exits", data_spec, thresholds, cfg.exits.get("policy", "confidence"))
     result["evaluated_on"] = "validation sequences" if options else "all images"

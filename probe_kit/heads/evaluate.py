@@ -34,20 +34,29 @@ def _gflops(profile: FlopProfile, exits: Sequence[int], layer: int, policy: Poli
     return profile.to_exit(layer, head=0.0) + heads * profile.head
 
 
-def _run(multi: MultiExitYolos, pixels: list[torch.Tensor], samples: Sequence[Sample], policy: Policy,
-         profile: FlopProfile, person: int) -> dict:
+def _run(
+    multi: MultiExitYolos,
+    pixels: list[torch.Tensor],
+    samples: Sequence[Sample],
+    policy: Policy,
+    profile: FlopProfile,
+    person: int,
+) -> dict:
     detections, layers, seconds = [], [], []
     for pixel, sample in zip(pixels, samples):
         start = time.perf_counter()
         out = multi(pixel, policy)
         seconds.append(time.perf_counter() - start)
         layers.append(int(out.exit_layer[0]))
-        detections += detections_from_outputs(out.logits, out.pred_boxes, [sample.image_id],
-                                              [(sample.width, sample.height)], person)
+        detections += detections_from_outputs(
+            out.logits, out.pred_boxes, [sample.image_id], [(sample.width, sample.height)], person
+        )
     metrics = evaluate(ground_truth_dict(samples), detections)
     exits = multi.heads.layers
     return {
-        "AP": metrics["AP"], "AP50": metrics["AP50"], "AP75": metrics["AP75"],
+        "AP": metrics["AP"],
+        "AP50": metrics["AP50"],
+        "AP75": metrics["AP75"],
         "pr_curve_iou50": metrics.get("pr_curve_iou50"),
         "mean_gflops": float(np.mean([_gflops(profile, exits, k, policy) for k in layers])),
         "mean_latency_ms": 1000 * float(np.mean(seconds)),
@@ -55,8 +64,14 @@ def _run(multi: MultiExitYolos, pixels: list[torch.Tensor], samples: Sequence[Sa
     }
 
 
-def evaluate_exits(exits_dir: Path, data_spec: DataSpec, thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
-                   policy_kind: str = "confidence", tolerance: float = 0.01, progress: bool = True) -> dict:
+def evaluate_exits(
+    exits_dir: Path,
+    data_spec: DataSpec,
+    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    policy_kind: str = "confidence",
+    tolerance: float = 0.01,
+    progress: bool = True,
+) -> dict:
     """The ``result.json`` of ``probe-kit evaluate-exits`` (see the module docstring)."""
     from tqdm import tqdm
 
@@ -66,8 +81,10 @@ def evaluate_exits(exits_dir: Path, data_spec: DataSpec, thresholds: Sequence[fl
     samples = data_spec.load()
     sizes = {input_size(processor, s) for s in samples}
     profile = measure_flops(model, max(sizes, key=lambda s: s[0] * s[1]))
-    pixels = [processor(images=[s.load_image()], return_tensors="pt")["pixel_values"]
-              for s in tqdm(samples, desc="preprocess", unit="img", disable=not progress)]
+    pixels = [
+        processor(images=[s.load_image()], return_tensors="pt")["pixel_values"]
+        for s in tqdm(samples, desc="preprocess", unit="img", disable=not progress)
+    ]
     with torch.no_grad():  # warm-up, so the first timed image does not pay for lazy initialisation
         multi(pixels[0], Policy("fixed", layer=heads.layers[-1]))
 
@@ -78,15 +95,20 @@ def evaluate_exits(exits_dir: Path, data_spec: DataSpec, thresholds: Sequence[fl
         runs[(kind, value)] = _run(multi, pixels, samples, policy, profile, person)
 
     full = runs[("static", heads.layers[-1])]
-    static = {str(k): {key: v for key, v in runs[("static", k)].items() if key != "exit_layers"}
-              for k in heads.layers}
-    hierarchy = all(static[str(b)]["AP50"] + tolerance >= static[str(a)]["AP50"]
-                    for a, b in zip(heads.layers, heads.layers[1:]))
+    static = {str(k): {key: v for key, v in runs[("static", k)].items() if key != "exit_layers"} for k in heads.layers}
+    hierarchy = all(
+        static[str(b)]["AP50"] + tolerance >= static[str(a)]["AP50"] for a, b in zip(heads.layers, heads.layers[1:])
+    )
     sweep = []
     for t in thresholds:
         run = runs[(policy_kind, t)]
-        sweep.append({"threshold": t, **{k: v for k, v in run.items() if k not in ("exit_layers", "pr_curve_iou50")},
-                      "exit_histogram": {str(k): c for k, c in sorted(Counter(run["exit_layers"]).items())}})
+        sweep.append(
+            {
+                "threshold": t,
+                **{k: v for k, v in run.items() if k not in ("exit_layers", "pr_curve_iou50")},
+                "exit_histogram": {str(k): c for k, c in sorted(Counter(run["exit_layers"]).items())},
+            }
+        )
     within = [s for s in sweep if s["AP"] >= full["AP"] - tolerance]
     chosen = min(within, key=lambda s: s["mean_gflops"]) if within else max(sweep, key=lambda s: s["AP"])
     chosen_layers = runs[(policy_kind, chosen["threshold"])]["exit_layers"]
@@ -97,8 +119,12 @@ def evaluate_exits(exits_dir: Path, data_spec: DataSpec, thresholds: Sequence[fl
         "exits_dir": str(Path(exits_dir).resolve()),
         "data": data_spec.describe(),
         "policy": policy_kind,
-        "full_model": {"AP": full["AP"], "AP50": full["AP50"], "gflops": profile.full,
-                       "mean_latency_ms": full["mean_latency_ms"]},
+        "full_model": {
+            "AP": full["AP"],
+            "AP50": full["AP50"],
+            "gflops": profile.full,
+            "mean_latency_ms": full["mean_latency_ms"],
+        },
         "exits": static,
         "hierarchy_ok": hierarchy,
         "sweep": sweep,
@@ -112,6 +138,8 @@ def evaluate_exits(exits_dir: Path, data_spec: DataSpec, thresholds: Sequence[fl
             "flops_speedup": profile.full / chosen["mean_gflops"],
             "measured_speedup": full["mean_latency_ms"] / chosen["mean_latency_ms"],
         },
-        "exit_distribution": {d: {str(k): c for k, c in sorted(cnt.items())} for d, cnt in sorted(by_difficulty.items())},
+        "exit_distribution": {
+            d: {str(k): c for k, c in sorted(cnt.items())} for d, cnt in sorted(by_difficulty.items())
+        },
         "flops": profile.to_json(),
     }

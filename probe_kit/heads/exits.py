@@ -61,8 +61,14 @@ class ExitHeads(nn.Module):
         return cls({layer: DetectionHead.from_model(model) for layer in layers})
 
 
-def train_exit_heads(cache_path: Path, layers: tuple[int, ...], out: Path, seed: int = 0,
-                     opts: ExitTraining = ExitTraining(), progress: bool = True) -> Path:
+def train_exit_heads(
+    cache_path: Path,
+    layers: tuple[int, ...],
+    out: Path,
+    seed: int = 0,
+    opts: ExitTraining = ExitTraining(),
+    progress: bool = True,
+) -> Path:
     """Train exit heads for ``layers`` on a cache; writes a loadable exits folder into ``out``."""
     with FeatureCache(cache_path) as cache:
         depth = cache.model["config"]["num_hidden_layers"]
@@ -91,8 +97,11 @@ def train_exit_heads(cache_path: Path, layers: tuple[int, ...], out: Path, seed:
                 set_parts = criterion(logits, boxes, [targets[i] for i in idx])
                 distill = distillation_loss(logits, boxes, final_logits[idx], final_boxes[idx])
                 total = opts.set_weight * set_parts["loss"] + opts.distill_weight * distill["loss"]
-                return {"loss": total, **{f"set_{k}": v for k, v in set_parts.items() if k != "loss"},
-                        **{f"distill_{k}": v for k, v in distill.items() if k != "loss"}}
+                return {
+                    "loss": total,
+                    **{f"set_{k}": v for k, v in set_parts.items() if k != "loss"},
+                    **{f"distill_{k}": v for k, v in distill.items() if k != "loss"},
+                }
 
             def batches(epoch, layer=layer):
                 rng = np.random.default_rng([seed, layer, epoch])
@@ -102,12 +111,21 @@ def train_exit_heads(cache_path: Path, layers: tuple[int, ...], out: Path, seed:
                 idx = split.holdout
                 return float(loss_on(module, idx, torch.from_numpy(cache.read(layer, "det", idx)))["loss"])
 
-            histories[str(layer)] = fit(head, batches, lambda m, b: loss_on(m, *b), holdout, opts.epochs, opts.lr,
-                                        desc=f"exit head L{layer}", progress=progress)
+            histories[str(layer)] = fit(
+                head,
+                batches,
+                lambda m, b: loss_on(m, *b),
+                holdout,
+                opts.epochs,
+                opts.lr,
+                desc=f"exit head L{layer}",
+                progress=progress,
+            )
         finetuned, finetune_history = [], []
         if opts.finetune_blocks > 0:
-            finetuned, finetune_history = _finetune(cache, model, heads, samples, split, targets, final_logits,
-                                                    final_boxes, criterion, opts, seed, progress)
+            finetuned, finetune_history = _finetune(
+                cache, model, heads, samples, split, targets, final_logits, final_boxes, criterion, opts, seed, progress
+            )
         config = {
             "layers": list(layers),
             "finetuned_blocks": finetuned,
@@ -120,13 +138,26 @@ def train_exit_heads(cache_path: Path, layers: tuple[int, ...], out: Path, seed:
             "history": histories,
             "split": split.describe(samples),
         }
-    blocks = {k: v for k, v in model.state_dict().items()
-              if any(k.startswith(f"vit.encoder.layer.{i}.") for i in finetuned)}
+    blocks = {
+        k: v for k, v in model.state_dict().items() if any(k.startswith(f"vit.encoder.layer.{i}.") for i in finetuned)
+    }
     return save_exits(heads, config, out, blocks)
 
 
-def _finetune(cache, model, heads, samples, split, targets, final_logits, final_boxes, criterion,
-              opts: ExitTraining, seed: int, progress: bool):
+def _finetune(
+    cache,
+    model,
+    heads,
+    samples,
+    split,
+    targets,
+    final_logits,
+    final_boxes,
+    criterion,
+    opts: ExitTraining,
+    seed: int,
+    progress: bool,
+):
     from probe_kit.data.spec import DataSpec
     from probe_kit.heads.finetune import finetune_blocks
     from probe_kit.heads.multi_exit import MultiExitYolos
@@ -138,9 +169,25 @@ def _finetune(cache, model, heads, samples, split, targets, final_logits, final_
         raise ValueError(f"{cache.path}: the dataset on disk no longer matches the cache; cannot fine-tune blocks")
     _, processor = load_yolos(ModelSpec(cache.model["name"], cache.model["revision"]))
     multi = MultiExitYolos(model, heads, cache.person_index())
-    return finetune_blocks(multi, processor, live, split.train, split.holdout, targets, final_logits, final_boxes,
-                           criterion, opts.finetune_blocks, opts.finetune_epochs, opts.finetune_lr, opts.batch_size,
-                           opts.set_weight, opts.distill_weight, seed, progress)
+    return finetune_blocks(
+        multi,
+        processor,
+        live,
+        split.train,
+        split.holdout,
+        targets,
+        final_logits,
+        final_boxes,
+        criterion,
+        opts.finetune_blocks,
+        opts.finetune_epochs,
+        opts.finetune_lr,
+        opts.batch_size,
+        opts.set_weight,
+        opts.distill_weight,
+        seed,
+        progress,
+    )
 
 
 def save_exits(heads: ExitHeads, config: dict, out: Path, blocks: dict[str, torch.Tensor] | None = None) -> Path:
@@ -166,8 +213,10 @@ def load_exits(folder: Path):
     base = config["base_model"]
     model, processor = load_yolos(ModelSpec(base["name"], base["revision"]))
     if weights_fingerprint(model) != base["fingerprint"]:
-        raise ValueError(f"{folder}: heads were trained on weights {base['fingerprint']}, "
-                         f"{base['name']} now has {weights_fingerprint(model)}")
+        raise ValueError(
+            f"{folder}: heads were trained on weights {base['fingerprint']}, "
+            f"{base['name']} now has {weights_fingerprint(model)}"
+        )
     if config.get("finetuned_blocks"):
         missing, unexpected = model.load_state_dict(load_file(folder / "blocks.safetensors"), strict=False)
         if unexpected:

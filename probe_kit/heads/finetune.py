@@ -25,10 +25,25 @@ def blocks_before_exits(exits: Sequence[int], k: int) -> list[int]:
     return sorted({i for e in exits for i in range(max(0, e - k), e)})
 
 
-def finetune_blocks(multi: MultiExitYolos, processor, samples, train: np.ndarray, holdout: np.ndarray,
-                    targets: list[dict], final_logits: torch.Tensor, final_boxes: torch.Tensor,
-                    criterion: SetCriterion, k: int, epochs: int, lr: float, batch_size: int, set_weight: float,
-                    distill_weight: float, seed: int, progress: bool = True) -> tuple[list[int], list[dict]]:
+def finetune_blocks(
+    multi: MultiExitYolos,
+    processor,
+    samples,
+    train: np.ndarray,
+    holdout: np.ndarray,
+    targets: list[dict],
+    final_logits: torch.Tensor,
+    final_boxes: torch.Tensor,
+    criterion: SetCriterion,
+    k: int,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    set_weight: float,
+    distill_weight: float,
+    seed: int,
+    progress: bool = True,
+) -> tuple[list[int], list[dict]]:
     """Train the blocks before each exit and the heads jointly; returns (block indices, history)."""
     chosen = blocks_before_exits(multi.heads.layers, k)
     for name, param in multi.named_parameters():
@@ -54,12 +69,19 @@ def finetune_blocks(multi: MultiExitYolos, processor, samples, train: np.ndarray
         return (order[i : i + batch_size] for i in range(0, len(order), batch_size))
 
     def holdout_loss(module) -> float:
-        return float(np.mean([float(loss_on(module, holdout[i : i + batch_size])["loss"])
-                              for i in range(0, len(holdout), batch_size)]))
+        return float(
+            np.mean(
+                [
+                    float(loss_on(module, holdout[i : i + batch_size])["loss"])
+                    for i in range(0, len(holdout), batch_size)
+                ]
+            )
+        )
 
     torch.manual_seed(seed)
-    history = fit(multi, batches, loss_on, holdout_loss, epochs, lr, desc=f"fine-tune {len(chosen)} blocks",
-                  progress=progress)
+    history = fit(
+        multi, batches, loss_on, holdout_loss, epochs, lr, desc=f"fine-tune {len(chosen)} blocks", progress=progress
+    )
     for param in multi.parameters():
         param.requires_grad_(False)
     return chosen, history

@@ -69,7 +69,9 @@ class MultiExitYolos(nn.Module):
         if len(history) <= policy.patience:
             return torch.zeros(batch, dtype=torch.bool)
         agree = torch.ones(batch, dtype=torch.bool)
-        for (kept_a, boxes_a), (kept_b, boxes_b) in zip(history[-policy.patience - 1 : -1], history[-policy.patience :]):
+        for (kept_a, boxes_a), (kept_b, boxes_b) in zip(
+            history[-policy.patience - 1 : -1], history[-policy.patience :]
+        ):
             same_tokens = (kept_a == kept_b).all(-1)
             iou = paired_iou(boxes_a, boxes_b).masked_fill(~kept_b, 1.0).min(-1).values
             agree &= same_tokens & (iou >= policy.threshold)

@@ -83,8 +83,10 @@ def evaluate(gt: dict, detections: Sequence[dict], thresholds: Sequence[float] =
     result["at_threshold"] = _at_thresholds(evaluator, thresholds, num_gt)
     # interpolated precision at IoU 0.5 on COCO's 101 recall points (area "all", 100 detections)
     precision = evaluator.eval["precision"][0, :, 0, 0, -1]
-    result["pr_curve_iou50"] = {"recall": [round(float(r), 2) for r in evaluator.params.recThrs],
-                                "precision": [float(p) if p >= 0 else None for p in precision]}  # None: unreached
+    result["pr_curve_iou50"] = {
+        "recall": [round(float(r), 2) for r in evaluator.params.recThrs],
+        "precision": [float(p) if p >= 0 else None for p in precision],
+    }  # None: unreached
     return result
 
 

@@ -50,13 +50,16 @@ def measure_flops(model, input_size: tuple[int, int]) -> FlopProfile:
     if model.config._attn_implementation != "eager":
         raise ValueError("FLOP counting needs eager attention (SDPA counts as 0 FLOPs on CPU); load with load_yolos")
     width, height = input_size
-    pixels = torch.zeros(1, 3, height, width, dtype=next(model.parameters()).dtype,
-                         device=next(model.parameters()).device)
+    pixels = torch.zeros(
+        1, 3, height, width, dtype=next(model.parameters()).dtype, device=next(model.parameters()).device
+    )
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
         model(pixel_values=pixels)
     root = type(model).__name__
     blocks = tuple(_module_flops(counter, f"{root}.vit.encoder.layer.{i}") for i in range(len(model.vit.encoder.layer)))
-    head = sum(_module_flops(counter, f"{root}.{m}") for m in ("vit.layernorm", "class_labels_classifier", "bbox_predictor"))
+    head = sum(
+        _module_flops(counter, f"{root}.{m}") for m in ("vit.layernorm", "class_labels_classifier", "bbox_predictor")
+    )
     embeddings = _module_flops(counter, f"{root}.vit.embeddings")
     return FlopProfile(input_size, embeddings, blocks, head)

@@ -57,7 +57,9 @@ def dense_targets(boxes: list[np.ndarray], grid: tuple[int, int]) -> tuple[torch
         has = np.isfinite(cost.min(1))
         objectness[b, has] = 1.0
         targets[b, has] = bx[owner[has]]
-        centre_patch = np.clip((bx[:, 1] * gh).astype(int), 0, gh - 1) * gw + np.clip((bx[:, 0] * gw).astype(int), 0, gw - 1)
+        centre_patch = np.clip((bx[:, 1] * gh).astype(int), 0, gh - 1) * gw + np.clip(
+            (bx[:, 0] * gw).astype(int), 0, gw - 1
+        )
         for n in np.argsort(-area):  # smaller boxes written last win shared centre patches
             objectness[b, centre_patch[n]] = 1.0
             targets[b, centre_patch[n]] = bx[n]

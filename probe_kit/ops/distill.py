@@ -14,8 +14,9 @@ def kl_to_final(final_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tenso
     return (log_p_final.exp() * (log_p_final - logits.log_softmax(-1))).sum(-1).mean()
 
 
-def distillation_loss(logits: torch.Tensor, boxes: torch.Tensor, final_logits: torch.Tensor,
-                      final_boxes: torch.Tensor) -> dict[str, torch.Tensor]:
+def distillation_loss(
+    logits: torch.Tensor, boxes: torch.Tensor, final_logits: torch.Tensor, final_boxes: torch.Tensor
+) -> dict[str, torch.Tensor]:
     """Class KL to the final layer, plus 5 L1 + 2 GIoU on boxes weighted by the final foreground probability.
 
     Shapes: logits [B, N, C+1] (no-object last), boxes [B, N, 4] normalised cx, cy, w, h.

@@ -39,8 +39,9 @@ def _discard(fused: torch.Tensor, ratio: float) -> torch.Tensor:
     return fused.scatter(-1, weakest, 0.0)
 
 
-def rollout_layers(attentions: Sequence[torch.Tensor], head_fusion: str = "mean",
-                   discard_ratio: float = 0.0) -> list[torch.Tensor]:
+def rollout_layers(
+    attentions: Sequence[torch.Tensor], head_fusion: str = "mean", discard_ratio: float = 0.0
+) -> list[torch.Tensor]:
     """``[R_1, ..., R_L]``, each [B, T, T], from per-layer attentions [B, H, T, T] (layer 1 first)."""
     if not 0.0 <= discard_ratio < 1.0:
         raise ValueError(f"discard_ratio: expected a value in [0, 1), got {discard_ratio}")
@@ -57,7 +58,8 @@ def rollout_layers(attentions: Sequence[torch.Tensor], head_fusion: str = "mean"
     return result
 
 
-def attention_rollout(attentions: Sequence[torch.Tensor], head_fusion: str = "mean",
-                      discard_ratio: float = 0.0) -> torch.Tensor:
+def attention_rollout(
+    attentions: Sequence[torch.Tensor], head_fusion: str = "mean", discard_ratio: float = 0.0
+) -> torch.Tensor:
     """Rollout ``[B, T, T]`` of the last layer given."""
     return rollout_layers(attentions, head_fusion, discard_ratio)[-1]

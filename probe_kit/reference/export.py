@@ -49,8 +49,12 @@ def export_reference(run_dir: Path, heldout_dir: Path, cfg: RecipeConfig = Recip
     training = json.loads((best / METRICS_FILE).read_text()) if (best / METRICS_FILE).is_file() else {}
     record = {
         **scored["test"],
-        "heldout": {"seed": TEST_SEED, "frames": cfg.heldout_frames, "size": cfg.scene_size,
-                    "mix": "default (easy 0.4, medium 0.35, hard 0.25)"},
+        "heldout": {
+            "seed": TEST_SEED,
+            "frames": cfg.heldout_frames,
+            "size": cfg.scene_size,
+            "mix": "default (easy 0.4, medium 0.35, hard 0.25)",
+        },
         "selection_set": {"seed": cfg.heldout_seed, **scored["selection"]},
         "checkpoint_step": training.get("step"),
     }

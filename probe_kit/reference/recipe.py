@@ -22,7 +22,7 @@ import torch
 import yaml
 from torch import nn
 
-from probe_kit.data.synth import DEFAULT_MIX, SceneSpec, render_scene, scene_to_sample
+from probe_kit.data.synth import SceneSpec, render_scene, scene_to_sample
 from probe_kit.metrics.coco import evaluate, ground_truth_dict
 from probe_kit.models.loading import seed_token_embeddings
 from probe_kit.models.predict import detections_from_outputs
@@ -144,9 +144,7 @@ def _batch(step: int, cfg: RecipeConfig, main: _Pool, easy: _Pool, grid: tuple[i
             bx[:, 0] = 1.0 - bx[:, 0]
         pixels.append(px)
         boxes_list.append(bx)
-        targets.append(
-            {"class_labels": torch.zeros(len(bx), dtype=torch.long), "boxes": torch.from_numpy(bx)}
-        )
+        targets.append({"class_labels": torch.zeros(len(bx), dtype=torch.long), "boxes": torch.from_numpy(bx)})
     objectness, dense_boxes = dense_targets(boxes_list, grid)
     return torch.stack(pixels), targets, objectness, dense_boxes
 
@@ -221,13 +219,24 @@ def train_reference(cfg: RecipeConfig, out: Path, budget_minutes: float | None =
         losses.append(float(loss.detach()))
         parts = {k: float(v.detach()) for k, v in out_model.loss_dict.items() if k.startswith("loss")}
         parts["loss_dense"] = float(dense["loss_dense"].detach())
-        bar.set_postfix(ce=parts["loss_ce"], l1=parts["loss_bbox"], giou=parts["loss_giou"],
-                        dense=parts["loss_dense"], refresh=False)
+        bar.set_postfix(
+            ce=parts["loss_ce"],
+            l1=parts["loss_bbox"],
+            giou=parts["loss_giou"],
+            dense=parts["loss_dense"],
+            refresh=False,
+        )
         bar.update(1)
         if step % cfg.eval_every == 0 or step == cfg.steps:
             metrics = evaluate_pool(model, heldout)
-            record = {"step": step, "minutes": (time.time() - started) / 60, "loss": losses[-1], **parts,
-                      "AP": metrics["AP"], "AP50": metrics["AP50"]}
+            record = {
+                "step": step,
+                "minutes": (time.time() - started) / 60,
+                "loss": losses[-1],
+                **parts,
+                "AP": metrics["AP"],
+                "AP50": metrics["AP50"],
+            }
             with open(out / "history.jsonl", "a") as fh:
                 fh.write(json.dumps(record) + "\n")
             bar.write(json.dumps(record))
@@ -237,9 +246,15 @@ def train_reference(cfg: RecipeConfig, out: Path, budget_minutes: float | None =
                 processor.save_pretrained(out / "best")
                 (out / "best" / "heldout_metrics.json").write_text(json.dumps({"step": step, **metrics}, indent=2))
             torch.save(
-                {"config": asdict(cfg) | {"easy_mix": list(cfg.easy_mix)}, "model": model.state_dict(),
-                 "aux": aux.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                 "best_ap50": best_ap50, "elapsed": time.time() - started},
+                {
+                    "config": asdict(cfg) | {"easy_mix": list(cfg.easy_mix)},
+                    "model": model.state_dict(),
+                    "aux": aux.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "step": step,
+                    "best_ap50": best_ap50,
+                    "elapsed": time.time() - started,
+                },
                 state_path.with_suffix(".tmp"),
             )
             state_path.with_suffix(".tmp").replace(state_path)

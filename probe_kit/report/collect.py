@@ -89,10 +89,16 @@ def collect(folder: Path) -> ReportData:
 
         with FeatureCache(cache_path) as cache:
             data.cache_info = {
-                "path": cache_path, "fingerprint": cache.fingerprint, "model": cache.model["name"],
-                "revision": cache.model["revision"], "weights": cache.model["fingerprint"],
-                "dataset": cache.dataset, "versions": json.loads(cache.attrs()["versions"]),
-                "images": cache.num_images, "layers": list(cache.layers), "tokens": list(cache.tokens),
+                "path": cache_path,
+                "fingerprint": cache.fingerprint,
+                "model": cache.model["name"],
+                "revision": cache.model["revision"],
+                "weights": cache.model["fingerprint"],
+                "dataset": cache.dataset,
+                "versions": json.loads(cache.attrs()["versions"]),
+                "images": cache.num_images,
+                "layers": list(cache.layers),
+                "tokens": list(cache.tokens),
             }
     data.missing = [f"{name}: run {how}" for name, how in EXPECTED.items() if name not in data.results]
     if data.decision is None:

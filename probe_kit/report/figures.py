@@ -65,8 +65,11 @@ def ap_vs_gflops(data: ReportData) -> str | None:
         ylabel = "COCO AP (multi-exit model)"
     else:
         rows = [r for r in data.table() if r["gflops"] is not None]
-        best = [(r["gflops"], max(v for v in (r[n] for n in READOUTS) if v is not None)) for r in rows
-                if any(r[n] is not None for n in READOUTS)]
+        best = [
+            (r["gflops"], max(v for v in (r[n] for n in READOUTS) if v is not None))
+            for r in rows
+            if any(r[n] is not None for n in READOUTS)
+        ]
         if not best:
             plt.close(fig)
             return None
@@ -94,8 +97,9 @@ def pr_curves(data: ReportData) -> str | None:
     if not drawn:
         plt.close(fig)
         return None
-    ax.set(xlabel="recall", ylabel="precision", title="Precision-recall at IoU 0.5 per exit", xlim=(0, 1),
-           ylim=(0, 1.02))
+    ax.set(
+        xlabel="recall", ylabel="precision", title="Precision-recall at IoU 0.5 per exit", xlim=(0, 1), ylim=(0, 1.02)
+    )
     ax.legend(fontsize=8)
     return _png(fig)
 
@@ -124,7 +128,9 @@ def exit_distribution(data: ReportData) -> str | None:
         return None
     dist = data.exits_eval["exit_distribution"]
     layers = sorted({int(k) for counts in dist.values() for k in counts})
-    order = [d for d in ("easy", "medium", "hard") if d in dist] + [d for d in dist if d not in ("easy", "medium", "hard")]
+    order = [d for d in ("easy", "medium", "hard") if d in dist] + [
+        d for d in dist if d not in ("easy", "medium", "hard")
+    ]
     fig, ax = plt.subplots(figsize=(6, 3.5))
     bottoms = [0.0] * len(order)
     palette = sns.color_palette("viridis", len(layers))

@@ -59,8 +59,12 @@ def _take_last(indices: np.ndarray, groups: list[str], fraction: float) -> tuple
     return indices[:cut], indices[cut:], unit
 
 
-def make_split(samples: Sequence[Sample], val_fraction: float = 0.3, holdout_fraction: float = 0.2,
-               val_sequences: Sequence[str] | None = None) -> Split:
+def make_split(
+    samples: Sequence[Sample],
+    val_fraction: float = 0.3,
+    holdout_fraction: float = 0.2,
+    val_sequences: Sequence[str] | None = None,
+) -> Split:
     """Split without leakage: by sequence where there are several, else by contiguous frames.
 
     ``val_sequences`` names validation sequences explicitly (e.g. MOT17-11, MOT17-13); the holdout
@@ -93,8 +97,15 @@ def box_targets(samples: Sequence[Sample], person_label: int) -> list[dict]:
     return out
 
 
-def iter_batches(cache: FeatureCache, layer: int, role: str, indices: np.ndarray, batch_size: int,
-                 rng: np.random.Generator, chunk: int = 2048) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+def iter_batches(
+    cache: FeatureCache,
+    layer: int,
+    role: str,
+    indices: np.ndarray,
+    batch_size: int,
+    rng: np.random.Generator,
+    chunk: int = 2048,
+) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
     """Shuffled ``(indices, features)`` mini-batches read chunk by chunk: memory stays bounded by ``chunk``."""
     blocks = [np.sort(indices[i : i + chunk]) for i in range(0, len(indices), chunk)]
     for b in rng.permutation(len(blocks)):
