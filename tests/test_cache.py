@@ -4,8 +4,8 @@ import h5py
 import numpy as np
 import pytest
 import torch
-
 from conftest import make_tiny_yolos
+
 from probe_kit.cache import writer as writer_module
 from probe_kit.cache.reader import FeatureCache
 from probe_kit.cache.writer import resolve_layers, write_cache

@@ -4,8 +4,8 @@ import json
 
 import pytest
 from click.testing import CliRunner
-
 from conftest import real_data
+
 from probe_kit.cli.main import cli
 
 

@@ -3,8 +3,8 @@
 import json
 
 import pytest
-
 from conftest import real_data
+
 from probe_kit.data.coco import load_coco
 from probe_kit.data.spec import parse_data_spec
 

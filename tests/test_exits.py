@@ -91,17 +91,22 @@ def test_batch_members_leave_and_the_rest_continue(model):
     assert calls == [4]
 
 
-def test_train_save_load_and_evaluate(tiny_model, synth_dir, tmp_path):
-    cache = write_cache(
+@pytest.fixture(scope="module")
+def det_cache(tiny_model, synth_dir, tmp_path_factory):
+    return write_cache(
         ModelSpec(str(tiny_model)),
         parse_data_spec(f"synth:{synth_dir}"),
         "all",
         ["det"],
-        tmp_path / "c.h5",
+        tmp_path_factory.mktemp("exits") / "c.h5",
         dtype="float32",
         batch_size=4,
         progress=False,
     )
+
+
+def test_train_save_load_and_evaluate(det_cache, synth_dir, tmp_path):
+    cache = det_cache
     runner = CliRunner()
     trained = runner.invoke(
         cli, ["train-exits", "--cache", str(cache), "--layers", "2", "--out", str(tmp_path / "exits"), "--epochs", "2"]
@@ -135,21 +140,12 @@ def test_train_save_load_and_evaluate(tiny_model, synth_dir, tmp_path):
     assert sum(sum(v.values()) for v in result["exit_distribution"].values()) == 12
 
 
-def test_finetuning_the_blocks_before_each_exit(tiny_model, synth_dir, tmp_path):
+def test_finetuning_the_blocks_before_each_exit(tiny_model, det_cache, tmp_path):
+    cache = det_cache
     from probe_kit.heads.finetune import blocks_before_exits
 
     assert blocks_before_exits((2, 4), 1) == [1, 3]
     assert blocks_before_exits((1, 3), 2) == [0, 1, 2]
-    cache = write_cache(
-        ModelSpec(str(tiny_model)),
-        parse_data_spec(f"synth:{synth_dir}"),
-        "all",
-        ["det"],
-        tmp_path / "c.h5",
-        dtype="float32",
-        batch_size=4,
-        progress=False,
-    )
     result = CliRunner().invoke(
         cli,
         [

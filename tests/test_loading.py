@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from conftest import make_tiny_yolos
+
 from probe_kit.models.loading import ModelSpec, load_yolos, person_label_index, resolve_model_path
 
 

@@ -6,10 +6,10 @@ import json
 
 import numpy as np
 import pytest
+from conftest import real_data
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from conftest import real_data
 from probe_kit.data.sample import Sample
 from probe_kit.metrics.coco import METRIC_KEYS, evaluate, ground_truth_dict
 

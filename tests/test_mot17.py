@@ -4,8 +4,8 @@ import shutil
 
 import numpy as np
 import pytest
-
 from conftest import real_data
+
 from probe_kit.data.mot17 import load_mot17, read_gt
 
 # From PROVENANCE.md: considered pedestrian boxes (flag=1, class=1) in the frames that have images.

@@ -9,13 +9,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from probe_kit.training.data import apply_in_chunks, headline, iter_batches, make_split
-from probe_kit.training.fit import fit
 from probe_kit.analyzers._registry import AnalyzerResult, register
 from probe_kit.cache.reader import FeatureCache
 from probe_kit.metrics.coco import evaluate, ground_truth_dict
 from probe_kit.ops.boxes import cxcywh_norm_to_xywh, xywh_to_cxcywh_norm
 from probe_kit.ops.dense import DenseHead, dense_loss, dense_targets, nms
+from probe_kit.training.data import apply_in_chunks, headline, iter_batches, make_split, options_json
+from probe_kit.training.fit import fit
 
 
 def decode(pred: torch.Tensor, samples, iou_threshold: float = 0.5, keep: int = 100) -> list[dict]:
@@ -49,6 +49,7 @@ def run_dense(
     lr: float = 1e-3,
     batch_size: int = 32,
 ) -> AnalyzerResult:
+    options = options_json(locals())
     samples = cache.samples()
     split = make_split(samples, val_fraction, val_sequences=val_sequences)
     grid = (cache.layout.grid_h, cache.layout.grid_w)
@@ -80,14 +81,6 @@ def run_dense(
             ground_truth_dict(val), decode(apply_in_chunks(module, cache, layer, "patch", split.val, chunk=256), val)
         )
         per_layer[layer] = headline(metrics) | {"epochs_trained": len(histories[str(layer)])}
-    options = {
-        "head": head,
-        "val_fraction": val_fraction,
-        "val_sequences": list(val_sequences),
-        "epochs": epochs,
-        "lr": lr,
-        "batch_size": batch_size,
-    }
     return AnalyzerResult(
         "probe-dense",
         options,

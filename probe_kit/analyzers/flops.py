@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from probe_kit.training.data import load_cache_model
 from probe_kit.analyzers._registry import AnalyzerResult, register
 from probe_kit.cache.reader import FeatureCache
 from probe_kit.models.flops import measure_flops
+from probe_kit.training.data import load_cache_model
 
 
 @register("flops", "GFLOPs (2 x multiply-adds) per block and up to an exit at each layer, FlopCounterMode")

@@ -12,6 +12,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from probe_kit.analyzers._registry import AnalyzerResult, register
+from probe_kit.cache.reader import FeatureCache
+from probe_kit.models.heads import DetectionHead
+from probe_kit.ops.boxes import paired_iou
+from probe_kit.ops.distill import distillation_loss, kl_to_final
 from probe_kit.training.data import (
     Split,
     apply_in_chunks,
@@ -19,14 +24,10 @@ from probe_kit.training.data import (
     iter_batches,
     load_cache_model,
     make_split,
+    options_json,
     score,
 )
 from probe_kit.training.fit import fit
-from probe_kit.analyzers._registry import AnalyzerResult, register
-from probe_kit.cache.reader import FeatureCache
-from probe_kit.models.heads import DetectionHead
-from probe_kit.ops.boxes import paired_iou
-from probe_kit.ops.distill import distillation_loss, kl_to_final
 
 CONFIDENT = 0.5  # final-layer person score above which a token counts as a detection for box agreement
 
@@ -109,6 +110,7 @@ def run_tuned_lens(
     lr: float = 1e-3,
     batch_size: int = 64,
 ) -> AnalyzerResult:
+    options = options_json(locals())
     samples, split, final_logits, final_boxes = _setup(cache, val_fraction, val_sequences)
     model = load_cache_model(cache)
     person = cache.person_index()
@@ -134,13 +136,6 @@ def run_tuned_lens(
 
         histories[str(layer)] = fit(lens, batches, loss_fn, holdout, epochs, lr, desc=f"tuned-lens L{layer}")
         per_layer[layer] = _layer_metrics(lens, cache, layer, split, samples, final_logits, final_boxes, person)
-    options = {
-        "val_fraction": val_fraction,
-        "val_sequences": list(val_sequences),
-        "epochs": epochs,
-        "lr": lr,
-        "batch_size": batch_size,
-    }
     return AnalyzerResult(
         "tuned-lens",
         options,

@@ -11,6 +11,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from probe_kit.analyzers._registry import AnalyzerResult, register
+from probe_kit.cache.reader import FeatureCache
+from probe_kit.models.heads import DetectionHead, Standardize
+from probe_kit.ops.set_loss import SetCriterion
 from probe_kit.training.data import (
     apply_in_chunks,
     box_targets,
@@ -22,10 +26,6 @@ from probe_kit.training.data import (
     score,
 )
 from probe_kit.training.fit import fit
-from probe_kit.analyzers._registry import AnalyzerResult, register
-from probe_kit.cache.reader import FeatureCache
-from probe_kit.models.heads import DetectionHead, Standardize
-from probe_kit.ops.set_loss import SetCriterion
 
 
 def _standardizer(cache: FeatureCache, layer: int, indices: np.ndarray, chunk: int = 2048) -> Standardize:

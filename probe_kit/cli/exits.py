@@ -79,7 +79,8 @@ def train_exits(
 @click.option("--thresholds", default=None, help="Policy thresholds to sweep, comma-separated.")
 def evaluate_exits(exits_dir, data, sequences, split, min_visibility, stride, out, policy, thresholds) -> None:
     """Static exits, the policy sweep (AP vs GFLOPs vs latency) and the operating point."""
-    from probe_kit.heads.evaluate import DEFAULT_THRESHOLDS, evaluate_exits as run
+    from probe_kit.heads.evaluate import DEFAULT_THRESHOLDS
+    from probe_kit.heads.evaluate import evaluate_exits as run
     from probe_kit.io import write_json
 
     data_spec = build_data_spec(data, sequences, split, min_visibility, stride)

@@ -19,12 +19,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from probe_kit.training.data import box_targets, iter_batches, load_cache_model, make_split
-from probe_kit.training.fit import fit
 from probe_kit.cache.reader import FeatureCache
 from probe_kit.models.heads import DetectionHead
 from probe_kit.ops.distill import distillation_loss
 from probe_kit.ops.set_loss import SetCriterion
+from probe_kit.training.data import box_targets, iter_batches, load_cache_model, make_split
+from probe_kit.training.fit import fit
 
 
 @dataclass(frozen=True)

@@ -158,5 +158,6 @@ def load_cache_model(cache: FeatureCache):
 
 
 def options_json(options: dict) -> dict:
-    """Options as JSON-safe values (tuples -> lists)."""
-    return json.loads(json.dumps(options, default=list))
+    """Options as JSON-safe values (tuples -> lists), without the arguments every analyzer takes."""
+    kept = {k: v for k, v in options.items() if k not in ("cache", "layers", "seed")}
+    return json.loads(json.dumps(kept, default=list))
