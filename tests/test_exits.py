@@ -79,6 +79,12 @@ def test_batched_equals_one_by_one(model, policy):
     assert len(set(batched.exit_layer.tolist())) >= 1
 
 
+def test_fixed_exit_without_a_head_is_refused(model):
+    multi = MultiExitYolos(model, ExitHeads.from_model(model, (2, 4)), 0)
+    with pytest.raises(ValueError, match="layer 3 has no exit head"):
+        multi(_pixels(1), Policy("fixed", layer=3))
+
+
 def test_batch_members_leave_and_the_rest_continue(model):
     multi = MultiExitYolos(model, ExitHeads.from_model(model, (2, 4)), 0)
     calls = []

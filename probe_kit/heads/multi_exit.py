@@ -95,6 +95,9 @@ class MultiExitYolos(nn.Module):
 
     @torch.no_grad()
     def forward(self, pixel_values: torch.Tensor, policy: Policy) -> ExitOutput:
+        """Outputs of each image at its exit; blocks after the last image's exit never run."""
+        if policy.kind == "fixed" and policy.layer not in self.heads.layers:
+            raise ValueError(f"policy fixed: layer {policy.layer} has no exit head (exits {self.heads.layers})")
         vit = self.model.vit
         batch = pixel_values.shape[0]
         height, width = pixel_values.shape[-2:]
