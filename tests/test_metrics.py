@@ -80,3 +80,14 @@ def test_no_detections_and_no_images():
     assert evaluate(gt, [])["AP"] == 0.0
     with pytest.raises(ValueError, match="no images"):
         evaluate({"images": [], "annotations": []}, [])
+
+
+def test_other_categories_do_not_count_as_persons():
+    """A full COCO file (icevision: 80 categories, a crowd bottle): only persons are scored and counted."""
+    gt = json.loads(real_data("COCO/icevision_samples/annotations.json").read_text())
+    persons = [a for a in gt["annotations"] if a["category_id"] == 1]
+    dets = [{"image_id": a["image_id"], "category_id": 1, "bbox": a["bbox"], "score": 0.9} for a in persons]
+    result = evaluate(gt, dets, thresholds=(0.5,))
+    assert result["num_gt"] == 10
+    assert result["AP50"] == pytest.approx(1.0)
+    assert result["at_threshold"]["0.5"]["recall"] == pytest.approx(1.0)

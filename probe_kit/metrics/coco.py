@@ -66,7 +66,7 @@ def evaluate(gt: dict, detections: Sequence[dict], thresholds: Sequence[float] =
     if not gt.get("images"):
         raise ValueError("ground truth: no images to evaluate")
     coco_gt = _load_coco(gt)
-    num_gt = sum(1 for a in gt["annotations"] if not a.get("iscrowd", 0))
+    num_gt = sum(1 for a in gt["annotations"] if a.get("category_id") == PERSON_CATEGORY_ID and not a.get("iscrowd", 0))
     result: dict = {"num_images": len(gt["images"]), "num_gt": num_gt, "num_detections": len(detections)}
     if not detections:
         result.update({k: 0.0 for k in METRIC_KEYS})
