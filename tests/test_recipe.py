@@ -54,3 +54,10 @@ def test_tokens_are_not_left_at_zero():
     assert tokens.std() > 0.005 and (tokens[0] != tokens[1]).any()
     # supervision only at the final layer: no auxiliary per-layer loss in the config
     assert model.config.auxiliary_loss is False
+
+
+def test_defaults_are_the_shipped_recipe():
+    from pathlib import Path
+
+    yaml_path = Path(__file__).resolve().parents[1] / "experiments" / "reference_model.yaml"
+    assert RecipeConfig.from_yaml(yaml_path) == RecipeConfig()
