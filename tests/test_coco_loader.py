@@ -6,7 +6,7 @@ import pytest
 from conftest import real_data
 
 from probe_kit.data.coco import load_coco
-from probe_kit.data.spec import parse_data_spec
+from probe_kit.data.spec import DataSpec, parse_data_spec
 
 
 def test_icevision_persons_crowd_and_empty_image():
@@ -48,3 +48,10 @@ def test_spec_errors(tmp_path):
     (tmp_path / "train").mkdir()
     with pytest.raises(ValueError, match="no images found"):
         parse_data_spec(f"mot17:{tmp_path}").load()
+
+
+def test_spec_description_round_trips():
+    ann = real_data("COCO/mmpose_tests_data_coco/test_coco.json")
+    spec = parse_data_spec(f"coco:{ann}:{ann.parent}", stride=2)
+    again = DataSpec.from_description(json.loads(json.dumps(spec.describe())))  # as stored in a cache
+    assert [s.image_id for s in again.load()] == [s.image_id for s in spec.load()]

@@ -30,11 +30,8 @@ class AttributionOptions:
 
 
 def _load_pixels(cache: FeatureCache, image_ids: list[int], processor) -> dict[int, torch.Tensor]:
-    from probe_kit.data.spec import DataSpec
-
-    spec = DataSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in cache.dataset.items()})
     wanted = set(image_ids)
-    samples = [s for s in spec.load() if s.image_id in wanted]
+    samples = [s for s in cache.data_spec().load() if s.image_id in wanted]
     return {s.image_id: processor(images=[s.load_image()], return_tensors="pt")["pixel_values"] for s in samples}
 
 

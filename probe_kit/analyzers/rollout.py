@@ -51,11 +51,8 @@ def patches_inside(box: np.ndarray, grid: tuple[int, int], width: int, height: i
 
 def _image_paths(cache: FeatureCache) -> dict[int, str]:
     """Image files by id, re-read from the dataset the cache records (for the report's overlays)."""
-    from probe_kit.data.spec import DataSpec
-
     try:
-        spec = DataSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in cache.dataset.items()})
-        return {s.image_id: str(s.path) for s in spec.load() if s.path is not None}
+        return {s.image_id: str(s.path) for s in cache.data_spec().load() if s.path is not None}
     except (ValueError, TypeError, OSError):
         return {}
 

@@ -12,6 +12,7 @@ import numpy as np
 
 from probe_kit.cache.schema import ATTENTION_MAPS, IDENTITY_ATTRS, SCHEMA_VERSION, TokenLayout, layer_path
 from probe_kit.data.sample import Sample
+from probe_kit.data.spec import DataSpec
 
 
 class FeatureCache:
@@ -78,6 +79,10 @@ class FeatureCache:
         """Short hash of what makes this cache what it is (model, preprocessing, data, options)."""
         digest = hashlib.sha256("".join(self._h5.attrs[k] for k in IDENTITY_ATTRS).encode())
         return digest.hexdigest()[:16]
+
+    def data_spec(self) -> DataSpec:
+        """The dataset spec the cache was made from, to reload images or ground truth."""
+        return DataSpec.from_description(self.dataset)
 
     def attrs(self) -> dict:
         return {k: (v.item() if hasattr(v, "item") else v) for k, v in self._h5.attrs.items()}

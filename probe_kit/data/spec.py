@@ -57,6 +57,11 @@ class DataSpec:
         out["categories"] = list(self.categories)
         return out
 
+    @classmethod
+    def from_description(cls, description: dict) -> "DataSpec":
+        """The spec ``describe()`` wrote (as stored in a cache), ready to ``load()`` again."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in description.items()})
+
 
 def parse_data_spec(text: str, **options) -> DataSpec:
     """Parse ``KIND:PATH[:IMAGES]``; ``options`` are the narrowing flags (sequences, split, ...)."""

@@ -158,13 +158,11 @@ def _finetune(
     seed: int,
     progress: bool,
 ):
-    from probe_kit.data.spec import DataSpec
     from probe_kit.heads.finetune import finetune_blocks
     from probe_kit.heads.multi_exit import MultiExitYolos
     from probe_kit.models.loading import ModelSpec, load_yolos
 
-    spec = DataSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in cache.dataset.items()})
-    live = spec.load()
+    live = cache.data_spec().load()
     if [s.image_id for s in live] != [s.image_id for s in samples]:
         raise ValueError(f"{cache.path}: the dataset on disk no longer matches the cache; cannot fine-tune blocks")
     _, processor = load_yolos(ModelSpec(cache.model["name"], cache.model["revision"]))
