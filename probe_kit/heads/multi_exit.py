@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from probe_kit.heads.exits import ExitHeads
+from probe_kit.models.layers import embed, next_block_input
 from probe_kit.ops.boxes import paired_iou
 
 KEEP_SCORE = 0.5  # a token whose person probability reaches this is a kept detection
@@ -79,18 +80,14 @@ class MultiExitYolos(nn.Module):
 
     def all_exits(self, pixel_values: torch.Tensor) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
         """Every exit's ``(logits, boxes)``, all blocks run, gradients kept (for joint fine-tuning)."""
-        vit = self.model.vit
-        hidden = vit.embeddings(pixel_values)
-        height, width = pixel_values.shape[-2:]
-        mid = vit.encoder.interpolation((height, width)) if self.model.config.use_mid_position_embeddings else None
+        hidden, mid = embed(self.model, pixel_values)
         n_det = self.model.config.num_detection_tokens
         outputs = {}
-        for index, block in enumerate(vit.encoder.layer):
+        for layer, block in enumerate(self.model.vit.encoder.layer, start=1):
             hidden = block(hidden)
-            if index + 1 in self.heads.layers:
-                outputs[index + 1] = self.heads(index + 1, hidden[:, -n_det:])
-            if mid is not None and index + 1 < self.depth:
-                hidden = hidden + mid[index].to(hidden.device)
+            if layer in self.heads.layers:
+                outputs[layer] = self.heads(layer, hidden[:, -n_det:])
+            hidden = next_block_input(self.model, mid, layer, hidden)
         return outputs
 
     @torch.no_grad()
@@ -98,18 +95,14 @@ class MultiExitYolos(nn.Module):
         """Outputs of each image at its exit; blocks after the last image's exit never run."""
         if policy.kind == "fixed" and policy.layer not in self.heads.layers:
             raise ValueError(f"policy fixed: layer {policy.layer} has no exit head (exits {self.heads.layers})")
-        vit = self.model.vit
         batch = pixel_values.shape[0]
-        height, width = pixel_values.shape[-2:]
-        hidden = vit.embeddings(pixel_values)
-        mid = vit.encoder.interpolation((height, width)) if self.model.config.use_mid_position_embeddings else None
+        hidden, mid = embed(self.model, pixel_values)
         n_det = self.model.config.num_detection_tokens
         active = torch.arange(batch)
         out_logits = out_boxes = None
         exit_layer = torch.zeros(batch, dtype=torch.long)
         history: list = []
-        for index, block in enumerate(vit.encoder.layer):
-            layer = index + 1
+        for layer, block in enumerate(self.model.vit.encoder.layer, start=1):
             hidden = block(hidden)
             fixed_elsewhere = policy.kind == "fixed" and layer not in (policy.layer, self.depth)
             if layer in self.heads.layers and not fixed_elsewhere:  # a fixed exit evaluates one head only
@@ -126,6 +119,5 @@ class MultiExitYolos(nn.Module):
                 staying = ~leaving
                 active, hidden = active[staying], hidden[staying]
                 history[:] = [(k[staying], b[staying]) for k, b in history]
-            if mid is not None and layer < self.depth:
-                hidden = hidden + mid[index].to(hidden.device)
+            hidden = next_block_input(self.model, mid, layer, hidden)
         return ExitOutput(out_logits, out_boxes, exit_layer)
