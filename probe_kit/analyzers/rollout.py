@@ -21,6 +21,7 @@ __all__ = ["attention_rollout", "rollout_layers", "run_rollout"]
 
 MATCH_IOU = 0.5
 OVERLAYS = 4
+CHUNK = 256  # images whose attention maps are read at once
 
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -65,41 +66,44 @@ def run_rollout(cache: FeatureCache, layers: tuple[int, ...], seed: int = 0) -> 
     samples = cache.samples()
     _, final_boxes = cache.final_outputs()
     grid = (cache.layout.grid_h, cache.layout.grid_w)
-    sums = {k: {"inbox_mass": [], "pointing_game": [], "attn_inbox_mass": [], "attn_pointing_game": []} for k in layers}
-    chance: list[float] = []
-    overlays: list[tuple[int, int, int]] = []  # (image index, token, gt)
+    by_image: dict[int, list[tuple[int, int, np.ndarray]]] = {}  # image -> (token, gt, patches in its box)
     for i, sample in enumerate(samples):
-        pairs = match_final_to_gt(final_boxes[i], sample)
-        if not pairs:
-            continue
-        if len(overlays) < OVERLAYS:
-            overlays.append((i, *pairs[0]))
-        masks = {g: patches_inside(sample.boxes[g], grid, sample.width, sample.height) for _, g in pairs}
-        chance += [float(masks[g].mean()) for _, g in pairs]
-        for layer in layers:
-            maps = {name: cache.read(layer, name, slice(i, i + 1))[0] for name in ("rollout_det", "attn_det")}
-            for token, g in pairs:
-                for name, prefix in (("rollout_det", ""), ("attn_det", "attn_")):
-                    row = maps[name][token]
-                    sums[layer][f"{prefix}inbox_mass"].append(float(row[masks[g]].sum() / max(row.sum(), 1e-12)))
-                    sums[layer][f"{prefix}pointing_game"].append(float(masks[g][int(row.argmax())]))
-    if not chance:
+        for token, g in match_final_to_gt(final_boxes[i], sample):
+            mask = patches_inside(sample.boxes[g], grid, sample.width, sample.height)
+            by_image.setdefault(i, []).append((token, g, mask))
+    if not by_image:
         raise ValueError(f"{cache.path}: no final-layer detection matches a ground-truth person (IoU >= 0.5)")
-    per_layer = {
-        k: {m: float(np.mean(v)) for m, v in sums[k].items()}
-        | {"chance_mass": float(np.mean(chance)), "matched_pairs": len(chance)}
-        for k in layers
-    }
+    images = np.array(sorted(by_image))
+    chance = [float(mask.mean()) for i in images for _, _, mask in by_image[i]]
+    per_layer = {}
+    for layer in layers:
+        metrics: dict[str, list[float]] = {}
+        for name, prefix in (("rollout_det", ""), ("attn_det", "attn_")):
+            inbox, hits = (
+                metrics.setdefault(f"{prefix}inbox_mass", []),
+                metrics.setdefault(f"{prefix}pointing_game", []),
+            )
+            for start in range(0, len(images), CHUNK):  # one read per chunk of images, not per image
+                chunk = images[start : start + CHUNK]
+                for maps, i in zip(cache.read(layer, name, chunk), chunk):
+                    for token, _, mask in by_image[i]:
+                        row = maps[token]
+                        inbox.append(float(row[mask].sum() / max(row.sum(), 1e-12)))
+                        hits.append(float(mask[int(row.argmax())]))
+        per_layer[layer] = {m: float(np.mean(v)) for m, v in metrics.items()} | {
+            "chance_mass": float(np.mean(chance)),
+            "matched_pairs": len(chance),
+        }
+    shown = images[:OVERLAYS]
+    first = [by_image[i][0] for i in shown]  # (token, gt, mask) of each shown image
+    maps_by_layer = [cache.read(k, "rollout_det", shown) for k in layers]
     paths = _image_paths(cache)
     arrays = {
         "overlay_maps": np.stack(
-            [
-                np.stack([cache.read(k, "rollout_det", slice(i, i + 1))[0, t].reshape(grid) for k in layers])
-                for i, t, _ in overlays
-            ]
+            [np.stack([maps[j, t].reshape(grid) for maps in maps_by_layer]) for j, (t, _, _) in enumerate(first)]
         ),
-        "overlay_boxes": np.stack([samples[i].boxes[g] for i, _, g in overlays]),
-        "overlay_paths": np.array([paths.get(samples[i].image_id, "") for i, _, _ in overlays]),
+        "overlay_boxes": np.stack([samples[i].boxes[g] for i, (_, g, _) in zip(shown, first)]),
+        "overlay_paths": np.array([paths.get(samples[i].image_id, "") for i in shown]),
         "overlay_layers": np.array(layers),
     }
     options = {
