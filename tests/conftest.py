@@ -58,6 +58,24 @@ def make_tiny_yolos(
     return folder
 
 
+def write_tiny_cache(model: Path, synth_dir: Path, out: Path, layers="all", tokens=("det",), **options) -> Path:
+    """A feature cache of ``model`` over the synthetic scenes, batches of 4, no progress bar."""
+    from probe_kit.cache.writer import write_cache
+    from probe_kit.data.spec import parse_data_spec
+    from probe_kit.models.loading import ModelSpec
+
+    options.setdefault("batch_size", 4)
+    return write_cache(
+        ModelSpec(str(model)),
+        parse_data_spec(f"synth:{synth_dir}"),
+        layers,
+        list(tokens),
+        out,
+        progress=False,
+        **options,
+    )
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     return make_tiny_yolos(tmp_path_factory.mktemp("tiny") / "model")

@@ -7,14 +7,13 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import write_tiny_cache
 
 from probe_kit.analyzers import list_analyzers, run_analyzer, write_result
 from probe_kit.analyzers.lens import TunedLens
 from probe_kit.cache.reader import FeatureCache
 from probe_kit.cache.schema import SCHEMA_VERSION, TokenLayout, layer_path
-from probe_kit.cache.writer import write_cache
 from probe_kit.cli.main import cli
-from probe_kit.data.spec import parse_data_spec
 from probe_kit.models.heads import DetectionHead
 from probe_kit.models.loading import ModelSpec, load_yolos
 
@@ -33,17 +32,8 @@ FAST = {
 
 @pytest.fixture(scope="module")
 def tiny_cache(tiny_model, synth_dir, tmp_path_factory):
-    return write_cache(
-        ModelSpec(str(tiny_model)),
-        parse_data_spec(f"synth:{synth_dir}"),
-        "all",
-        ["det", "patch"],
-        tmp_path_factory.mktemp("a") / "c.h5",
-        dtype="float32",
-        batch_size=4,
-        progress=False,
-        attention=True,
-    )
+    out = tmp_path_factory.mktemp("a") / "c.h5"
+    return write_tiny_cache(tiny_model, synth_dir, out, tokens=("det", "patch"), dtype="float32", attention=True)
 
 
 def test_every_analyzer_is_listed_with_a_summary():
@@ -182,14 +172,7 @@ def test_linear_probe_finds_a_linear_world_and_fails_on_shuffled_features(tmp_pa
 def test_bad_input_errors(tiny_model, synth_dir, tiny_cache, tmp_path):
     with pytest.raises(ValueError, match="unknown analyzer 'nope'"):
         run_analyzer("nope", tiny_cache, "all")
-    det_only = write_cache(
-        ModelSpec(str(tiny_model)),
-        parse_data_spec(f"synth:{synth_dir}"),
-        "2",
-        ["det"],
-        tmp_path / "d.h5",
-        progress=False,
-    )
+    det_only = write_tiny_cache(tiny_model, synth_dir, tmp_path / "d.h5", layers="2", batch_size=8)
     with pytest.raises(ValueError, match=r"layers \[4\] are not in the cache"):
         run_analyzer("lens", det_only, "4")
     with pytest.raises(ValueError, match="no patch tokens cached"):

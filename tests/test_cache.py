@@ -4,7 +4,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_yolos
+from conftest import make_tiny_yolos, write_tiny_cache
 
 from probe_kit.cache import writer as writer_module
 from probe_kit.cache.reader import FeatureCache
@@ -14,11 +14,8 @@ from probe_kit.models.loading import ModelSpec, load_yolos
 
 
 def _write(tiny_model, synth_dir, out, **kw):
-    kw.setdefault("layers", "all")
     kw.setdefault("tokens", ["det", "patch", "cls"])
-    return write_cache(
-        ModelSpec(str(tiny_model)), parse_data_spec(f"synth:{synth_dir}"), out=out, batch_size=4, progress=False, **kw
-    )
+    return write_tiny_cache(tiny_model, synth_dir, out, **kw)
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,9 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import write_tiny_cache
 
-from probe_kit.cache.writer import write_cache
 from probe_kit.cli.main import cli
-from probe_kit.data.spec import parse_data_spec
 from probe_kit.heads.exits import ExitHeads, load_exits
 from probe_kit.heads.multi_exit import MultiExitYolos, Policy
 from probe_kit.models.loading import ModelSpec, load_yolos
@@ -99,16 +98,7 @@ def test_batch_members_leave_and_the_rest_continue(model):
 
 @pytest.fixture(scope="module")
 def det_cache(tiny_model, synth_dir, tmp_path_factory):
-    return write_cache(
-        ModelSpec(str(tiny_model)),
-        parse_data_spec(f"synth:{synth_dir}"),
-        "all",
-        ["det"],
-        tmp_path_factory.mktemp("exits") / "c.h5",
-        dtype="float32",
-        batch_size=4,
-        progress=False,
-    )
+    return write_tiny_cache(tiny_model, synth_dir, tmp_path_factory.mktemp("exits") / "c.h5", dtype="float32")
 
 
 def test_train_save_load_and_evaluate(det_cache, synth_dir, tmp_path):
