@@ -82,11 +82,16 @@ def evaluate(gt: dict, detections: Sequence[dict], thresholds: Sequence[float] =
     result.update({k: float(v) for k, v in zip(METRIC_KEYS, evaluator.stats[: len(METRIC_KEYS)])})
     result["at_threshold"] = _at_thresholds(evaluator, thresholds, num_gt)
     # interpolated precision at IoU 0.5 on COCO's 101 recall points (area "all", 100 detections)
+    # COCOeval stores 0 precision at recall points the ranked list never reaches (and -1 with no
+    # ground truth); both become None, so a plotted curve ends where the detections end.
     precision = evaluator.eval["precision"][0, :, 0, 0, -1]
+    max_recall = float(evaluator.eval["recall"][0, 0, 0, -1])
     result["pr_curve_iou50"] = {
         "recall": [round(float(r), 2) for r in evaluator.params.recThrs],
-        "precision": [float(p) if p >= 0 else None for p in precision],
-    }  # None: unreached
+        "precision": [
+            float(p) if p >= 0 and r <= max_recall + 1e-9 else None for p, r in zip(precision, evaluator.params.recThrs)
+        ],
+    }
     return result
 
 
