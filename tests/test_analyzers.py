@@ -190,7 +190,9 @@ def test_cli_list_and_run(tiny_cache, tmp_path):
         cli, ["analyze", "lens", "--cache", str(tiny_cache), "--layers", "1-2", "--out", str(tmp_path / "lens")]
     )
     assert ran.exit_code == 0, ran.output
-    assert json.loads((tmp_path / "lens/result.json").read_text())["layers"].keys() == {"1", "2"}
+    saved = json.loads((tmp_path / "lens/result.json").read_text())
+    assert saved["layers"].keys() == {"1", "2"}
+    assert saved["command"] == f"probe-kit analyze lens --cache {tiny_cache} --layers 1-2 --seed 0"
 
 
 def test_clustering_umap_embeddings_and_pca_reference(tiny_cache):

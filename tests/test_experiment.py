@@ -74,7 +74,25 @@ def test_runs_and_skips_up_to_date_stages(tmp_path, tiny_model):
     assert decision["exits"][-1] == 4
     probe = json.loads((tmp_path / "out/results/probe-linear/result.json").read_text())
     assert probe["layers"].keys() == {"2", "4"} and probe["split"]["val_groups"] == ["SYNTH-03"]
+    assert probe["command"].startswith("probe-kit run")
     messages.clear()
     run_experiment(cfg, tmp_path / "out", say=messages.append)
     assert "[data] synthetic scenes up to date" in messages[0]
     assert sum("up to date" in m for m in messages) == 1 + 3  # data + every analyzer
+
+
+def test_candidate_exits_are_trained_when_none_is_recommended(tmp_path, tiny_model):
+    path = _write(
+        tmp_path,
+        name="t",
+        synth={"frames": 12, "seed": 4, "size": 128, "frames_per_sequence": 4},
+        model=str(tiny_model),
+        analyzers={"flops": {}, "lens": {}},
+        exits={"layers": "decision", "candidates": "2", "epochs": 1, "thresholds": [0.9]},
+    )
+    messages: list[str] = []
+    decision = run_experiment(load_experiment(path), tmp_path / "out", say=messages.append)
+    assert decision["verdict"] == "not viable"  # a random model: its final layer does not detect
+    assert any("training heads at the candidate layers [2]" in m for m in messages)
+    assert json.loads((tmp_path / "out/exits/config.json").read_text())["layers"] == [2, 4]
+    assert "candidate layers" in (tmp_path / "out/report.html").read_text()

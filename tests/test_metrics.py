@@ -67,6 +67,15 @@ def test_precision_recall_by_hand():
     assert result["AP50"] == pytest.approx((51 * 1 + 50 * 2 / 3) / 101)
 
 
+def test_pr_curve_stops_at_the_highest_recall_reached():
+    gt = ground_truth_dict([_sample([[10, 10, 40, 80], [100, 10, 40, 80]])])
+    curve = evaluate(gt, [_det([10, 10, 40, 80], 0.9)])["pr_curve_iou50"]
+    assert len(curve["recall"]) == len(curve["precision"]) == 101
+    reached = [p for r, p in zip(curve["recall"], curve["precision"]) if r <= 0.5]
+    assert reached == pytest.approx([1.0] * len(reached))
+    assert all(p is None for r, p in zip(curve["recall"], curve["precision"]) if r > 0.5)
+
+
 def test_detection_on_ignore_region_is_neither_tp_nor_fp():
     gt = ground_truth_dict([_sample([[10, 10, 40, 80]], ignore=[[100, 10, 40, 80]])])
     result = evaluate(gt, [_det([10, 10, 40, 80], 0.9), _det([100, 10, 40, 80], 0.95)], thresholds=(0.5,))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shlex
-import sys
 from pathlib import Path
 
 import click
@@ -39,7 +38,11 @@ def command(name, show_list, cache_path, layers, out, seed, val_sequences, extra
     if val_sequences:
         options["val_sequences"] = tuple(v.strip() for v in val_sequences.split(","))
     result = run_analyzer(name, cache_path, layers, seed, **options)
-    result.extra["command"] = "probe-kit " + shlex.join(sys.argv[1:])
+    result.extra["command"] = shlex.join(
+        ["probe-kit", "analyze", name, "--cache", str(cache_path), "--layers", layers, "--seed", str(seed)]
+        + [arg for item in extra for arg in ("-o", item)]
+        + (["--val-sequences", val_sequences] if val_sequences else [])
+    )
     path = write_result(result, out or Path("runs") / name)
     for layer, metrics in sorted(result.layers.items()):
         shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
