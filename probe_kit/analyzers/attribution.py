@@ -15,10 +15,10 @@ import numpy as np
 import torch
 
 from probe_kit.analyzers._registry import AnalyzerResult, register
-from probe_kit.analyzers.rollout import match_final_to_gt
 from probe_kit.cache.reader import FeatureCache
 from probe_kit.models.heads import DetectionHead
 from probe_kit.models.layers import forward_to_layer
+from probe_kit.ops.matching import match_final_to_gt
 from probe_kit.training.data import load_cache_model, options_json
 
 

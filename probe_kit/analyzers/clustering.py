@@ -19,8 +19,8 @@ from sklearn.metrics import balanced_accuracy_score, silhouette_score
 from sklearn.neighbors import KNeighborsClassifier
 
 from probe_kit.analyzers._registry import AnalyzerResult, register
-from probe_kit.analyzers.rollout import match_final_to_gt, patches_inside
 from probe_kit.cache.reader import FeatureCache
+from probe_kit.ops.matching import match_final_to_gt, patches_inside
 from probe_kit.training.data import make_split, options_json
 
 

@@ -23,9 +23,9 @@ class DenseHead(nn.Module):
         if kind == "linear":
             self.proj = nn.Linear(hidden_size, 5)
         elif kind == "mlp":
-            from probe_kit.models.heads import mlp
+            from transformers.models.yolos.modeling_yolos import YolosMLPPredictionHead
 
-            self.proj = mlp(hidden_size, hidden_size, 5)
+            self.proj = YolosMLPPredictionHead(hidden_size, hidden_size, 5, 3)  # YOLOS's own head shape
         else:
             raise ValueError(f"dense head kind: expected 'linear' or 'mlp', got {kind!r}")
 
