@@ -1,0 +1,47 @@
+"""The Python front door: lazy, and a whole small study through it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import probe_kit
+
+
+def test_import_is_lazy_and_fast():
+    heavy = "('torch', 'transformers', 'h5py')"
+    code = f"import sys, probe_kit; probe_kit.__version__; print(sorted(m for m in {heavy} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_unknown_attribute_is_an_attribute_error():
+    try:
+        probe_kit.no_such_thing  # noqa: B018
+    except AttributeError as err:
+        assert "no_such_thing" in str(err)
+    else:
+        raise AssertionError("expected AttributeError")
+
+
+def test_study_in_python(tiny_model, synth_dir, tmp_path):
+    cache = probe_kit.write_cache(
+        model=str(tiny_model),
+        data=f"synth:{synth_dir}",
+        out=tmp_path / "c.h5",
+        layers="all",
+        batch_size=4,
+        progress=False,
+    )
+    with cache:
+        assert cache.complete and cache.layers == (1, 2, 3, 4)
+    lens = probe_kit.analyze("lens", tmp_path / "c.h5", layers=[2, 4], out=tmp_path / "study" / "results" / "lens")
+    assert set(lens.layers) == {2, 4} and 0.0 <= lens.layers[4]["AP50"] <= 1.0
+    assert (tmp_path / "study" / "results" / "lens" / "result.json").is_file()
+    flops = probe_kit.analyze("flops", tmp_path / "c.h5", out=tmp_path / "study" / "results" / "flops")
+    from_objects = probe_kit.decide([lens, flops])
+    from_folder = probe_kit.decide(tmp_path / "study" / "results")
+    assert from_objects.to_json()["exits"] == from_folder.to_json()["exits"]
+    assert "lens" in probe_kit.list_analyzers()
+    report = probe_kit.build_report(tmp_path / "study")
+    assert report == tmp_path / "study" / "report.html" and report.stat().st_size > 0
