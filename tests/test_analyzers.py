@@ -9,7 +9,7 @@ import torch
 from click.testing import CliRunner
 from conftest import write_tiny_cache
 
-from probe_kit.analyzers import list_analyzers, run_analyzer, write_result
+from probe_kit.analyzers import get_analyzer, list_analyzers, run_analyzer, write_result
 from probe_kit.analyzers.lens import TunedLens
 from probe_kit.cache.reader import FeatureCache
 from probe_kit.cache.schema import SCHEMA_VERSION, TokenLayout, layer_path
@@ -17,6 +17,8 @@ from probe_kit.cli.main import cli
 from probe_kit.models.heads import DetectionHead
 from probe_kit.models.loading import ModelSpec, load_yolos
 
+# Options that keep each analyzer fast on the tiny cache; an analyzer missing here runs with its defaults,
+# and the tests below are parametrised over the registry itself, so a new analyzer cannot go untested.
 FAST = {
     "lens": {},
     "tuned-lens": {"epochs": 2},
@@ -28,6 +30,7 @@ FAST = {
     "clustering": {"umap": False, "max_points": 200},
     "attribution": {"images": 2, "steps": 8},
 }
+ANALYZERS = sorted(a.name for a in list_analyzers())
 
 
 @pytest.fixture(scope="module")
@@ -37,15 +40,14 @@ def tiny_cache(tiny_model, synth_dir, tmp_path_factory):
 
 
 def test_every_analyzer_is_listed_with_a_summary():
-    names = {a.name for a in list_analyzers()}
-    assert set(FAST) <= names
+    assert set(FAST) <= set(ANALYZERS)
     assert all(a.summary for a in list_analyzers())
 
 
-@pytest.mark.parametrize("name", sorted(FAST))
+@pytest.mark.parametrize("name", ANALYZERS)
 def test_runs_end_to_end_and_is_deterministic(name, tiny_cache, tmp_path):
-    a = run_analyzer(name, tiny_cache, "2,4", seed=3, **FAST[name])
-    b = run_analyzer(name, tiny_cache, "2,4", seed=3, **FAST[name])
+    a = run_analyzer(name, tiny_cache, "2,4", seed=3, **FAST.get(name, {}))
+    b = run_analyzer(name, tiny_cache, "2,4", seed=3, **FAST.get(name, {}))
     assert a.to_json() == b.to_json()
     path = write_result(a, tmp_path / name)
     saved = json.loads(path.read_text())
@@ -53,6 +55,14 @@ def test_runs_end_to_end_and_is_deterministic(name, tiny_cache, tmp_path):
     assert set(saved["layers"]) == {"2", "4"}
     with FeatureCache(tiny_cache) as cache:
         assert saved["cache_fingerprint"] == cache.fingerprint
+    # the registry's metadata is recorded, and every metric it promises is there on every layer
+    info = get_analyzer(name)
+    assert saved["meta"] == info.meta()
+    for metrics in saved["layers"].values():
+        for key, _ in info.metrics:
+            assert key in metrics, f"{name}: metric {key!r} promised by register() is missing"
+        if info.role == "readout":
+            assert 0 <= metrics["AP50"] <= 1
     if name == "flops":
         assert saved["layers"]["4"]["fraction_of_full"] == pytest.approx(1.0)
         return
@@ -167,6 +177,14 @@ def test_linear_probe_finds_a_linear_world_and_fails_on_shuffled_features(tmp_pa
     bad = run_analyzer("probe-linear", _write_linear_world_cache(tmp_path / "bad.h5", True), "1", epochs=150, lr=1e-2)
     assert good.layers[1]["AP50"] > 0.9
     assert bad.layers[1]["AP50"] < 0.5
+
+
+@pytest.mark.parametrize("name", ANALYZERS)
+def test_unknown_option_and_foreign_layer_are_refused(name, tiny_cache):
+    with pytest.raises(ValueError, match=f"analyzer {name}: unknown option 'no_such_option'"):
+        run_analyzer(name, tiny_cache, "2", no_such_option=1)
+    with pytest.raises(ValueError, match=r"layers \[9\] are not in the cache|layer"):
+        run_analyzer(name, tiny_cache, "9", **FAST.get(name, {}))
 
 
 def test_bad_input_errors(tiny_model, synth_dir, tiny_cache, tmp_path):

@@ -1,20 +1,30 @@
 """The decision: hand-made evidence in, expected exits, verdict and cited numbers out."""
 
 import json
+import re
 
 import pytest
 from click.testing import CliRunner
 
 from probe_kit.cli.main import cli
-from probe_kit.decision import Criteria, decide, load_results
+from probe_kit.analyzers import analyzer_meta
+from probe_kit.decision import Criteria, criteria_from, decide, load_results, parse_bars
+
+READOUT = {"role": "readout", "metrics": [["AP50", "AP50"]], "chance": None}
+COST = {"role": "cost", "metrics": [["gflops_to_exit", "GFLOPs"]], "chance": None}
 
 
 def _results(ap50_by_layer: dict[int, float], readout="tuned-lens", blocks=12):
+    """Results as written by analyzers: per-layer metrics plus the registry meta they record."""
     profile = {"blocks": [1.0] * blocks}
     flops = {str(k): {"gflops_to_exit": k + 0.5, "fraction_of_full": (k + 0.5) / (blocks + 0.5)} for k in ap50_by_layer}
     return {
-        readout: {"analyzer": readout, "layers": {str(k): {"AP50": v} for k, v in ap50_by_layer.items()}},
-        "flops": {"analyzer": "flops", "layers": flops, "profile": profile},
+        readout: {
+            "analyzer": readout,
+            "meta": READOUT,
+            "layers": {str(k): {"AP50": v} for k, v in ap50_by_layer.items()},
+        },
+        "flops": {"analyzer": "flops", "meta": COST, "layers": flops, "profile": profile},
     }
 
 
@@ -25,8 +35,10 @@ def test_early_exits_when_early_layers_clear_the_bars():
     assert decision.exits == (3, 6, 9, 12)
     assert decision.verdict == "early exits viable"
     text = "\n".join(decision.rationale)
-    for number in ("0.800", "0.300", "0.500", "0.700", "bar 0.35", "bar 0.59", "bar 0.82", "28% of the full"):
+    for number in ("0.800", "0.300", "0.500", "0.700", "(0.35 of final)", "(0.59 of final)", "(0.82 of final)"):
         assert number in text
+    assert "bar AP50 0.282" in text and "28% of the full" in text
+    assert decision.summary.startswith("Early exits viable: exits at layers 3, 6, 9 reach their bars")
 
 
 def test_only_late_exits():
@@ -62,3 +74,86 @@ def test_deterministic_and_cli(tmp_path):
 def test_missing_final_layer_is_an_error():
     with pytest.raises(ValueError, match="no readout at the final layer 12"):
         decide(_results({3: 0.3, 6: 0.5}))
+
+
+def test_not_viable_summary_names_the_final_layer():
+    decision = decide(_results({3: 0.0, 6: 0.01, 12: 0.80}))
+    assert decision.summary == (
+        "Early exit is not viable for this model on this data: no layer before 12 reaches its bar"
+    )
+
+
+def test_users_bars_replace_the_default():
+    results = _results({3: 0.25, 6: 0.40, 9: 0.60, 12: 0.80})
+    assert decide(results).exits == (12,)  # default bars relative to 0.80: 0.282 / 0.471 / 0.659
+    mine = decide(results, Criteria(bars=parse_bars("3:0.20,6:0.40,9:0.70")))
+    assert mine.exits == (3, 6, 12)
+    assert mine.evidence[9]["bar_AP50"] == pytest.approx(0.70) and not mine.evidence[9]["passes"]
+    between = decide(_results({3: 0.2, 5: 0.3, 12: 0.8}), Criteria(bars=parse_bars("3:0.20,7:0.40")))
+    assert between.evidence[5]["bar_AP50"] == pytest.approx(0.30)  # linear between listed layers
+
+
+def test_bars_from_a_file_and_from_yaml_mapping(tmp_path):
+    path = tmp_path / "bars.yaml"
+    path.write_text("3: 0.3\n9: 0.7\n6: 0.5\n")
+    assert parse_bars(str(path)) == ((3, 0.3), (6, 0.5), (9, 0.7))
+    assert criteria_from({"bars": {3: 0.3}, "max_exits": 2}) == Criteria(bars=((3, 0.3),), max_exits=2)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("3:0.3,6", "--bars '3:0.3,6': '6' is not LAYER:AP50"),
+        ("3:abc", "'3:abc' is not LAYER:AP50"),
+        ("3:1.5", "bar 1.5 at layer 3 is not an AP50 between 0 and 1"),
+        ("0:0.2", "layer 0 is not a block index"),
+        ("nofile.yaml", "expected LAYER:AP50 pairs"),
+    ],
+)
+def test_bad_bars_are_one_line_errors(text, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        parse_bars(text)
+
+
+def test_bad_decision_keys():
+    with pytest.raises(ValueError, match=r"decision.max_exit: unknown key"):
+        criteria_from({"max_exit": 2})
+    with pytest.raises(ValueError, match=r"decision.max_exits: expected int"):
+        criteria_from({"max_exits": 1.5})
+    with pytest.raises(ValueError, match=r"decision.bars: bar 2 at layer 3"):
+        criteria_from({"bars": {3: 2}})
+    with pytest.raises(ValueError, match="bars: layer 15 is beyond the model's 12 layers"):
+        decide(_results({3: 0.3, 12: 0.8}), Criteria(bars=((15, 0.5),)))
+
+
+def test_cli_bars_and_bad_bars(tmp_path):
+    for name, data in _results({3: 0.25, 6: 0.40, 12: 0.80}).items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "result.json").write_text(json.dumps(data))
+    out = CliRunner().invoke(cli, ["decide", "--results", str(tmp_path), "--bars", "3:0.2,6:0.4"])
+    assert out.exit_code == 0, out.output
+    saved = json.loads((tmp_path / "decision.json").read_text())
+    assert saved["exits"] == [3, 6, 12] and saved["criteria"]["bars"] == [[3, 0.2], [6, 0.4]]
+    bad = CliRunner().invoke(cli, ["decide", "--results", str(tmp_path), "--bars", "3:2"])
+    assert bad.exit_code == 1 and len(bad.output.strip().splitlines()) == 1 and "--bars" in bad.output
+
+
+def test_roles_come_from_the_registry_not_from_names():
+    """An analyzer is read by its role: a readout under any name decides, a built-in name without a role does not."""
+    results = _results({3: 0.3, 6: 0.5, 12: 0.8}, readout="someone-elses-readout")
+    assert decide(results).evidence[3]["best_readout"] == "someone-elses-readout"
+    unlabelled = {name: {k: v for k, v in r.items() if k != "meta"} for name, r in _results({3: 0.3, 12: 0.8}).items()}
+    with pytest.raises(ValueError, match="no readout among the results"):
+        decide(unlabelled)
+    assert decide(unlabelled, roles=analyzer_meta()).evidence[3]["tuned-lens"] == 0.3  # results from before meta
+
+
+def test_evidence_analyzers_are_cited_with_chance():
+    results = _results({3: 0.3, 12: 0.8})
+    results["rollout"] = {
+        "analyzer": "rollout",
+        "meta": {"role": "evidence", "metrics": [["attn_inbox_mass", "raw-attention in-box mass"]], "chance": "c"},
+        "layers": {"3": {"attn_inbox_mass": 0.58, "c": 0.1}},
+    }
+    lines = decide(results).rationale
+    assert "layer 3 supporting evidence: raw-attention in-box mass 0.58 (chance 0.10)" in lines

@@ -9,6 +9,7 @@ import numpy as np
 from probe_kit.analyzers._registry import (
     ENTRY_POINT_GROUP,
     AnalyzerResult,
+    analyzer_meta,
     get_analyzer,
     list_analyzers,
     register,
@@ -17,6 +18,7 @@ from probe_kit.analyzers._registry import (
 __all__ = [
     "AnalyzerResult",
     "ENTRY_POINT_GROUP",
+    "analyzer_meta",
     "get_analyzer",
     "list_analyzers",
     "register",
@@ -42,6 +44,7 @@ def run_analyzer(name: str, cache_path: Path, layers: str, seed: int = 0, **opti
             raise ValueError(f"{cache_path}: layers {missing} are not in the cache (cached: {list(cache.layers)})")
         result = info.run(cache, chosen, seed=seed, **options)
         result.extra.setdefault("cache", str(Path(cache_path).resolve()))
+        result.extra.setdefault("meta", info.meta())  # role + metrics: what the decision and the report read
     return result
 
 

@@ -39,6 +39,9 @@ def _load_pixels(cache: FeatureCache, image_ids: list[int], processor) -> dict[i
     "attribution",
     "captum Integrated Gradients of a matched detection's score at layer k: mass inside its box",
     AttributionOptions,
+    role="evidence",
+    metrics={"inbox_attribution": "IG attribution in-box share"},
+    chance="chance_mass",
 )
 def run_attribution(cache: FeatureCache, layers: tuple[int, ...], seed: int = 0, **options) -> AnalyzerResult:
     from captum.attr import IntegratedGradients

@@ -78,6 +78,11 @@ def _umap(points: np.ndarray, seed: int) -> np.ndarray:
     "clustering",
     "PCA/UMAP per layer: explained variance, silhouette, held-out k-NN accuracy of person labels",
     ClusteringOptions,
+    role="evidence",
+    metrics={
+        "patch_knn_balanced_accuracy": "patch person/background k-NN balanced accuracy",
+        "det_knn_balanced_accuracy": "det matched/unmatched k-NN balanced accuracy",
+    },
 )
 def run_clustering(cache: FeatureCache, layers: tuple[int, ...], seed: int = 0, **options) -> AnalyzerResult:
     opts = ClusteringOptions(**{k: tuple(v) if k == "val_sequences" else v for k, v in options.items()})

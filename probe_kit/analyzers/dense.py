@@ -37,7 +37,12 @@ def decode(pred: torch.Tensor, samples, iou_threshold: float = 0.5, keep: int = 
     return detections
 
 
-@register("probe-dense", "per-patch objectness + box (linear or MLP) on patch tokens, NMS, COCO mAP")
+@register(
+    "probe-dense",
+    "per-patch objectness + box (linear or MLP) on patch tokens, NMS, COCO mAP",
+    role="evidence",  # patch tokens, not det tokens: cited, not an exit readout
+    metrics={"AP50": "patch-token dense probe AP50", "AP": "dense probe AP (0.5:0.95)"},
+)
 def run_dense(
     cache: FeatureCache,
     layers: tuple[int, ...],

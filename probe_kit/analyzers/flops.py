@@ -8,7 +8,12 @@ from probe_kit.models.flops import measure_flops
 from probe_kit.training.data import load_cache_model
 
 
-@register("flops", "GFLOPs (2 x multiply-adds) per block and up to an exit at each layer, FlopCounterMode")
+@register(
+    "flops",
+    "GFLOPs (2 x multiply-adds) per block and up to an exit at each layer, FlopCounterMode",
+    role="cost",
+    metrics={"gflops_to_exit": "GFLOPs to exit", "fraction_of_full": "share of the full model's GFLOPs"},
+)
 def run_flops(cache: FeatureCache, layers: tuple[int, ...], seed: int = 0) -> AnalyzerResult:
     sizes = {tuple(int(v) for v in row) for row in cache.input_sizes()}
     width, height = max(sizes, key=lambda s: s[0] * s[1])  # the largest input of the cache, if they differ

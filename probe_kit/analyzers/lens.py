@@ -59,7 +59,12 @@ def _layer_metrics(head, cache, layer, split: Split, samples, final_logits, fina
     return metrics | agreement(logits, boxes, final_logits[split.val], final_boxes[split.val], person)
 
 
-@register("lens", "model's final LayerNorm + pretrained heads on each layer's det tokens (no training), COCO mAP")
+@register(
+    "lens",
+    "model's final LayerNorm + pretrained heads on each layer's det tokens (no training), COCO mAP",
+    role="readout",
+    metrics={"AP50": "lens AP50", "AP": "lens AP (0.5:0.95)", "kl_to_final": "lens KL to final layer"},
+)
 def run_lens(
     cache: FeatureCache,
     layers: tuple[int, ...],
@@ -99,7 +104,12 @@ class TunedLens(nn.Module):
         return self.head(tokens + self.translator(tokens))
 
 
-@register("tuned-lens", "per-layer affine translator (zero-init = lens) distilled to the final layer, COCO mAP")
+@register(
+    "tuned-lens",
+    "per-layer affine translator (zero-init = lens) distilled to the final layer, COCO mAP",
+    role="readout",
+    metrics={"AP50": "tuned-lens AP50", "AP": "tuned-lens AP (0.5:0.95)"},
+)
 def run_tuned_lens(
     cache: FeatureCache,
     layers: tuple[int, ...],

@@ -106,11 +106,23 @@ def _run(kind: str, cache: FeatureCache, layers: tuple[int, ...], seed: int, **o
     )
 
 
-@register("probe-linear", "affine maps from standardised det tokens to class + box, set loss, COCO mAP", ProbeOptions)
+@register(
+    "probe-linear",
+    "affine maps from standardised det tokens to class + box, set loss, COCO mAP",
+    ProbeOptions,
+    role="readout",
+    metrics={"AP50": "probe-linear AP50", "AP": "probe-linear AP (0.5:0.95)"},
+)
 def run_linear(cache: FeatureCache, layers: tuple[int, ...], seed: int = 0, **options) -> AnalyzerResult:
     return _run("linear", cache, layers, seed, **options)
 
 
-@register("probe-mlp", "YOLOS-shaped 3-layer MLP heads on det tokens, set loss, COCO mAP", ProbeOptions)
+@register(
+    "probe-mlp",
+    "YOLOS-shaped 3-layer MLP heads on det tokens, set loss, COCO mAP",
+    ProbeOptions,
+    role="readout",
+    metrics={"AP50": "probe-mlp AP50", "AP": "probe-mlp AP (0.5:0.95)"},
+)
 def run_mlp(cache: FeatureCache, layers: tuple[int, ...], seed: int = 0, **options) -> AnalyzerResult:
     return _run("mlp", cache, layers, seed, **options)

@@ -30,7 +30,18 @@ def _image_paths(cache: FeatureCache) -> dict[int, str]:
         return {}
 
 
-@register("rollout", "share of each matched det token's rollout/attention mass inside its person's box, per layer")
+@register(
+    "rollout",
+    "share of each matched det token's rollout/attention mass inside its person's box, per layer",
+    role="evidence",
+    metrics={
+        "attn_inbox_mass": "raw-attention in-box mass",
+        "attn_pointing_game": "raw-attention pointing game",
+        "inbox_mass": "rollout in-box mass",
+        "pointing_game": "rollout pointing game",
+    },
+    chance="chance_mass",
+)
 def run_rollout(cache: FeatureCache, layers: tuple[int, ...], seed: int = 0) -> AnalyzerResult:
     if not cache.maps:
         raise ValueError(f"{cache.path}: no attention maps cached (re-cache with --attention)")

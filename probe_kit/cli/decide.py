@@ -1,4 +1,4 @@
-"""``probe-kit decide --results DIR``: recommend exits from the analyzers' results."""
+"""``probe-kit decide --results DIR [--bars 3:0.30,6:0.50,9:0.70]``: recommend exits from the analyzers' results."""
 
 from __future__ import annotations
 
@@ -16,14 +16,24 @@ import click
     help="Folder holding <analyzer>/result.json files.",
 )
 @click.option(
+    "--bars",
+    default=None,
+    metavar="LAYER:AP50,...|FILE",
+    help="Your minimum AP50 per exit layer, e.g. 3:0.30,6:0.50,9:0.70 (linear in between), or a YAML/JSON file "
+    "{3: 0.30, ...}. Default: the original study's bars, relative to the final layer.",
+)
+@click.option(
     "--out", type=click.Path(path_type=Path), default=None, help="decision.json (default RESULTS/decision.json)"
 )
-def command(results_dir: Path, out: Path | None) -> None:
+def command(results_dir: Path, bars: str | None, out: Path | None) -> None:
     """Print the recommended exits, the verdict and its rationale; write them as JSON."""
-    from probe_kit.decision import decide, load_results
+    from probe_kit.analyzers import analyzer_meta
+    from probe_kit.decision import Criteria, decide, load_results, parse_bars
     from probe_kit.io import write_json
 
-    decision = decide(load_results(results_dir))
+    criteria = Criteria(bars=parse_bars(bars)) if bars else Criteria()  # errors name --bars (one line)
+    decision = decide(load_results(results_dir), criteria, roles=analyzer_meta())
     path = write_json(out or results_dir / "decision.json", decision.to_json())
     click.echo("\n".join(decision.rationale))
+    click.echo(decision.summary)
     click.echo(f"-> {path}")

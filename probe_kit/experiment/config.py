@@ -47,6 +47,8 @@ class ExperimentConfig:
     # exit heads: layers ("decision" or "4,8,12"), candidates (used when the decision recommends
     # no early exit), ExitTraining options, thresholds, policy
     exits: dict[str, Any] = field(default_factory=dict)
+    # decision criteria (probe_kit.decision.criteria_from): bars ("3:0.30,6:0.50" or {3: 0.30}), max_exits, ...
+    decision: dict[str, Any] = field(default_factory=dict)
 
 
 _TYPES = {
@@ -69,6 +71,7 @@ _TYPES = {
     "analyzers": dict,
     "synth": dict,
     "exits": dict,
+    "decision": dict,
 }
 
 
@@ -129,6 +132,9 @@ def load_experiment(path: Path) -> ExperimentConfig:
     for key in raw.get("exits") or {}:
         if key not in exit_keys:
             raise ValueError(f"{path}: exits.{key}: unknown key; expected {sorted(exit_keys)}")
+    from probe_kit.decision import criteria_from
+
+    criteria_from(raw.get("decision"), f"{path}: decision")  # validated now, before any work starts
     for key in ("sequences", "val_sequences", "tokens"):
         if key in raw:
             raw[key] = tuple(raw[key])

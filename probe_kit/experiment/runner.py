@@ -174,7 +174,8 @@ def _exits_stage(
 
 def run_experiment(cfg: ExperimentConfig, out: Path, say: Callable[[str], None] = _say) -> dict:
     """Run every stage of ``cfg`` into ``out``; returns the decision as JSON."""
-    from probe_kit.decision import decide, load_results
+    from probe_kit.analyzers import analyzer_meta
+    from probe_kit.decision import criteria_from, decide, load_results
     from probe_kit.io import write_json
 
     out = Path(out)
@@ -183,7 +184,7 @@ def run_experiment(cfg: ExperimentConfig, out: Path, say: Callable[[str], None] 
     data_text = _synth_stage(cfg, out, say) if cfg.synth else cfg.data
     cache_path = _cache_stage(cfg, data_text, out, say)
     _analyzer_stage(cfg, cache_path, out, say)
-    decision = decide(load_results(out / "results")).to_json()
+    decision = decide(load_results(out / "results"), criteria_from(cfg.decision), roles=analyzer_meta()).to_json()
     write_json(out / "results" / "decision.json", decision)
     say("[decide] " + "\n[decide] ".join(decision["rationale"]))
     _exits_stage(cfg, cache_path, data_text, decision, out, say)
