@@ -15,6 +15,8 @@ def run(config: Path, out: Path | None, open_browser: bool) -> None:
     """Run a whole study from a YAML file, skipping stages that are up to date."""
     from probe_kit.experiment import load_experiment, run_experiment
 
+    if not config.is_file() and config.name == "demo.yaml":
+        raise FileNotFoundError(f"{config}: no such file; the demo ships inside the package: run `probe-kit demo`")
     cfg = load_experiment(config)  # every config error surfaces here, before any work
     target = out or Path("runs") / cfg.name
     decision = run_experiment(cfg, target)
