@@ -31,6 +31,7 @@ from probe_kit.cache.schema import (
 )
 from probe_kit.data.sample import Sample
 from probe_kit.data.spec import DataSpec
+from probe_kit.distributed import shard_bounds
 from probe_kit.models.loading import ModelSpec, load_yolos
 from probe_kit.models.runner import batch_bounds, input_size, run_batches
 from probe_kit.ops.rollout import fuse_heads, rollout_layers
@@ -218,8 +219,12 @@ def write_cache(
     attention: bool = False,
     head_fusion: str = "mean",
     discard_ratio: float = 0.0,
+    shard: tuple[int, int] | None = None,
 ) -> Path:
     """Extract hidden states of ``layers`` for ``tokens`` over the dataset into ``out``; resumes if possible.
+
+    ``shard=(index, count)`` writes only that contiguous, batch-aligned share of the images (one
+    torchrun rank's file, see ``probe_kit/cache/shards.py``), with the identity of the whole cache.
 
     With ``attention``, attention rollout is computed while extracting (full attention matrices are
     too large to cache) and, per layer, the det-token rows of the rollout and of the head-fused raw
@@ -257,6 +262,14 @@ def write_cache(
         )
     identity = _identity(model, processor, model_spec, data_spec, options)
     layout = _layout(model, next(iter(sizes)) if len(sizes) == 1 else (0, 0))
+    if shard is not None:
+        if -(-len(samples) // batch_size) < shard[1]:  # the same verdict on every rank, so none waits alone
+            raise ValueError(
+                f"torchrun: {len(samples)} images in batches of {batch_size} cannot give each of {shard[1]} "
+                "processes a batch; use fewer processes or a smaller --batch-size"
+            )
+        lo, hi = shard_bounds(len(samples), *shard, align=batch_size)
+        total, samples = len(samples), samples[lo:hi]
 
     mode = "r+" if out.exists() else "w-"
     if mode == "w-":
@@ -264,6 +277,9 @@ def write_cache(
     with h5py.File(out, mode) as handle:
         if mode == "w-":
             _create(handle, samples, identity, layout, model, options)
+            if shard is not None:
+                where = {"index": shard[0], "count": shard[1], "start": lo, "stop": hi, "total": total}
+                handle.attrs["shard"] = json.dumps(where)
         else:
             _check_identity(handle, identity, out)
             if handle.attrs["complete"]:

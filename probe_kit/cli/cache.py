@@ -59,23 +59,25 @@ def command(
         return
     if out is None:
         raise click.UsageError("--out is required")
-    from probe_kit.cache.writer import write_cache
+    from probe_kit import distributed
+    from probe_kit.cache.shards import cache_dataset
 
     data_spec = build_data_spec(data, sequences, split, min_visibility, stride)
     model_spec = build_model_spec(model, revision, device, model_dtype, shortest_edge)
-    path = write_cache(
-        model_spec,
-        data_spec,
-        layers,
-        [t.strip() for t in tokens.split(",")],
+    path = cache_dataset(
         out,
-        dtype,
-        batch_size,
+        model_spec=model_spec,
+        data_spec=data_spec,
+        layers=layers,
+        tokens=[t.strip() for t in tokens.split(",")],
+        dtype=dtype,
+        batch_size=batch_size,
         attention=attention,
         head_fusion=head_fusion,
         discard_ratio=discard_ratio,
     )
-    click.echo(f"cache complete: {path}")
+    if distributed.is_main():
+        click.echo(f"cache complete: {path}")
 
 
 @command.command("info")
@@ -97,6 +99,7 @@ def info(file: Path) -> None:
             f"attention:    {_attention_line(cache.options)}",
             f"det tokens:   {cache.layout.num_det}; patch grid {cache.layout.grid_h}x{cache.layout.grid_w}",
             f"created:      {cache.attrs()['created']}",
+            f"shards:       {_shards_line(cache)}",
             f"versions:     {json.loads(cache.attrs()['versions'])}",
         ]
     click.echo("\n".join(lines))
@@ -106,3 +109,28 @@ def _attention_line(options: dict) -> str:
     if not options.get("attention"):
         return "not cached"
     return f"rollout + raw det rows (head fusion {options['head_fusion']}, discard {options['discard_ratio']})"
+
+
+def _shards_line(cache) -> str:
+    names = json.loads(cache.attrs().get("shards", "[]"))
+    if not names:
+        return "none (one file)"
+    return f"{len(names)} in {cache.path.resolve().parent}: {', '.join(names)}"
+
+
+@command.command("merge")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="The single-file cache to write.")
+def merge(file: Path, out: Path) -> None:
+    """Copy a sharded cache (written under torchrun) into one ordinary file, e.g. to move it."""
+    from probe_kit import distributed
+    from probe_kit.cache.reader import FeatureCache
+    from probe_kit.cache.shards import merge as merge_shards
+
+    def work() -> Path:
+        FeatureCache(file).close()  # refuses anything but a finished cache, in one line
+        return merge_shards(file, out)
+
+    distributed.on_rank_zero(work)
+    if distributed.is_main():
+        click.echo(f"merged: {out}")

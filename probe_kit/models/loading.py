@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from probe_kit.distributed import local_device
+
 REFERENCE_NAME = "reference"
 REFERENCE_DIR = Path(__file__).resolve().parent.parent / "reference" / "weights"
 
@@ -71,7 +73,7 @@ def load_yolos(spec: ModelSpec):
     if spec.shortest_edge is not None:
         longest = max(spec.shortest_edge, int(round(spec.shortest_edge * 1333 / 800)))
         processor.size = {"shortest_edge": spec.shortest_edge, "longest_edge": longest}
-    model.to(spec.device).eval()
+    model.to(local_device(spec.device)).eval()  # under torchrun, cuda -> this rank's GPU
     return model, processor
 
 

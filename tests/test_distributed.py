@@ -1,0 +1,169 @@
+"""torchrun on CPUs (Gloo, 2 processes): sharded caches equal single-process ones, resume per shard, merge,
+distributed evaluation equal to a single-process run.
+
+Each torchrun start costs seconds (two Python processes importing torch and transformers), so every
+launch runs once per module and several tests read its outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import write_tiny_cache
+
+from probe_kit.cache import writer as writer_module
+from probe_kit.cache.reader import FeatureCache
+from probe_kit.cache.shards import shard_path
+from probe_kit.cli.main import cli
+from probe_kit.distributed import on_rank_zero, shard_bounds
+
+TOKENS = ("det", "patch", "cls")
+BATCH = 2  # 12 synthetic images -> 6 batches -> 3 per rank, so a rank can be killed between batches
+
+
+def torchrun(*args: str, cwd: Path, nproc: int = 2) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc-per-node N -m probe_kit ARGS``; fails the test with its stderr."""
+    command = [str(Path(sys.executable).with_name("torchrun")), "--standalone", f"--nproc-per-node={nproc}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    done = subprocess.run(
+        command + ["-m", "probe_kit", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, f"torchrun {' '.join(args)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
+    return done
+
+
+def datasets(path: Path) -> dict[str, np.ndarray]:
+    """Every dataset of an HDF5 file, read in full (ragged rows as a list of arrays)."""
+    out: dict[str, np.ndarray] = {}
+    with h5py.File(path, "r") as handle:
+
+        def visit(name, obj):
+            if isinstance(obj, h5py.Dataset):
+                values = obj[()]
+                out[name] = [np.asarray(v) for v in values] if obj.dtype.kind == "O" else values
+
+        handle.visititems(visit)
+    return out
+
+
+def assert_same_cache(ours: Path, reference: Path) -> None:
+    """Dataset by dataset and root attribute by attribute (bar ``created`` and the shard bookkeeping)."""
+    got, want = datasets(ours), datasets(reference)
+    assert sorted(got) == sorted(want)
+    for name, values in want.items():
+        if isinstance(values, list):
+            assert len(got[name]) == len(values), name
+            for a, b in zip(got[name], values):
+                np.testing.assert_array_equal(a, b, err_msg=name)
+        else:
+            assert got[name].dtype == values.dtype, name
+            np.testing.assert_array_equal(got[name], values, err_msg=name)
+    with h5py.File(ours, "r") as a, h5py.File(reference, "r") as b:
+        skip = {"created", "shards", "shard"}
+        assert set(a.attrs) - skip == set(b.attrs) - skip
+        for key in set(b.attrs) - skip:
+            assert np.array_equal(a.attrs[key], b.attrs[key]), key
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_model, synth_dir, tmp_path_factory):
+    """A single-process cache, and a 2-process torchrun cache whose rank 1 had been killed after one batch."""
+    folder = tmp_path_factory.mktemp("dist")
+    single = write_tiny_cache(tiny_model, synth_dir, folder / "single.h5", tokens=TOKENS, batch_size=BATCH)
+    out = folder / "sharded" / "cache.h5"
+    calls = {"n": 0}
+    real_write = writer_module._write_batch
+
+    def killed_after_one_batch(*args, **kwargs):
+        if calls["n"] == 1:
+            raise KeyboardInterrupt("killed")
+        calls["n"] += 1
+        return real_write(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(writer_module, "_write_batch", killed_after_one_batch)
+        with pytest.raises(KeyboardInterrupt):
+            write_tiny_cache(tiny_model, synth_dir, shard_path(out, 1, 2), tokens=TOKENS, batch_size=BATCH, shard=(1, 2))
+    with h5py.File(shard_path(out, 1, 2), "r") as handle:
+        killed = {"created": handle.attrs["created"], "num_written": int(handle.attrs["num_written"])}
+    spec = ["--model", str(tiny_model), "--data", f"synth:{synth_dir}", "--batch-size", str(BATCH)]
+    done = torchrun("cache", *spec, "--tokens", ",".join(TOKENS), "--out", str(out), cwd=folder)
+    return {"single": single, "sharded": out, "killed": killed, "stdout": done.stdout, "folder": folder}
+
+
+def test_shard_bounds_tile_in_whole_batches():
+    for n in range(0, 40):
+        for count in range(1, 5):
+            for align in (1, 3, 8):
+                cuts = [shard_bounds(n, i, count, align) for i in range(count)]
+                assert cuts[0][0] == 0 and cuts[-1][1] == n
+                assert all(a[1] == b[0] for a, b in zip(cuts, cuts[1:]))
+                assert all(lo % align == 0 or lo == n for lo, _ in cuts)
+                blocks = [-(-(hi - lo) // align) for lo, hi in cuts]
+                assert max(blocks) - min(blocks) <= 1
+
+
+def test_sharded_cache_equals_the_single_process_cache(runs):
+    assert_same_cache(runs["sharded"], runs["single"])
+    assert runs["stdout"].count("cache complete") == 1  # rank 0 alone reports
+    with h5py.File(runs["sharded"], "r") as handle:
+        assert handle["layers/2/patch"].is_virtual and handle["final/logits"].is_virtual
+        assert json.loads(handle.attrs["shards"]) == [shard_path(runs["sharded"], i, 2).name for i in range(2)]
+    with FeatureCache(runs["sharded"]) as sharded, FeatureCache(runs["single"]) as single:
+        index = np.array([9, 0, 5])  # across both shards, out of order
+        np.testing.assert_array_equal(sharded.read(3, "det", index), single.read(3, "det", index))
+        assert [s.image_id for s in sharded.samples()] == [s.image_id for s in single.samples()]
+        assert sharded.fingerprint == single.fingerprint
+
+
+def test_killed_rank_resumed_its_shard_and_finished_shards_are_not_redone(runs, tiny_model, synth_dir, monkeypatch):
+    assert runs["killed"]["num_written"] == BATCH  # the kill came after one batch of rank 1's three
+    with h5py.File(shard_path(runs["sharded"], 1, 2), "r") as handle:
+        assert handle.attrs["created"] == runs["killed"]["created"]  # resumed, not rebuilt
+        assert handle.attrs["complete"] and json.loads(handle.attrs["shard"])["start"] == 6
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("a complete shard was extracted again")
+
+    monkeypatch.setattr(writer_module, "_write_batch", no_work)
+    for index in range(2):
+        path = shard_path(runs["sharded"], index, 2)
+        write_tiny_cache(tiny_model, synth_dir, path, tokens=TOKENS, batch_size=BATCH, shard=(index, 2))
+
+
+def test_merge_copies_a_sharded_cache_into_one_file_and_the_folder_can_move(runs, tmp_path):
+    moved = tmp_path / "moved"
+    shutil.copytree(runs["sharded"].parent, moved)  # relative shard paths: the joined file follows its folder
+    runner = CliRunner()
+    info = runner.invoke(cli, ["cache", "info", str(moved / "cache.h5")])
+    assert info.exit_code == 0, info.output
+    assert f"shards:       2 in {moved.resolve()}" in info.output
+    merged = tmp_path / "merged.h5"
+    result = runner.invoke(cli, ["cache", "merge", str(moved / "cache.h5"), "--out", str(merged)])
+    assert result.exit_code == 0, result.output
+    assert_same_cache(merged, runs["single"])
+    with h5py.File(merged, "r") as handle:
+        assert "shards" not in handle.attrs
+        virtual = []
+        handle.visititems(lambda name, obj: virtual.append(name) if getattr(obj, "is_virtual", False) else None)
+        assert virtual == []
+    for index in range(2):  # the merged file needs no shard
+        shard_path(moved / "cache.h5", index, 2).unlink()
+    with FeatureCache(merged) as cache:
+        assert cache.read(4, "patch").shape == (12, 16, 32)
+    again = runner.invoke(cli, ["cache", "merge", str(runs["single"]), "--out", str(tmp_path / "x.h5")])
+    assert again.exit_code == 1 and "not a sharded cache" in again.output
+    assert not (tmp_path / "x.h5").exists()
+
+
+def test_on_rank_zero_without_torchrun_just_runs():
+    assert on_rank_zero(lambda: 41 + 1) == 42
