@@ -32,11 +32,10 @@ def run_analyzer(name: str, cache_path: Path, layers: str, seed: int = 0, **opti
     from probe_kit.cache.reader import FeatureCache
     from probe_kit.cache.writer import resolve_layers
 
+    from probe_kit.analyzers._options import check_options
+
     info = get_analyzer(name)
-    accepted = info.option_names()
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise ValueError(f"analyzer {name}: unknown option {unknown[0]!r}; options are {accepted}")
+    options = check_options(info, options, where=f"analyzer {name}: ")  # before the cache is opened
     with FeatureCache(cache_path) as cache:
         chosen = resolve_layers(layers, cache.model["config"]["num_hidden_layers"])
         missing = [layer for layer in chosen if layer not in cache.layers]

@@ -19,14 +19,15 @@ from probe_kit.cache.reader import FeatureCache
 from probe_kit.models.heads import DetectionHead
 from probe_kit.models.layers import forward_to_layer
 from probe_kit.ops.matching import match_final_to_gt
+from probe_kit.options import PositiveInt
 from probe_kit.training.data import load_cache_model, options_json
 
 
 @dataclass(frozen=True)
 class AttributionOptions:
-    images: int = 6  # matched detections attributed per layer (one per image)
-    steps: int = 32  # integration steps
-    internal_batch_size: int = 16  # bounds memory: captum evaluates this many steps at a time
+    images: PositiveInt = 6  # matched detections attributed per layer (one per image)
+    steps: PositiveInt = 32  # integration steps
+    internal_batch_size: PositiveInt = 16  # bounds memory: captum evaluates this many steps at a time
 
 
 def _load_pixels(cache: FeatureCache, image_ids: list[int], processor) -> dict[int, torch.Tensor]:

@@ -21,16 +21,17 @@ from sklearn.neighbors import KNeighborsClassifier
 from probe_kit.analyzers._registry import AnalyzerResult, register
 from probe_kit.cache.reader import FeatureCache
 from probe_kit.ops.matching import match_final_to_gt, patches_inside
+from probe_kit.options import Fraction, PositiveInt
 from probe_kit.training.data import make_split, options_json
 
 
 @dataclass(frozen=True)
 class ClusteringOptions:
-    max_points: int = 1500  # per token kind and layer, sampled with the seed
-    neighbours: int = 5
-    pca_dims: int = 32  # k-NN and silhouette run in this PCA space
+    max_points: PositiveInt = 1500  # per token kind and layer, sampled with the seed
+    neighbours: PositiveInt = 5
+    pca_dims: PositiveInt = 32  # k-NN and silhouette run in this PCA space
     umap: bool = True
-    val_fraction: float = 0.3
+    val_fraction: Fraction = 0.3
     val_sequences: tuple[str, ...] = ()
 
 

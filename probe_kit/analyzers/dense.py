@@ -6,6 +6,8 @@ gathered it yet.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import torch
 
@@ -14,6 +16,7 @@ from probe_kit.cache.reader import FeatureCache
 from probe_kit.metrics.coco import evaluate, ground_truth_dict
 from probe_kit.ops.boxes import cxcywh_norm_to_xywh, xywh_to_cxcywh_norm
 from probe_kit.ops.dense import DenseHead, dense_loss, dense_targets, nms
+from probe_kit.options import Fraction, PositiveFloat, PositiveInt
 from probe_kit.training.data import apply_in_chunks, headline, iter_batches, make_split, options_json
 from probe_kit.training.fit import fit
 
@@ -47,12 +50,12 @@ def run_dense(
     cache: FeatureCache,
     layers: tuple[int, ...],
     seed: int = 0,
-    head: str = "mlp",
-    val_fraction: float = 0.3,
+    head: Literal["linear", "mlp"] = "mlp",
+    val_fraction: Fraction = 0.3,
     val_sequences: tuple[str, ...] = (),
-    epochs: int = 30,
-    lr: float = 1e-3,
-    batch_size: int = 32,
+    epochs: PositiveInt = 30,
+    lr: PositiveFloat = 1e-3,
+    batch_size: PositiveInt = 32,
 ) -> AnalyzerResult:
     options = options_json(locals())
     samples = cache.samples()

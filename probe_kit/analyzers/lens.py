@@ -17,6 +17,7 @@ from probe_kit.cache.reader import FeatureCache
 from probe_kit.models.heads import DetectionHead
 from probe_kit.ops.boxes import paired_iou
 from probe_kit.ops.distill import distillation_loss, kl_to_final
+from probe_kit.options import Fraction, PositiveFloat, PositiveInt
 from probe_kit.training.data import (
     Split,
     apply_in_chunks,
@@ -69,7 +70,7 @@ def run_lens(
     cache: FeatureCache,
     layers: tuple[int, ...],
     seed: int = 0,
-    val_fraction: float = 0.3,
+    val_fraction: Fraction = 0.3,
     val_sequences: tuple[str, ...] = (),
 ) -> AnalyzerResult:
     samples, split, final_logits, final_boxes = _setup(cache, val_fraction, val_sequences)
@@ -114,11 +115,11 @@ def run_tuned_lens(
     cache: FeatureCache,
     layers: tuple[int, ...],
     seed: int = 0,
-    val_fraction: float = 0.3,
+    val_fraction: Fraction = 0.3,
     val_sequences: tuple[str, ...] = (),
-    epochs: int = 30,
-    lr: float = 1e-3,
-    batch_size: int = 64,
+    epochs: PositiveInt = 30,
+    lr: PositiveFloat = 1e-3,
+    batch_size: PositiveInt = 64,
 ) -> AnalyzerResult:
     options = options_json(locals())
     samples, split, final_logits, final_boxes = _setup(cache, val_fraction, val_sequences)

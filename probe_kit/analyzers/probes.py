@@ -15,6 +15,7 @@ from probe_kit.analyzers._registry import AnalyzerResult, register
 from probe_kit.cache.reader import FeatureCache
 from probe_kit.models.heads import DetectionHead, Standardize
 from probe_kit.ops.set_loss import SetCriterion
+from probe_kit.options import Fraction, NonNegativeFloat, PositiveFloat, PositiveInt
 from probe_kit.training.data import (
     apply_in_chunks,
     box_targets,
@@ -42,13 +43,13 @@ def _standardizer(cache: FeatureCache, layer: int, indices: np.ndarray, chunk: i
 
 @dataclass(frozen=True)
 class ProbeOptions:
-    val_fraction: float = 0.3
+    val_fraction: Fraction = 0.3
     val_sequences: tuple[str, ...] = ()
-    epochs: int = 40
-    lr: float = 1e-3
-    batch_size: int = 32
+    epochs: PositiveInt = 40
+    lr: PositiveFloat = 1e-3
+    batch_size: PositiveInt = 32
     init_from_head: bool = False  # start from the model's pretrained head (MLP probes only)
-    no_object_weight: float = 0.1
+    no_object_weight: NonNegativeFloat = 0.1
 
 
 def train_probe(cache: FeatureCache, layer: int, kind: str, seed: int = 0, opts: ProbeOptions = ProbeOptions()):

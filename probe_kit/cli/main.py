@@ -1,6 +1,19 @@
 """Root of the ``probe-kit`` command line. Commands stay thin: parse, build a config, call the library.
 
 Heavy libraries (torch, transformers) are imported inside commands so ``--help`` is instant.
+
+The error boundary: ``ProbeGroup.invoke`` turns every error a user can cause into one line on stderr
+(``Error: ...``, exit 1; exit 2 for a bad command line), without a traceback. What counts as the user's:
+
+- ``ValueError`` (with ``probe_kit.errors.UserError`` and the data layer's ``InputError``): bad files,
+  fields, options and values; the message already names the culprit;
+- ``OSError``: missing or unreadable files, read-only folders, a folder where a file belongs, a full
+  disk, a file another process holds (printed as ``PATH: reason``);
+- ``click.UsageError``: a bad command line, printed as one line that names the option.
+
+Everything else (``TypeError``, ``KeyError``, ``AttributeError``, ``IndexError``, ``RuntimeError``,
+``AssertionError``, ...) is a programming error and keeps its traceback. ``--debug`` (or
+``PROBE_KIT_DEBUG=1``) shows the traceback of user errors too.
 """
 
 from __future__ import annotations
@@ -27,8 +40,18 @@ class ProbeGroup(click.Group):
         try:
             with distributed.session():
                 return super().invoke(ctx)
-        except (ValueError, FileNotFoundError) as err:
-            raise click.ClickException(str(err).splitlines()[0] if str(err) else repr(err)) from err
+        except (ValueError, OSError, click.UsageError) as err:
+            if _debug(ctx) or isinstance(err, click.exceptions.NoArgsIsHelpError):
+                raise
+            raise one_line(err) from err
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as err:  # the root's own options (``probe-kit --bogus``)
+            if _debug(None) or isinstance(err, click.exceptions.NoArgsIsHelpError):
+                raise
+            raise one_line(err) from err
 
     def resolve_command(self, ctx: click.Context, args: list[str]):
         from probe_kit import distributed
@@ -41,9 +64,32 @@ class ProbeGroup(click.Group):
         return name, on_rank_zero, rest
 
 
+def _debug(ctx: click.Context | None) -> bool:
+    import os
+
+    if ctx is not None and ctx.find_root().params.get("debug"):
+        return True
+    return os.environ.get("PROBE_KIT_DEBUG", "") not in ("", "0")
+
+
+def one_line(err: BaseException) -> click.ClickException:
+    """The user's error as one line: ``PATH: reason`` for file-system errors, the message otherwise."""
+    if isinstance(err, click.UsageError):
+        where = f" (see '{err.ctx.command_path} --help')" if err.ctx is not None else ""
+        text, code = err.format_message() + where, err.exit_code
+    elif isinstance(err, OSError) and err.strerror and err.filename is not None:
+        text, code = f"{err.filename}: {err.strerror}", 1
+    else:
+        text, code = str(err) or type(err).__name__, 1
+    line = click.ClickException(" ".join(part.strip() for part in text.splitlines() if part.strip()))
+    line.exit_code = code
+    return line
+
+
 @click.group(cls=ProbeGroup)
 @click.version_option(probe_kit.__version__, prog_name="probe-kit")
-def cli() -> None:
+@click.option("--debug", is_flag=True, help="Show the Python traceback of every error (also PROBE_KIT_DEBUG=1).")
+def cli(debug: bool) -> None:
     """Can the intermediate layers of a YOLOS detector support detection, and where should exits go?"""
 
 
