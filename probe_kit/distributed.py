@@ -10,9 +10,10 @@ single-process no-op (rank 0 of 1), so library code calls them unconditionally.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import Callable, Iterator, TypeVar
+from typing import TypeVar
 
 T = TypeVar("T")
 
@@ -152,7 +153,7 @@ def on_rank_zero(work: Callable[[], T]) -> T:
     if is_main():
         try:
             result = work()
-        except BaseException as err:  # told to the others, then re-raised below
+        except BaseException as err:  # noqa: BLE001 - even an interrupt must release the waiting ranks; re-raised
             error = err
     status = broadcast_object((result, None if error is None else f"rank 0 failed: {error}"))
     if error is not None:

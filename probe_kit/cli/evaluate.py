@@ -57,6 +57,7 @@ def command(
 
     One of: --cache F | --data SPEC [--model M] (live run) | --gt gt.json --detections dets.json.
     """
+    from probe_kit import distributed
     from probe_kit.io import read_json, write_json
     from probe_kit.metrics.coco import evaluate
 
@@ -79,6 +80,8 @@ def command(
         model_spec = build_model_spec(model, revision, device, model_dtype, shortest_edge)
         metrics, dets = evaluate_model(model_spec, data_spec, batch_size, cuts)
         source = {"model": model, "data": data_spec.describe()}
+    if not distributed.is_main():  # under torchrun every rank holds the gathered result; rank 0 writes it
+        return
     if dets is not None:
         dets_path = detections_out or out.with_name(out.stem + "_detections.json")
         write_json(dets_path, dets)
