@@ -115,7 +115,7 @@ def train_exits(
 ):
     """Train exit heads for ``layers`` on a cache into the exits folder ``out``; ``training`` as ``ExitTraining``."""
     from probe_kit.cache.reader import FeatureCache
-    from probe_kit.heads.exits import ExitTraining, train_exit_heads
+    from probe_kit.heads.train import ExitTraining, train_exit_heads
     from probe_kit.models.layers import resolve_layers
 
     path = _cache_path(cache)

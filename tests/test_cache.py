@@ -8,8 +8,9 @@ from conftest import make_tiny_yolos, write_tiny_cache
 
 from probe_kit.cache import writer as writer_module
 from probe_kit.cache.reader import FeatureCache
-from probe_kit.cache.writer import resolve_layers, write_cache
+from probe_kit.cache.writer import write_cache
 from probe_kit.data.spec import parse_data_spec
+from probe_kit.models.layers import resolve_layers
 from probe_kit.models.loading import ModelSpec, load_yolos
 
 

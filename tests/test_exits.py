@@ -8,8 +8,9 @@ from click.testing import CliRunner
 from conftest import write_tiny_cache
 
 from probe_kit.cli.main import cli
-from probe_kit.heads.exits import ExitHeads, load_exits
+from probe_kit.heads.exits import ExitHeads
 from probe_kit.heads.multi_exit import MultiExitYolos, Policy
+from probe_kit.heads.store import load_exits
 from probe_kit.models.loading import ModelSpec, load_yolos
 
 

@@ -20,7 +20,8 @@ from probe_kit.models.heads import DetectionHead
 from probe_kit.models.layers import forward_to_layer
 from probe_kit.ops.matching import match_final_to_gt
 from probe_kit.options import PositiveInt
-from probe_kit.training.data import load_cache_model, options_json
+from probe_kit.models.record import load_recorded
+from probe_kit.training.data import cache_record, options_json
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class AttributionOptions:
     images: PositiveInt = 6  # matched detections attributed per layer (one per image)
     steps: PositiveInt = 32  # integration steps
     internal_batch_size: PositiveInt = 16  # bounds memory: captum evaluates this many steps at a time
+    device: str = "cpu"  # where the model runs; a run-time choice, not recorded in the result's options
 
 
 def _load_pixels(cache: FeatureCache, image_ids: list[int], processor) -> dict[int, torch.Tensor]:
@@ -47,11 +49,8 @@ def _load_pixels(cache: FeatureCache, image_ids: list[int], processor) -> dict[i
 def run_attribution(cache: FeatureCache, layers: tuple[int, ...], seed: int = 0, **options) -> AnalyzerResult:
     from captum.attr import IntegratedGradients
 
-    from probe_kit.models.loading import ModelSpec, load_yolos
-
     opts = AttributionOptions(**options)
-    model = load_cache_model(cache)
-    _, processor = load_yolos(ModelSpec(cache.model["name"], cache.model["revision"]))
+    model, processor = load_recorded(cache_record(cache), opts.device, str(cache.path))
     head = DetectionHead.from_model(model).eval()
     person = cache.person_index()
     samples = cache.samples()
@@ -71,7 +70,8 @@ def run_attribution(cache: FeatureCache, layers: tuple[int, ...], seed: int = 0,
     for layer in (k for k in layers if k > 0):
         inside, deltas, chance = [], [], []
         for i, token, g in chosen:
-            sample, x = samples[i], pixels[samples[i].image_id]
+            sample = samples[i]
+            x = pixels[sample.image_id].to(device=model.device, dtype=model.dtype)
 
             def score(batch: torch.Tensor, token=token, layer=layer) -> torch.Tensor:
                 logits, _ = head(forward_to_layer(model, batch, layer)[:, -n_det:])
@@ -87,7 +87,7 @@ def run_attribution(cache: FeatureCache, layers: tuple[int, ...], seed: int = 0,
             )
             with torch.no_grad():
                 gap = float((score(x) - score(baseline)).abs())
-            heat = attributions[0].abs().sum(0).detach().numpy()  # [H, W] of the processed image
+            heat = attributions[0].abs().sum(0).detach().float().cpu().numpy()  # [H, W] of the processed image
             sy, sx = heat.shape[0] / sample.height, heat.shape[1] / sample.width
             bx, by, bw, bh = sample.boxes[g]
             box = np.zeros_like(heat, dtype=bool)

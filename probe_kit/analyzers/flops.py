@@ -14,10 +14,10 @@ from probe_kit.training.data import load_cache_model
     role="cost",
     metrics={"gflops_to_exit": "GFLOPs to exit", "fraction_of_full": "share of the full model's GFLOPs"},
 )
-def run_flops(cache: FeatureCache, layers: tuple[int, ...], seed: int = 0) -> AnalyzerResult:
+def run_flops(cache: FeatureCache, layers: tuple[int, ...], seed: int = 0, device: str = "cpu") -> AnalyzerResult:
     sizes = {tuple(int(v) for v in row) for row in cache.input_sizes()}
     width, height = max(sizes, key=lambda s: s[0] * s[1])  # the largest input of the cache, if they differ
-    profile = measure_flops(load_cache_model(cache), (width, height))
+    profile = measure_flops(load_cache_model(cache, device), (width, height))
     per_layer = {
         layer: {
             "gflops_block": profile.blocks[layer - 1] if layer else profile.embeddings,

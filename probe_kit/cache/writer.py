@@ -9,7 +9,6 @@ merged later through an HDF5 virtual dataset, needs only a sample range per writ
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -32,7 +31,9 @@ from probe_kit.cache.schema import (
 from probe_kit.data.sample import Sample
 from probe_kit.data.spec import DataSpec
 from probe_kit.distributed import shard_bounds
+from probe_kit.models.layers import resolve_layers
 from probe_kit.models.loading import ModelSpec, load_yolos
+from probe_kit.models.record import ModelRecord
 from probe_kit.models.runner import batch_bounds, input_size, run_batches
 from probe_kit.ops.rollout import fuse_heads, rollout_layers
 
@@ -51,15 +52,6 @@ class CacheOptions:
         return ATTENTION_MAPS if self.attention else ()
 
 
-def weights_fingerprint(model: torch.nn.Module) -> str:
-    """sha256 over the state dict (names, shapes, dtypes, bytes), in name order."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
 def package_versions() -> dict[str, str]:
     import transformers
 
@@ -74,57 +66,9 @@ def package_versions() -> dict[str, str]:
     }
 
 
-def resolve_layers(selection: str | Sequence[int], num_layers: int) -> tuple[int, ...]:
-    """Layer selection -> sorted indices in ``0..num_layers`` (0 = embeddings, k = block k).
-
-    Accepts ``all`` (blocks 1..L), lists ``3,6,9,12``, ranges ``1-4``, negative indices
-    (``-1`` = last block) and ``embeddings``/``0``.
-    """
-    if isinstance(selection, str):
-        items: list[int] = []
-        for token in (t.strip() for t in selection.split(",")):
-            if token == "all":
-                items += range(1, num_layers + 1)
-            elif token == "embeddings":
-                items.append(0)
-            elif "-" in token[1:]:
-                lo, hi = token.split("-", 1) if not token.startswith("-") else (token, "")
-                try:
-                    items += range(int(lo), int(hi) + 1)
-                except ValueError:
-                    raise ValueError(f"--layers {selection!r}: bad range {token!r}") from None
-            else:
-                try:
-                    items.append(int(token))
-                except ValueError:
-                    raise ValueError(f"--layers {selection!r}: {token!r} is not a layer index") from None
-    else:
-        items = list(selection)
-    resolved = set()
-    for index in items:
-        real = num_layers + 1 + index if index < 0 else index
-        if not 0 <= real <= num_layers:
-            raise ValueError(f"--layers: layer {index} out of range; this model has blocks 1..{num_layers}")
-        resolved.add(real)
-    if not resolved:
-        raise ValueError("--layers: empty selection")
-    return tuple(sorted(resolved))
-
-
 def _identity(model, processor, model_spec: ModelSpec, data_spec: DataSpec, options: CacheOptions) -> dict:
     return {
-        "model": json.dumps(
-            {
-                "name": model_spec.name,
-                "revision": model_spec.revision,
-                "dtype": model_spec.dtype,
-                "fingerprint": weights_fingerprint(model),
-                "config": model.config.to_dict(),
-            },
-            sort_keys=True,
-            default=str,
-        ),
-        "preprocessing": json.dumps(processor.to_dict(), sort_keys=True, default=str),
+        **ModelRecord.of(model, processor, model_spec).cache_attrs(model.config.to_dict()),  # the model record
         "dataset": json.dumps(data_spec.describe(), sort_keys=True),
         "options": json.dumps(
             {

@@ -16,6 +16,7 @@ import click
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder (default runs/NAME).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--val-sequences", default=None, help="Validation sequences, comma-separated (default: last 30%).")
+@click.option("--device", default=None, help="Where the model runs, for analyzers that run it (attribution, flops).")
 @click.option(
     "--option",
     "-o",
@@ -24,9 +25,9 @@ import click
     metavar="KEY=VALUE",
     help="Analyzer option, e.g. -o epochs=20 -o head=linear -o init_from_head=true.",
 )
-def command(name, show_list, cache_path, layers, out, seed, val_sequences, extra) -> None:
+def command(name, show_list, cache_path, layers, out, seed, val_sequences, device, extra) -> None:
     """Run one analyzer on one layer set of a cache; writes OUT/result.json."""
-    from probe_kit.analyzers import list_analyzers, run_analyzer, write_result
+    from probe_kit.analyzers import get_analyzer, list_analyzers, run_analyzer, write_result
 
     if show_list:
         for info in list_analyzers():
@@ -37,11 +38,16 @@ def command(name, show_list, cache_path, layers, out, seed, val_sequences, extra
     options = dict(_parse_option(item) for item in extra)
     if val_sequences:
         options["val_sequences"] = tuple(v.strip() for v in val_sequences.split(","))
+    if device:
+        if "device" not in get_analyzer(name).option_names():
+            raise click.UsageError(f"--device: analyzer {name} does not run the model (it reads the cache only)")
+        options["device"] = device
     result = run_analyzer(name, cache_path, layers, seed, **options)
     result.extra["command"] = shlex.join(
         ["probe-kit", "analyze", name, "--cache", str(cache_path), "--layers", layers, "--seed", str(seed)]
         + [arg for item in extra for arg in ("-o", item)]
         + (["--val-sequences", val_sequences] if val_sequences else [])
+        + (["--device", device] if device else [])
     )
     path = write_result(result, out or Path("runs") / name)
     for layer, metrics in sorted(result.layers.items()):

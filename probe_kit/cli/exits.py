@@ -25,7 +25,19 @@ from probe_kit.cli.options import build_data_spec, data_options
     show_default=True,
     help="Weight of distillation towards the final layer.",
 )
-@click.option("--val-sequences", default=None, help="Validation sequences (default: the last 30%).")
+@click.option(
+    "--val-sequences",
+    default=None,
+    help="Validation sequences, named as --sequences names them (13, MOT17-13 or MOT17-13-FRCNN); "
+    "default: the last 30%.",
+)
+@click.option(
+    "--split-gap",
+    type=float,
+    default=None,
+    help="Share of a sequence's frames left out between contiguous train/early-stopping/scored blocks "
+    "(default 0.05, at least one frame: adjacent frames are near-copies).",
+)
 @click.option(
     "--finetune-blocks",
     type=int,
@@ -36,6 +48,7 @@ from probe_kit.cli.options import build_data_spec, data_options
 @click.option("--finetune-epochs", type=int, default=3, show_default=True)
 @click.option("--finetune-lr", type=float, default=1e-5, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="Where the model runs (block fine-tuning).")
 def train_exits(
     cache_path,
     layers,
@@ -45,15 +58,18 @@ def train_exits(
     set_weight,
     distill_weight,
     val_sequences,
+    split_gap,
     finetune_blocks,
     finetune_epochs,
     finetune_lr,
     seed,
+    device,
 ) -> None:
     """Train exit heads (initialised from the pretrained head) on cached det tokens."""
     from probe_kit.cache.reader import FeatureCache
-    from probe_kit.cache.writer import resolve_layers
-    from probe_kit.heads.exits import ExitTraining, train_exit_heads
+    from probe_kit.heads.train import ExitTraining, train_exit_heads
+    from probe_kit.models.layers import resolve_layers
+    from probe_kit.training.data import SPLIT_GAP
 
     with FeatureCache(cache_path) as cache:
         chosen = resolve_layers(layers, cache.model["config"]["num_hidden_layers"])
@@ -66,8 +82,9 @@ def train_exits(
         finetune_blocks=finetune_blocks,
         finetune_epochs=finetune_epochs,
         finetune_lr=finetune_lr,
+        split_gap=SPLIT_GAP if split_gap is None else split_gap,
     )
-    path = train_exit_heads(cache_path, chosen, out, seed, opts)
+    path = train_exit_heads(cache_path, chosen, out, seed, opts, device=device)
     click.echo(f"exit heads -> {path}")
 
 

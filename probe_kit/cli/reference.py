@@ -22,12 +22,13 @@ def command() -> None:
 )
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/reference"), show_default=True)
 @click.option("--budget-minutes", type=float, default=None, help="Stop (resumably) after this many minutes.")
-def train(config_path: Path | None, out: Path, budget_minutes: float | None) -> None:
+@click.option("--device", default="cpu", show_default=True, help="Where to train (e.g. cuda); not part of the recipe.")
+def train(config_path: Path | None, out: Path, budget_minutes: float | None, device: str) -> None:
     """Train from scratch on synthetic scenes, or resume from OUT/last.pt."""
     from probe_kit.reference.recipe import RecipeConfig, train_reference
 
     cfg = RecipeConfig.from_yaml(config_path) if config_path else RecipeConfig()
-    summary = train_reference(cfg, out, budget_minutes)
+    summary = train_reference(cfg, out, budget_minutes, device=device)
     click.echo(f"step {summary['step']}: best held-out AP50 {summary['best_AP50']:.4f} -> {out / 'best'}")
 
 

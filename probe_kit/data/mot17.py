@@ -69,6 +69,12 @@ def _base_name(name: str) -> str:
     return name
 
 
+def sequence_matches(name: str, token: str) -> bool:
+    """Whether ``token`` names sequence ``name``: in full (``MOT17-02-FRCNN``), base (``MOT17-02``) or number (``02``)."""
+    base = _base_name(name)
+    return token in (name, base) or base.endswith(f"-{token}")
+
+
 def list_sequences(root: Path, detector: str = "FRCNN") -> list[Path]:
     """Sequence folders under ``root/train``, one copy per sequence (MOT17's detector copies share gt)."""
     train = Path(root) / "train"
@@ -91,9 +97,7 @@ def select_sequences(folders: list[Path], wanted: list[str] | None) -> list[Path
         return folders
     picked = []
     for token in wanted:
-        matches = [
-            f for f in folders if token in (f.name, _base_name(f.name)) or _base_name(f.name).endswith(f"-{token}")
-        ]
+        matches = [f for f in folders if sequence_matches(f.name, token)]
         if not matches:
             names = ", ".join(f.name for f in folders) or "none"
             raise ValueError(f"unknown sequence {token!r}; available: {names}")

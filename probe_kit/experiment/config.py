@@ -126,7 +126,7 @@ def load_experiment(path: Path) -> ExperimentConfig:
             parse_data_spec(raw["data"])
         except ValueError as err:
             raise ValueError(f"{path}: data: {err}") from None
-    from probe_kit.heads.exits import ExitTraining
+    from probe_kit.heads.train import ExitTraining
 
     exit_keys = set(ExitTraining.__dataclass_fields__) | {"layers", "candidates", "thresholds", "policy"}
     for key in raw.get("exits") or {}:

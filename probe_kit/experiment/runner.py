@@ -103,6 +103,8 @@ def _analyzer_stage(cfg: ExperimentConfig, cache_path: Path, out: Path, say: Cal
             say(f"[analyze] {name}: up to date")
             continue
         say(f"[analyze] {name} on layers {layers}")
+        if "device" in get_analyzer(name).option_names():  # a run-time choice: not part of the inputs key
+            options.setdefault("device", cfg.device)
         result = run_analyzer(name, cache_path, layers, cfg.seed, **options)
         result.extra["inputs_key"] = key
         result.extra["command"] = f"probe-kit run (experiment {cfg.name!r}, analyzer {name})"
@@ -130,7 +132,7 @@ def _exits_stage(
     from probe_kit.cache.reader import FeatureCache
     from probe_kit.data.spec import parse_data_spec
     from probe_kit.heads.evaluate import DEFAULT_THRESHOLDS, evaluate_exits
-    from probe_kit.heads.exits import ExitTraining, train_exit_heads
+    from probe_kit.heads.train import ExitTraining, train_exit_heads
     from probe_kit.io import write_json
 
     layers = _exit_layers(cfg, decision, say)
@@ -149,7 +151,7 @@ def _exits_stage(
         say("[exits] exit heads up to date")
     else:
         say(f"[exits] training exit heads at layers {list(layers)}")
-        train_exit_heads(cache_path, layers, out / "exits", cfg.seed, opts)
+        train_exit_heads(cache_path, layers, out / "exits", cfg.seed, opts, device=cfg.device)
         config = json.loads(config_path.read_text())
         config["inputs_key"] = key
         config_path.write_text(json.dumps(config, indent=2))

@@ -17,7 +17,7 @@ import torch
 
 from probe_kit.data.sample import Sample
 from probe_kit.data.spec import DataSpec
-from probe_kit.heads.exits import load_exits
+from probe_kit.heads.store import load_exits
 from probe_kit.heads.multi_exit import MultiExitYolos, Policy
 from probe_kit.metrics.coco import evaluate, ground_truth_dict
 from probe_kit.models.flops import FlopProfile, measure_flops

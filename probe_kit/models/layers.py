@@ -3,9 +3,12 @@
 Block ``k``'s raw output is ``hidden_states[k]``; yolos-small's mid position embedding is added
 *after* that output is recorded, before the next block. The two helpers below hold that convention
 for every caller that steps through the blocks itself (attribution, multi-exit inference).
+``resolve_layers`` turns a user's layer selection into those indices, once, for every command.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 
@@ -33,3 +36,43 @@ def forward_to_layer(model, pixel_values: torch.Tensor, layer: int) -> torch.Ten
             hidden = next_block_input(model, mid, index, hidden)
         hidden = block(hidden)
     return hidden
+
+
+def resolve_layers(selection: str | Sequence[int], num_layers: int) -> tuple[int, ...]:
+    """Layer selection -> sorted indices in ``0..num_layers`` (0 = embeddings, k = block k).
+
+    Accepts ``all`` (blocks 1..L), lists ``3,6,9,12``, ranges ``1-4``, negative indices
+    (``-1`` = last block) and ``embeddings``/``0``; a reversed range such as ``3-1`` is refused.
+    """
+    if isinstance(selection, str):
+        items: list[int] = []
+        for token in (t.strip() for t in selection.split(",")):
+            if token == "all":
+                items += range(1, num_layers + 1)
+            elif token == "embeddings":
+                items.append(0)
+            elif "-" in token[1:]:
+                lo, hi = token.split("-", 1) if not token.startswith("-") else (token, "")
+                try:
+                    lo_i, hi_i = int(lo), int(hi)
+                except ValueError:
+                    raise ValueError(f"--layers {selection!r}: bad range {token!r}") from None
+                if lo_i > hi_i:
+                    raise ValueError(f"--layers {selection!r}: range {token!r} is reversed; write {hi_i}-{lo_i}")
+                items += range(lo_i, hi_i + 1)
+            else:
+                try:
+                    items.append(int(token))
+                except ValueError:
+                    raise ValueError(f"--layers {selection!r}: {token!r} is not a layer index") from None
+    else:
+        items = list(selection)
+    resolved = set()
+    for index in items:
+        real = num_layers + 1 + index if index < 0 else index
+        if not 0 <= real <= num_layers:
+            raise ValueError(f"--layers: layer {index} out of range; this model has blocks 1..{num_layers}")
+        resolved.add(real)
+    if not resolved:
+        raise ValueError("--layers: empty selection")
+    return tuple(sorted(resolved))

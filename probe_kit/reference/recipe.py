@@ -151,22 +151,29 @@ def _batch(step: int, cfg: RecipeConfig, main: _Pool, easy: _Pool, grid: tuple[i
 
 
 def evaluate_pool(model, pool: _Pool, batch_size: int = 64) -> dict:
-    """COCO metrics of ``model`` on an in-memory pool (pycocotools, full ranked list)."""
+    """COCO metrics of ``model`` (on any device) on an in-memory pool (pycocotools, full ranked list)."""
     model.eval()
+    device = next(model.parameters()).device
     detections = []
     with torch.no_grad():
         for start in range(0, len(pool.samples), batch_size):
             batch = pool.samples[start : start + batch_size]
-            out = model(pixel_values=pool.pixels[start : start + batch_size].float())
+            out = model(pixel_values=pool.pixels[start : start + batch_size].float().to(device))
             detections += detections_from_outputs(
-                out.logits, out.pred_boxes, [s.image_id for s in batch], [(s.width, s.height) for s in batch], 0
+                out.logits.cpu(),
+                out.pred_boxes.cpu(),
+                [s.image_id for s in batch],
+                [(s.width, s.height) for s in batch],
+                0,
             )
     model.train()
     return evaluate(ground_truth_dict(pool.samples), detections)
 
 
-def train_reference(cfg: RecipeConfig, out: Path, budget_minutes: float | None = None, progress: bool = True) -> dict:
-    """Train (or resume) the reference model into ``out``; returns the training summary.
+def train_reference(
+    cfg: RecipeConfig, out: Path, budget_minutes: float | None = None, progress: bool = True, device: str = "cpu"
+) -> dict:
+    """Train (or resume) the reference model into ``out`` on ``device``; returns the training summary.
 
     ``out/best`` holds the best held-out checkpoint (safetensors + configs); ``out/last.pt``
     the resumable state; ``out/history.jsonl`` one line per evaluation. The summary holds this
@@ -178,13 +185,14 @@ def train_reference(cfg: RecipeConfig, out: Path, budget_minutes: float | None =
     out.mkdir(parents=True, exist_ok=True)
     model, processor = build_model(cfg)
     grid = (cfg.image_size // model.config.patch_size, cfg.image_size // model.config.patch_size)
-    aux = DenseHead(cfg.hidden_size)
+    model.to(device)
+    aux = DenseHead(cfg.hidden_size).to(device)
     params = list(model.parameters()) + list(aux.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     state_path = out / "last.pt"
     step, best_ap50, elapsed = 0, -1.0, 0.0
     if state_path.exists():
-        state = torch.load(state_path, weights_only=True)
+        state = torch.load(state_path, weights_only=True, map_location="cpu")
         if state["config"] != asdict(cfg) | {"easy_mix": list(cfg.easy_mix)}:
             raise ValueError(f"{state_path}: was made with a different recipe config; use another --out")
         model.load_state_dict(state["model"])
@@ -208,6 +216,8 @@ def train_reference(cfg: RecipeConfig, out: Path, budget_minutes: float | None =
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(step, cfg)
         pixels, targets, objectness, dense_boxes = _batch(step, cfg, main, easy, grid)
+        pixels, objectness, dense_boxes = pixels.to(device), objectness.to(device), dense_boxes.to(device)
+        targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
         out_model = model(pixel_values=pixels, labels=targets, output_hidden_states=False)
         last = out_model.last_hidden_state[:, 1 : 1 + grid[0] * grid[1]]
         dense = dense_loss(aux(last), objectness, dense_boxes)

@@ -4,17 +4,26 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from probe_kit.cache.reader import FeatureCache
+from probe_kit.data.mot17 import sequence_matches
 from probe_kit.data.sample import Sample
 from probe_kit.metrics.coco import evaluate, ground_truth_dict
 from probe_kit.models.predict import detections_from_outputs
+from probe_kit.models.record import ModelRecord, load_recorded
 from probe_kit.ops.boxes import xywh_to_cxcywh_norm
+
+SPLIT_GAP = 0.05
+"""Default gap between contiguous blocks of one sequence, as a share of its images (at least one image).
+
+Adjacent video frames show the same people in nearly the same places, so without a gap the first
+early-stopping or scored frames are near-copies of the last training frames. 5% of a MOT17 sequence
+is 26-53 frames, 1-2 s of video at 25-30 fps; the dropped frames train and score nothing."""
 
 
 @dataclass(frozen=True)
@@ -24,20 +33,25 @@ class Split:
     train: np.ndarray
     holdout: np.ndarray
     val: np.ndarray
-    unit: str  # what was split: "sequence", "frames" (contiguous halves of one sequence) or "image"
+    unit: str  # what was split: "sequence", "frames" (contiguous blocks of one sequence) or "image"
+    gap: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))  # frames left out between blocks
 
     def describe(self, samples: Sequence[Sample]) -> dict:
-        """Which images trained and which scored, by name, for the result JSON."""
-        names = lambda idx: sorted({_group(samples[i].file_name) for i in idx})  # noqa: E731
+        """Which images trained, early-stopped and scored (counts, groups and image ids), for result JSON."""
+        names = lambda idx: sorted({_group(samples[i].file_name) for i in idx})
+        ids = lambda idx: [int(samples[i].image_id) for i in idx]
         return {
             "unit": self.unit,
-            "train_images": int(len(self.train)),
-            "holdout_images": int(len(self.holdout)),
-            "val_images": int(len(self.val)),
+            "train_images": len(self.train),
+            "holdout_images": len(self.holdout),
+            "val_images": len(self.val),
+            "gap_images": len(self.gap),
             "train_groups": names(self.train),
             "holdout_groups": names(self.holdout),
             "val_groups": names(self.val),
-            "val_image_ids": [int(samples[i].image_id) for i in self.val],
+            "train_image_ids": ids(self.train),
+            "holdout_image_ids": ids(self.holdout),
+            "val_image_ids": ids(self.val),
         }
 
 
@@ -46,17 +60,23 @@ def _group(file_name: str) -> str:
     return file_name.split("/", 1)[0] if "/" in file_name else file_name
 
 
-def _take_last(indices: np.ndarray, groups: list[str], fraction: float) -> tuple[np.ndarray, np.ndarray, str]:
-    """Split ``indices`` into (first part, last ``fraction``) by whole groups, or by contiguous frames."""
+def _take_last(
+    indices: np.ndarray, groups: list[str], fraction: float, gap: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """Split ``indices`` into (first part, last ``fraction``, gap) by whole groups, or by contiguous frames
+    with a ``gap`` share of the images (at least one) left out between the two blocks."""
     distinct = list(dict.fromkeys(groups[i] for i in indices))
+    none = indices[:0]
     if len(distinct) > 1 and len(distinct) < len(indices):
         n_last = max(1, min(len(distinct) - 1, math.ceil(fraction * len(distinct))))
         last = set(distinct[-n_last:])
         mask = np.array([groups[i] in last for i in indices])
-        return indices[~mask], indices[mask], "sequence"
-    cut = max(1, min(len(indices) - 1, int(round(len(indices) * (1 - fraction)))))
-    unit = "image" if len(distinct) == len(indices) else "frames"
-    return indices[:cut], indices[cut:], unit
+        return indices[~mask], indices[mask], none, "sequence"
+    cut = max(1, min(len(indices) - 1, round(len(indices) * (1 - fraction))))
+    if len(distinct) == len(indices):  # independent images: nothing to separate
+        return indices[:cut], indices[cut:], none, "image"
+    dropped = min(cut - 1, max(1, math.ceil(gap * len(indices)))) if gap > 0 else 0
+    return indices[: cut - dropped], indices[cut:], indices[cut - dropped : cut], "frames"
 
 
 def make_split(
@@ -64,28 +84,37 @@ def make_split(
     val_fraction: float = 0.3,
     holdout_fraction: float = 0.2,
     val_sequences: Sequence[str] | None = None,
+    gap: float = SPLIT_GAP,
 ) -> Split:
     """Split without leakage: by sequence where there are several, else by contiguous frames.
 
-    ``val_sequences`` names validation sequences explicitly (e.g. MOT17-11, MOT17-13); the holdout
-    for early stopping is taken from the training part the same way.
+    ``val_sequences`` names validation sequences the way ``--sequences`` does (``13``, ``MOT17-13``
+    or ``MOT17-13-FRCNN``); the holdout for early stopping is taken from the training part the same
+    way. Contiguous blocks of one sequence are separated by ``gap`` (see ``SPLIT_GAP``).
     """
     if len(samples) < 3:
         raise ValueError(f"split: need at least 3 images to train, select and score, got {len(samples)}")
+    if not 0 <= gap < 1:
+        raise ValueError(f"split gap: expected a share of the images in [0, 1), got {gap}")
     groups = [_group(s.file_name) for s in samples]
     everything = np.arange(len(samples))
+    val_gap = everything[:0]
     if val_sequences:
-        wanted = [g for g in dict.fromkeys(groups) if any(g == v or g.startswith(f"{v}-") for v in val_sequences)]
+        present = list(dict.fromkeys(groups))
+        wanted = [g for g in present if any(sequence_matches(g, str(v)) for v in val_sequences)]
         if not wanted:
-            raise ValueError(f"--val-sequences {list(val_sequences)}: none of them is in the cache")
+            raise ValueError(
+                f"--val-sequences {','.join(map(str, val_sequences))}: none of them is in the cache "
+                f"(sequences: {', '.join(present)})"
+            )
         mask = np.array([g in wanted for g in groups])
         train_all, val, unit = everything[~mask], everything[mask], "sequence"
     else:
-        train_all, val, unit = _take_last(everything, groups, val_fraction)
-    train, holdout, _ = _take_last(train_all, groups, holdout_fraction)
+        train_all, val, val_gap, unit = _take_last(everything, groups, val_fraction, gap)
+    train, holdout, holdout_gap, _ = _take_last(train_all, groups, holdout_fraction, gap)
     if not len(train) or not len(holdout) or not len(val):
         raise ValueError("split: too few images or sequences for train/holdout/validation parts")
-    return Split(train, holdout, val, unit)
+    return Split(train, holdout, val, unit, np.sort(np.concatenate([val_gap, holdout_gap])))
 
 
 def box_targets(samples: Sequence[Sample], person_label: int) -> list[dict]:
@@ -142,22 +171,17 @@ def headline(metrics: dict) -> dict:
     return {k: metrics[k] for k in ("AP", "AP50", "AP75", "AR100")}
 
 
-def load_cache_model(cache: FeatureCache):
-    """The model the cache was made with, refused if its weights no longer match the cache's fingerprint."""
-    from probe_kit.cache.writer import weights_fingerprint
-    from probe_kit.models.loading import ModelSpec, load_yolos
+def cache_record(cache: FeatureCache) -> ModelRecord:
+    """The model record a cache stores in its ``model`` and ``preprocessing`` attributes."""
+    return ModelRecord.from_cache_attrs(cache.model, cache.preprocessing, str(cache.path))
 
-    spec = ModelSpec(name=cache.model["name"], revision=cache.model["revision"])
-    model, _ = load_yolos(spec)
-    if weights_fingerprint(model) != cache.model["fingerprint"]:
-        raise ValueError(
-            f"{cache.path}: model {spec.name} has weights {weights_fingerprint(model)}, the cache was made "
-            f"with {cache.model['fingerprint']}"
-        )
-    return model
+
+def load_cache_model(cache: FeatureCache, device: str = "cpu"):
+    """The model the cache was made with, rebuilt from its record on ``device`` (refused if the weights changed)."""
+    return load_recorded(cache_record(cache), device, str(cache.path))[0]
 
 
 def options_json(options: dict) -> dict:
     """Options as JSON-safe values (tuples -> lists), without the arguments every analyzer takes."""
-    kept = {k: v for k, v in options.items() if k not in ("cache", "layers", "seed")}
+    kept = {k: v for k, v in options.items() if k not in ("cache", "layers", "seed", "device")}
     return json.loads(json.dumps(kept, default=list))
