@@ -1,4 +1,4 @@
-"""Writing result files atomically, so a failed run never leaves a half-written file behind."""
+"""Reading and writing result files: atomic writes, and reads that refuse bad files in one line naming them."""
 
 from __future__ import annotations
 
@@ -8,16 +8,17 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from probe_kit.errors import UserError
 
-def write_json(path: Path, data: Any) -> Path:
-    """Write ``data`` as indented JSON via a temporary file and rename."""
+
+def write_text(path: Path, text: str) -> Path:
+    """Write ``text`` via a temporary file in the same folder and rename; nothing is left on failure."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2)
-            fh.write("\n")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
         os.chmod(tmp, 0o644)  # mkstemp makes it private; results are meant to be read by others
         os.replace(tmp, path)
     except BaseException:
@@ -26,11 +27,39 @@ def write_json(path: Path, data: Any) -> Path:
     return path
 
 
+def write_json(path: Path, data: Any) -> Path:
+    """Write ``data`` as indented JSON, atomically (see ``write_text``)."""
+    return write_text(path, json.dumps(data, indent=2) + "\n")
+
+
 def read_json(path: Path, what: str = "JSON") -> Any:
-    """Load JSON with a one-line error naming the file."""
+    """Load JSON with a one-line error naming the file (missing, a folder, unreadable, not JSON)."""
+    path = Path(path)
     try:
-        return json.loads(Path(path).read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ValueError(f"{path}: no such {what} file") from None
+        raise UserError(f"{path}: no such {what} file") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a folder; expected a {what} file") from None
+    except PermissionError:
+        raise UserError(f"{path}: cannot read this {what} file (permission denied)") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a {what} file (not UTF-8 text)") from None
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid {what} ({err})") from None
+        raise UserError(f"{path}: not valid {what} ({err})") from None
+
+
+def read_result(path: Path) -> dict:
+    """An analyzer's ``result.json``: a mapping with ``analyzer`` (text) and ``layers`` (per-layer mappings)."""
+    data = read_json(path, "analyzer result")
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected an analyzer result (a JSON object), got {type(data).__name__}")
+    if not isinstance(data.get("analyzer"), str) or not data["analyzer"]:
+        raise UserError(f"{path}: analyzer: missing; expected the analyzer's name (is this a result.json?)")
+    layers = data.get("layers", {})
+    if not isinstance(layers, dict) or not all(isinstance(v, dict) for v in layers.values()):
+        raise UserError(f"{path}: layers: expected a mapping of layer -> metrics")
+    for layer in layers:
+        if not str(layer).lstrip("-").isdigit():
+            raise UserError(f"{path}: layers: {layer!r} is not a layer number")
+    return data

@@ -120,7 +120,7 @@ def check_value(key: str, value: Any, hint: Any, *, text: bool = False) -> Any:
     if dataclasses.is_dataclass(base):
         if not isinstance(value, dict):
             raise refuse()
-        return base(**check_fields(base, value, prefix=f"{key}."))
+        return base(**check_fields(base, value, prefix=f"{key}.", noun="key"))
     if base is bool:
         if isinstance(value, bool):
             return value
@@ -174,15 +174,24 @@ def field_hints(owner: Any, skip: tuple[str, ...] = ()) -> dict[str, Any]:
 
 
 def check_fields(
-    owner: Any, values: dict[str, Any], *, prefix: str = "", text: bool = False, skip: tuple[str, ...] = ()
+    owner: Any,
+    values: dict[str, Any],
+    *,
+    prefix: str = "",
+    text: bool = False,
+    skip: tuple[str, ...] = (),
+    noun: str = "option",
 ) -> dict[str, Any]:
-    """Every entry of ``values`` checked against ``owner``'s declared fields; unknown keys are refused."""
+    """Every entry of ``values`` checked against ``owner``'s declared fields; unknown keys are refused.
+
+    ``prefix`` leads every message (``"exp.yaml: synth."``); ``noun`` names what an unknown key is.
+    """
     hints = field_hints(owner, skip)
     checked = {}
     for key, value in values.items():
         if key not in hints:
             where = prefix.rstrip(". ").removesuffix(":")
-            raise UserError(f"{where + ': ' if where else ''}unknown option {key!r}; expected one of {sorted(hints)}")
+            raise UserError(f"{where + ': ' if where else ''}unknown {noun} {key!r}; expected one of {sorted(hints)}")
         checked[key] = check_value(f"{prefix}{key}", value, hints[key], text=text)
     return checked
 

@@ -21,11 +21,14 @@ def _write(tmp_path, **settings):
     "settings,message",
     [
         ({"name": "x", "synth": {"frames": 5}, "colour": 1}, "unknown key 'colour'"),
-        ({"name": "x", "synth": {"frames": 5}, "batch_size": "big"}, "batch_size: expected int"),
+        ({"name": "x", "synth": {"frames": 5}, "batch_size": "big"}, "batch_size: expected an integer >= 1"),
         ({"name": "x", "data": "mot17:/nowhere/at/all"}, "data: .*does not exist"),
         ({"name": "x"}, "exactly one of 'data'"),
-        ({"name": "x", "synth": {"frams": 5}}, r"synth.frams: unknown key"),
-        ({"name": "x", "synth": {"frames": 5}, "analyzers": {"lens": {"epochs": 3}}}, r"analyzers.lens.epochs"),
+        ({"name": "x", "synth": {"frams": 5}}, "synth: unknown key 'frams'"),
+        (
+            {"name": "x", "synth": {"frames": 5}, "analyzers": {"lens": {"epochs": 3}}},
+            "analyzers.lens: unknown option 'epochs'",
+        ),
         ({"name": "x", "synth": {"frames": 5}, "analyzers": {"nope": {}}}, r"analyzers.nope: unknown analyzer"),
     ],
 )

@@ -52,7 +52,13 @@ def write_result(result: AnalyzerResult, out_dir: Path) -> Path:
     from probe_kit.io import write_json
 
     out_dir = Path(out_dir)
+    arrays = out_dir / "arrays.npz"
     if result.arrays:
         out_dir.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(out_dir / "arrays.npz", **result.arrays)
-    return write_json(out_dir / "result.json", result.to_json())
+        np.savez_compressed(arrays, **result.arrays)
+    try:
+        return write_json(out_dir / "result.json", result.to_json())
+    except BaseException:
+        if result.arrays:  # no arrays without the result that explains them
+            arrays.unlink(missing_ok=True)
+        raise

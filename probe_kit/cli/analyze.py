@@ -11,9 +11,11 @@ import click
 @click.command("analyze")
 @click.argument("name", required=False)
 @click.option("--list", "show_list", is_flag=True, help="List the available analyzers.")
-@click.option("--cache", "cache_path", type=click.Path(path_type=Path), default=None)
+@click.option(
+    "--cache", "cache_path", type=click.Path(path_type=Path), default=None, help="Feature cache (.h5) to read."
+)
 @click.option("--layers", default="all", show_default=True, help="all | 3,6,9,12 | 1-4 | -1")
-@click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder (default runs/NAME).")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Result folder (default runs/NAME).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--val-sequences", default=None, help="Validation sequences, comma-separated (default: last 30%).")
 @click.option("--device", default=None, help="Where the model runs, for analyzers that run it (attribution, flops).")
@@ -37,11 +39,17 @@ def command(name, show_list, cache_path, layers, out, seed, val_sequences, devic
         raise click.UsageError("give an analyzer NAME and --cache (or --list)")
     options = dict(_parse_option(item) for item in extra)
     if val_sequences:
-        options["val_sequences"] = tuple(v.strip() for v in val_sequences.split(","))
+        options["val_sequences"] = val_sequences
     if device:
         if "device" not in get_analyzer(name).option_names():
             raise click.UsageError(f"--device: analyzer {name} does not run the model (it reads the cache only)")
         options["device"] = device
+    from probe_kit.analyzers._options import check_options
+    from probe_kit.cli.outputs import check_outputs, dir_out
+
+    options = check_options(get_analyzer(name), options, where="-o ", text=True)  # typed and in range
+    out = out or Path("runs") / name
+    check_outputs(dir_out(out))  # before any work
     result = run_analyzer(name, cache_path, layers, seed, **options)
     result.extra["command"] = shlex.join(
         ["probe-kit", "analyze", name, "--cache", str(cache_path), "--layers", layers, "--seed", str(seed)]
@@ -49,23 +57,16 @@ def command(name, show_list, cache_path, layers, out, seed, val_sequences, devic
         + (["--val-sequences", val_sequences] if val_sequences else [])
         + (["--device", device] if device else [])
     )
-    path = write_result(result, out or Path("runs") / name)
+    path = write_result(result, out)
     for layer, metrics in sorted(result.layers.items()):
         shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
         click.echo(f"layer {layer:>2}: {shown}")
     click.echo(f"-> {path}")
 
 
-def _parse_option(item: str) -> tuple[str, object]:
+def _parse_option(item: str) -> tuple[str, str]:
+    """``KEY=VALUE`` -> ``(KEY, VALUE)``; the value is typed later, by the option's declaration."""
     key, sep, value = item.partition("=")
-    if not sep:
+    if not sep or not key.strip():
         raise click.BadParameter(f"{item!r}: expected KEY=VALUE", param_hint="--option")
-    lowered = value.lower()
-    if lowered in ("true", "false"):
-        return key, lowered == "true"
-    for cast in (int, float):
-        try:
-            return key, cast(value)
-        except ValueError:
-            pass
-    return key, value
+    return key.strip(), value

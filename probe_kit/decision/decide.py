@@ -12,7 +12,6 @@ Later exits must not be worse than earlier ones.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -142,10 +141,12 @@ class Decision:
 
 def load_results(folder: Path) -> dict[str, dict]:
     """Every ``result.json`` under ``folder`` (one level of subfolders), keyed by analyzer name."""
+    from probe_kit.io import read_result
+
     folder = Path(folder)
     found = {}
     for path in sorted(folder.glob("*/result.json")):
-        data = json.loads(path.read_text())
+        data = read_result(path)  # refused in one line naming the file: not JSON, no ``analyzer``
         found[data["analyzer"]] = data
     if not found:
         raise ValueError(f"{folder}: no analyzer results (expected {folder}/<name>/result.json)")

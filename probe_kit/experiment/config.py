@@ -1,4 +1,9 @@
-"""Experiment configs (``experiments/NAME.yaml``): validated before any work starts."""
+"""Experiment configs (``experiments/NAME.yaml``): every value's type and range checked before any work.
+
+The fields below declare their types and ranges (``probe_kit.options``); analyzer options are checked
+against each analyzer's own declarations and exit-training options against ``ExitTraining``, by the
+same checker the command line uses. Errors name the file and the key: ``exp.yaml: synth.frames: ...``.
+"""
 
 from __future__ import annotations
 
@@ -6,22 +11,24 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
 
 from probe_kit.analyzers import get_analyzer
 from probe_kit.data.spec import parse_data_spec
+from probe_kit.errors import UserError
+from probe_kit.options import NonNegativeInt, PositiveInt, Range, check_fields, check_value
 
 
 @dataclass(frozen=True)
 class SynthData:
     """Generate synthetic scenes first (the offline default): ``frames`` at ``seed``."""
 
-    frames: int = 300
-    seed: int = 11
-    size: int = 256
-    frames_per_sequence: int = 50  # sequences are the unit of train/validation splits
+    frames: PositiveInt = 300
+    seed: NonNegativeInt = 11
+    size: PositiveInt = 256  # the scene generator checks its own size limits
+    frames_per_sequence: PositiveInt = 50  # sequences are the unit of train/validation splits
 
 
 @dataclass(frozen=True)
@@ -31,18 +38,18 @@ class ExperimentConfig:
     synth: SynthData | None = None
     model: str = "reference"
     revision: str | None = None
-    shortest_edge: int | None = None
+    shortest_edge: Annotated[int, Range(min=16)] | None = None
     device: str = "cpu"
     sequences: tuple[str, ...] = ()
-    split: str | None = None
-    min_visibility: float | None = None
-    stride: int | None = None
+    split: Literal["first-half", "second-half"] | None = None
+    min_visibility: Annotated[float, Range(0, 1)] | None = None
+    stride: PositiveInt | None = None
     val_sequences: tuple[str, ...] = ()
-    layers: str = "all"
-    tokens: tuple[str, ...] = ("det", "patch")
+    layers: str | int = "all"
+    tokens: tuple[Literal["det", "patch", "cls"], ...] = ("det", "patch")
     attention: bool = False  # cache rollout/attention maps (for the rollout analyzer)
-    batch_size: int = 16
-    seed: int = 0
+    batch_size: PositiveInt = 16
+    seed: NonNegativeInt = 0
     analyzers: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {layers: ..., options}
     # exit heads: layers ("decision" or "4,8,12"), candidates (used when the decision recommends
     # no early exit), ExitTraining options, thresholds, policy
@@ -51,92 +58,106 @@ class ExperimentConfig:
     decision: dict[str, Any] = field(default_factory=dict)
 
 
-_TYPES = {
-    "name": str,
-    "data": str,
-    "model": str,
-    "revision": str,
-    "shortest_edge": int,
-    "device": str,
-    "sequences": list,
-    "split": str,
-    "min_visibility": float,
-    "stride": int,
-    "val_sequences": list,
-    "layers": str,
-    "tokens": list,
-    "attention": bool,
-    "batch_size": int,
-    "seed": int,
-    "analyzers": dict,
-    "synth": dict,
-    "exits": dict,
-    "decision": dict,
-}
+@dataclass(frozen=True)
+class _ExitKeys:
+    """The ``exits:`` keys beside ``ExitTraining``'s own."""
 
-
-def _check_type(path: Path, key: str, value: Any) -> None:
-    expected = _TYPES[key]
-    ok = isinstance(value, expected) or (expected is float and isinstance(value, int)) or value is None
-    if expected is not bool and isinstance(value, bool):
-        ok = False
-    if not ok:
-        raise ValueError(f"{path}: {key}: expected {expected.__name__}, got {type(value).__name__} {value!r}")
+    layers: str | int = "decision"
+    candidates: str | int | None = None
+    thresholds: tuple[float, ...] = ()  # finite; their range depends on the policy
+    policy: str = "confidence"
 
 
 def load_experiment(path: Path) -> ExperimentConfig:
-    """Parse and validate an experiment YAML (``yaml.safe_load``); errors name the key."""
+    """Parse and validate an experiment YAML (``yaml.safe_load``); errors name the file and the key."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ValueError(f"{path}: no such experiment file") from None
+        raise UserError(f"{path}: no such experiment file") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a folder; expected an experiment YAML file") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not an experiment YAML file (not UTF-8 text)") from None
     except yaml.YAMLError as err:
-        raise ValueError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        raise UserError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
     if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a mapping of settings")
-    known = {f.name for f in dataclasses.fields(ExperimentConfig)}
-    for key, value in raw.items():
-        if key not in known:
-            raise ValueError(f"{path}: unknown key {key!r}; expected one of {sorted(known)}")
-        _check_type(path, key, value)
+        raise UserError(f"{path}: expected a mapping of settings, got {type(raw).__name__}")
+    raw = {str(k): v for k, v in raw.items()}
+    where = f"{path}: "
     if "name" not in raw:
-        raise ValueError(f"{path}: missing key 'name'")
-    if bool(raw.get("data")) == bool(raw.get("synth")):
-        raise ValueError(f"{path}: give exactly one of 'data' (a dataset spec) or 'synth' (generate scenes)")
-    if raw.get("synth"):
-        synth_keys = {f.name for f in dataclasses.fields(SynthData)}
-        unknown = set(raw["synth"]) - synth_keys
-        if unknown:
-            raise ValueError(f"{path}: synth.{sorted(unknown)[0]}: unknown key; expected {sorted(synth_keys)}")
-        raw["synth"] = SynthData(**raw["synth"])
-    for name, options in (raw.get("analyzers") or {}).items():
-        try:
-            accepted = get_analyzer(name).option_names()
-        except ValueError as err:
-            raise ValueError(f"{path}: analyzers.{name}: {err}") from None
-        for option in options or {}:
-            if option != "layers" and option not in accepted:
-                raise ValueError(f"{path}: analyzers.{name}.{option}: unknown option; expected {accepted}")
-    if raw.get("data"):
-        raw["data"] = os.path.expandvars(raw["data"])  # e.g. mot17:${MOT17_ROOT}
-        if "$" in raw["data"]:
-            raise ValueError(f"{path}: data: {raw['data']!r} names an environment variable that is not set")
-        try:
-            parse_data_spec(raw["data"])
-        except ValueError as err:
-            raise ValueError(f"{path}: data: {err}") from None
-    from probe_kit.heads.train import ExitTraining
-
-    exit_keys = set(ExitTraining.__dataclass_fields__) | {"layers", "candidates", "thresholds", "policy"}
-    for key in raw.get("exits") or {}:
-        if key not in exit_keys:
-            raise ValueError(f"{path}: exits.{key}: unknown key; expected {sorted(exit_keys)}")
+        raise UserError(f"{path}: missing key 'name'")
+    values = check_fields(ExperimentConfig, raw, prefix=where, noun="key")
+    if not values["name"].strip() or any(c in values["name"] for c in "/\\") or values["name"] in (".", ".."):
+        raise UserError(f"{path}: name: expected a plain folder name (runs/NAME), got {values['name']!r}")
+    if bool(values.get("data")) == bool(values.get("synth")):
+        raise UserError(f"{path}: give exactly one of 'data' (a dataset spec) or 'synth' (generate scenes)")
+    if values.get("synth"):
+        _check_scene_size(path, values["synth"].size)
+    if values.get("data"):
+        values["data"] = _data_spec(path, values["data"])
+    if "layers" in values:
+        values["layers"] = str(values["layers"])
+    values["analyzers"] = {
+        name: _analyzer_settings(path, name, settings) for name, settings in values.get("analyzers", {}).items()
+    }
+    values["exits"] = _exit_settings(path, values.get("exits", {}))
     from probe_kit.decision import criteria_from
 
-    criteria_from(raw.get("decision"), f"{path}: decision")  # validated now, before any work starts
-    for key in ("sequences", "val_sequences", "tokens"):
-        if key in raw:
-            raw[key] = tuple(raw[key])
-    raw["analyzers"] = {k: dict(v or {}) for k, v in (raw.get("analyzers") or {}).items()}
-    return ExperimentConfig(**raw)
+    criteria_from(values.get("decision"), f"{path}: decision")  # validated now, before any work starts
+    return ExperimentConfig(**values)
+
+
+def _check_scene_size(path: Path, size: int) -> None:
+    from probe_kit.data.synth import SceneSpec
+
+    try:
+        SceneSpec(size, size)
+    except ValueError as err:
+        raise UserError(f"{path}: synth.size: {str(err).split(': ', 1)[-1]}") from None
+
+
+def _data_spec(path: Path, text: str) -> str:
+    text = os.path.expandvars(text)  # e.g. mot17:${MOT17_ROOT}
+    if "$" in text:
+        raise UserError(f"{path}: data: {text!r} names an environment variable that is not set")
+    try:
+        parse_data_spec(text)
+    except ValueError as err:
+        raise UserError(f"{path}: data: {err}") from None
+    return text
+
+
+def _analyzer_settings(path: Path, name: str, settings: Any) -> dict[str, Any]:
+    """``analyzers.NAME``: nothing or a mapping of ``layers`` plus the analyzer's own options."""
+    key = f"{path}: analyzers.{name}"
+    try:
+        info = get_analyzer(name)
+    except ValueError as err:
+        raise UserError(f"{key}: {err}") from None
+    if settings is None:
+        return {}
+    if not isinstance(settings, dict):
+        raise UserError(f"{key}: expected a mapping of options (or nothing), got {settings!r}")
+    from probe_kit.analyzers._options import check_options
+
+    options = {k: v for k, v in settings.items() if k != "layers"}
+    checked = check_options(info, options, where=f"{key}.")
+    if "layers" in settings:
+        checked["layers"] = str(check_value(f"{key}.layers", settings["layers"], str | int))
+    return checked
+
+
+def _exit_settings(path: Path, settings: dict[str, Any]) -> dict[str, Any]:
+    """``exits``: ``ExitTraining`` options plus ``layers``, ``candidates``, ``thresholds``, ``policy``."""
+    from probe_kit.heads.train import ExitTraining
+
+    own = {f.name for f in dataclasses.fields(_ExitKeys)}
+    training = {k: v for k, v in settings.items() if k not in own}
+    known = sorted(own | {f.name for f in dataclasses.fields(ExitTraining)})
+    for key in training:
+        if key not in known:
+            raise UserError(f"{path}: exits: unknown key {key!r}; expected one of {known}")
+    checked = check_fields(ExitTraining, training, prefix=f"{path}: exits.")
+    checked |= check_fields(_ExitKeys, {k: v for k, v in settings.items() if k in own}, prefix=f"{path}: exits.")
+    return checked

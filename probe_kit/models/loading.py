@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import pickle
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,29 +54,84 @@ def load_yolos(spec: ModelSpec):
     Eager attention is always used: under SDPA, transformers 5.x silently returns no attention
     matrices, and FlopCounterMode counts SDPA as zero FLOPs on CPU.
     """
-    from transformers import AutoImageProcessor, YolosForObjectDetection
+    from huggingface_hub.errors import StrictDataclassError
+    from transformers import AutoImageProcessor, PretrainedConfig, YolosForObjectDetection
 
     path = resolve_model_path(spec.name)
     local = Path(path).is_dir()
     if not local and Path(path).exists():
         raise ValueError(f"--model {spec.name}: is a file; expected a checkpoint folder or a hub id")
-    try:
-        model = YolosForObjectDetection.from_pretrained(
-            path, revision=spec.revision, dtype=_DTYPES[spec.dtype], attn_implementation="eager"
-        )
-        processor = AutoImageProcessor.from_pretrained(path, revision=spec.revision)
-    except OSError as err:
-        where = "folder" if local else "hub id"
-        raise ValueError(
-            f"--model {spec.name}: could not load this {where} ({str(err).splitlines()[0]}). "
-            "Offline? Download it first with `huggingface-cli download "
-            f"{spec.name}` on a connected machine, or pass a local folder made by save_pretrained."
-        ) from err
+    with _quiet_transformers():
+        try:
+            config, _ = PretrainedConfig.get_config_dict(path, revision=spec.revision)
+            if config.get("model_type") != "yolos":
+                raise ValueError(
+                    f"--model {spec.name}: config.json says model_type {config.get('model_type')!r}; "
+                    "expected a YOLOS detector (model_type 'yolos')"
+                )
+            model, info = YolosForObjectDetection.from_pretrained(
+                path,
+                revision=spec.revision,
+                dtype=_DTYPES[spec.dtype],
+                attn_implementation="eager",
+                output_loading_info=True,
+            )
+            processor = AutoImageProcessor.from_pretrained(path, revision=spec.revision)
+        except OSError as err:
+            where = "folder" if local else "hub id"
+            raise ValueError(
+                f"--model {spec.name}: could not load this {where} ({str(err).splitlines()[0]}). "
+                "Offline? Download it first with `huggingface-cli download "
+                f"{spec.name}` on a connected machine, or pass a local folder made by save_pretrained."
+            ) from err
+        except pickle.UnpicklingError as err:  # torch.load(weights_only=True) refused a pickled object
+            refused = next((line for line in str(err).splitlines() if "GLOBAL" in line), "not plain tensors")
+            raise ValueError(
+                f"--model {spec.name}: its weights file is a pickle that would run code ({refused.strip()}); "
+                "not loaded. Re-save a trusted copy with save_pretrained (safetensors)"
+            ) from None
+        except StrictDataclassError as err:  # config.json values of the wrong type
+            raise ValueError(f"--model {spec.name}: config.json: {' '.join(str(err).split())}") from None
+    _refuse_partial_load(spec.name, info)
     if spec.shortest_edge is not None:
         longest = max(spec.shortest_edge, int(round(spec.shortest_edge * 1333 / 800)))
         processor.size = {"shortest_edge": spec.shortest_edge, "longest_edge": longest}
     model.to(local_device(spec.device)).eval()  # under torchrun, cuda -> this rank's GPU
     return model, processor
+
+
+@contextmanager
+def _quiet_transformers():
+    """No load report or progress bar from transformers: a bad load is refused in one line of ours."""
+    from transformers.utils import logging
+
+    verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
+        if bars:
+            logging.enable_progress_bar()
+
+
+def _refuse_partial_load(name: str, info: dict) -> None:
+    """Refuse a checkpoint whose weights do not all fit the YOLOS model (else they load freshly initialised)."""
+    problems = []
+    for key, what in (
+        ("missing_keys", "missing"),
+        ("unexpected_keys", "unexpected"),
+        ("mismatched_keys", "of the wrong shape"),
+    ):
+        names = sorted(str(k[0] if isinstance(k, tuple) else k) for k in info.get(key) or ())
+        if names:
+            problems.append(f"{len(names)} {what} (e.g. {', '.join(names[:3])})")
+    if problems:
+        raise ValueError(
+            f"--model {name}: its weights do not fit a YOLOS detector: {'; '.join(problems)}; "
+            "refusing to run with freshly initialised weights"
+        )
 
 
 def seed_token_embeddings(model: torch.nn.Module, seed: int, std: float = 0.02) -> None:

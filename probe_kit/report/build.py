@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -120,11 +118,6 @@ def build_report(results_dir: Path, out: Path) -> Path:
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         )
     )
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(html)
-    os.chmod(tmp, 0o644)  # mkstemp makes it private; a report is meant to be shared
-    os.replace(tmp, out)
-    return out
+    from probe_kit.io import write_text
+
+    return write_text(out, html)  # via a temporary file that is removed if the write fails

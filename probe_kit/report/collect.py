@@ -58,7 +58,9 @@ class ReportData:
 
 
 def _read(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.is_file() else None
+    from probe_kit.io import read_json
+
+    return read_json(path) if path.is_file() else None
 
 
 def collect(folder: Path) -> ReportData:
@@ -69,8 +71,8 @@ def collect(folder: Path) -> ReportData:
     results_dir = folder / "results" if (folder / "results").is_dir() else folder
     data = ReportData(folder)
     for path in sorted(results_dir.glob("*/result.json")):
-        content = json.loads(path.read_text())
-        if "analyzer" in content:
+        content = _read(path)  # corrupt JSON is refused naming the file; exits_eval/result.json is skipped
+        if isinstance(content, dict) and isinstance(content.get("analyzer"), str):
             data.results[content["analyzer"]] = content
             if (path.parent / "arrays.npz").is_file():
                 import numpy as np
