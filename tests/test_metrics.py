@@ -87,8 +87,8 @@ def test_detection_on_ignore_region_is_neither_tp_nor_fp():
 def test_no_detections_and_no_images():
     gt = ground_truth_dict([_sample([[10, 10, 40, 80]])])
     assert evaluate(gt, [])["AP"] == 0.0
-    with pytest.raises(ValueError, match="no images"):
-        evaluate({"images": [], "annotations": []}, [])
+    with pytest.raises(ValueError, match="images: expected at least one image"):
+        evaluate({"images": [], "annotations": [], "categories": []}, [])
 
 
 def test_other_categories_do_not_count_as_persons():

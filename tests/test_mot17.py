@@ -82,7 +82,7 @@ def test_missing_seqinfo_and_malformed_row(tmp_path, mot_root):
     lines = gt.read_text().splitlines()
     lines[2] = "1,2,oops,4"
     gt.write_text("\n".join(lines) + "\n")
-    with pytest.raises(ValueError, match=r"gt\.txt:3: malformed row"):
+    with pytest.raises(ValueError, match=r"gt\.txt:3: expected frame,id,left"):
         load_mot17(root)
     (root / "train/MOT17-05-FRCNN/seqinfo.ini").unlink()
     with pytest.raises(ValueError, match=r"seqinfo\.ini: missing"):

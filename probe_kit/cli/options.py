@@ -2,11 +2,41 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import click
 
 from probe_kit.models.loading import REFERENCE_NAME
+
+
+class FiniteFloat(click.ParamType):
+    """A float within ``[lo, hi]``; unlike ``click.FloatRange`` it refuses ``nan`` and ``inf``."""
+
+    name = "float"
+
+    def __init__(self, lo: float | None = None, hi: float | None = None) -> None:
+        self.lo, self.hi = lo, hi
+
+    def convert(self, value, param, ctx) -> float:
+        return self._one(value, param, ctx)
+
+    def _one(self, text: str | float, param, ctx) -> float:
+        from probe_kit.data.checks import parse_number
+
+        try:
+            return parse_number(text, "value", lo=self.lo, hi=self.hi)
+        except ValueError as err:
+            self.fail(str(err).removeprefix("value: "), param, ctx)
+
+
+class FloatList(FiniteFloat):
+    """Comma-separated floats, each within ``[lo, hi]`` (``0.3,0.5,0.7``)."""
+
+    name = "floats"
+
+    def convert(self, value, param, ctx) -> tuple[float, ...]:
+        items = value if isinstance(value, (tuple, list)) else [item.strip() for item in str(value).split(",")]
+        return tuple(self._one(item, param, ctx) for item in items)
 
 
 def data_options(func: Callable) -> Callable:
@@ -21,9 +51,12 @@ def data_options(func: Callable) -> Callable:
             help="Per-sequence half (MOT17 layout).",
         ),
         click.option(
-            "--min-visibility", type=float, default=None, help="Persons less visible than this become ignore regions."
+            "--min-visibility",
+            type=FiniteFloat(0.0, 1.0),
+            default=None,
+            help="Persons less visible than this (0..1) become ignore regions.",
         ),
-        click.option("--stride", type=int, default=None, help="Keep every n-th frame."),
+        click.option("--stride", type=click.IntRange(min=1), default=None, help="Keep every n-th frame (n >= 1)."),
     ]
     for decorator in reversed(decorators):
         func = decorator(func)

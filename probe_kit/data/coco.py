@@ -2,16 +2,32 @@
 
 ``iscrowd: 1`` annotations become ignore regions, as COCOeval treats them; images without
 annotations stay in (negatives matter for false positives).
+
+``check_coco`` is the one validator of a COCO ground-truth dict, used here and by the metrics:
+every record, id and number is checked (finite, in range, ids unique and resolvable) and anything
+else is refused with one line naming the file and the field, e.g. ``gt.json: images[3].width``.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
-import numpy as np
-
+from probe_kit.data.checks import (
+    InputError,
+    check_box_extent,
+    clip_to_image,
+    json_box,
+    json_field,
+    json_list,
+    json_number,
+    json_record,
+    short,
+)
 from probe_kit.data.sample import Sample
+
+MAX_SIDE = 100_000  # pixels; larger "images" are a unit mistake
 
 
 def _default_image_dir(annotations: Path) -> Path:
@@ -19,43 +35,124 @@ def _default_image_dir(annotations: Path) -> Path:
     return beside / "images" if (beside / "images").is_dir() else beside
 
 
+def read_json_file(path: Path, what: str) -> Any:
+    """Parsed JSON; an unreadable or malformed file is one line naming it."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such {what} file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise InputError(str(path), f"a readable {what} JSON file", short(str(err).splitlines()[0])) from None
+
+
+def check_coco(data: Any, where: str) -> dict:
+    """A validated, normalised copy of a COCO ground-truth dict.
+
+    Returns ``{"images": [{id, width, height, file_name?}], "annotations": [{id, image_id,
+    category_id, bbox, area, iscrowd}], "categories": [{id, name?}]}`` with Python ints and floats.
+    Annotation ids are renumbered 1..N (pycocotools treats id 0 as "unmatched").
+    """
+    data = json_record(data, where)
+    tables = {
+        key: json_list(json_field(data, key, f"{where}: {key}", "a list"), f"{where}: {key}") for key in _TOP_LEVEL
+    }
+    categories = [_category(c, f"{where}: categories[{i}]") for i, c in enumerate(tables["categories"])]
+    images: dict[int, dict] = {}
+    for i, record in enumerate(tables["images"]):
+        image = _image(record, f"{where}: images[{i}]")
+        if image["id"] in images:
+            raise InputError(f"{where}: images[{i}].id", "ids that are unique", short(image["id"]))
+        images[image["id"]] = image
+    annotations = [
+        _annotation(a, f"{where}: annotations[{i}]", images, i + 1) for i, a in enumerate(tables["annotations"])
+    ]
+    return {"images": list(images.values()), "annotations": annotations, "categories": categories}
+
+
+_TOP_LEVEL = ("images", "annotations", "categories")
+
+
+def _integer(record: dict, key: str, where: str, **limits) -> int:
+    return json_number(
+        json_field(record, key, f"{where}.{key}", "an integer"), f"{where}.{key}", integer=True, **limits
+    )
+
+
+def _category(value: Any, where: str) -> dict:
+    record = json_record(value, where)
+    out = {"id": _integer(record, "id", where)}
+    if "name" in record:
+        if not isinstance(record["name"], str):
+            raise InputError(f"{where}.name", "a string", short(record["name"]))
+        out["name"] = record["name"]
+    return out
+
+
+def _image(value: Any, where: str) -> dict:
+    record = json_record(value, where)
+    out = {
+        "id": _integer(record, "id", where),
+        "width": _integer(record, "width", where, lo=1, hi=MAX_SIDE),
+        "height": _integer(record, "height", where, lo=1, hi=MAX_SIDE),
+    }
+    if "file_name" in record:
+        name = record["file_name"]
+        if not isinstance(name, str) or not name.strip():
+            raise InputError(f"{where}.file_name", "a non-empty string", short(name))
+        out["file_name"] = name
+    return out
+
+
+def _annotation(value: Any, where: str, images: dict[int, dict], new_id: int) -> dict:
+    record = json_record(value, where)
+    image_id = _integer(record, "image_id", where)
+    if image_id not in images:
+        raise InputError(f"{where}.image_id", "the id of an entry in images", short(image_id))
+    bbox = json_box(json_field(record, "bbox", f"{where}.bbox", "[x, y, width, height]"), f"{where}.bbox")
+    image = images[image_id]
+    check_box_extent(bbox, image["width"], image["height"], f"{where}.bbox")
+    area = record.get("area", bbox[2] * bbox[3])
+    return {
+        "id": new_id,
+        "image_id": image_id,
+        "category_id": _integer(record, "category_id", where),
+        "bbox": list(bbox),
+        "area": json_number(area, f"{where}.area", lo=0),
+        "iscrowd": int(json_number(record.get("iscrowd", 0), f"{where}.iscrowd", lo=0, hi=1, integer=True)),
+    }
+
+
 def load_coco(
     annotations: Path, images_dir: Path | None = None, categories: tuple[str, ...] = ("person",)
 ) -> list[Sample]:
-    """Samples of a COCO JSON; boxes of ``categories`` only (absolute xywh as in the file)."""
+    """Samples of a COCO JSON; boxes of ``categories`` only (absolute xywh, clipped to the image)."""
     annotations = Path(annotations)
-    try:
-        data = json.loads(annotations.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"{annotations}: not a readable COCO JSON ({err})") from err
-    for key in ("images", "annotations", "categories"):
-        if key not in data:
-            raise ValueError(f"{annotations}: missing top-level field {key!r}")
-    wanted = {c["id"] for c in data["categories"] if c.get("name") in categories}
+    coco = check_coco(read_json_file(annotations, "COCO annotations"), str(annotations))
+    wanted = {c["id"] for c in coco["categories"] if c.get("name") in categories}
     if not wanted:
-        names = sorted(c.get("name") for c in data["categories"])
-        raise ValueError(f"{annotations}: no category named {list(categories)}; categories are {names}")
+        names = sorted(str(c.get("name")) for c in coco["categories"])
+        raise InputError(f"{annotations}: categories", f"a category named {' or '.join(categories)}", short(names))
     images_dir = Path(images_dir) if images_dir else _default_image_dir(annotations)
-    boxes: dict[int, list] = {img["id"]: [] for img in data["images"]}
-    ignore: dict[int, list] = {img["id"]: [] for img in data["images"]}
-    for index, ann in enumerate(data["annotations"]):
-        if ann.get("category_id") not in wanted:
-            continue
-        if "bbox" not in ann or len(ann["bbox"]) != 4:
-            raise ValueError(f"{annotations}: annotations[{index}].bbox: expected [x, y, width, height]")
-        if ann.get("image_id") not in boxes:
-            raise ValueError(f"{annotations}: annotations[{index}].image_id {ann.get('image_id')} names no image")
-        (ignore if ann.get("iscrowd", 0) else boxes)[ann["image_id"]].append(ann["bbox"])
+    boxes: dict[int, list] = {img["id"]: [] for img in coco["images"]}
+    ignore: dict[int, list] = {img["id"]: [] for img in coco["images"]}
+    for ann in coco["annotations"]:
+        if ann["category_id"] in wanted:
+            (ignore if ann["iscrowd"] else boxes)[ann["image_id"]].append(ann["bbox"])
     samples = []
-    for img in data["images"]:
+    for index, img in enumerate(coco["images"]):
+        if "file_name" not in img:
+            raise InputError(
+                f"{annotations}: images[{index}].file_name", "a file name", "nothing (the field is missing)"
+            )
         samples.append(
             Sample(
-                image_id=int(img["id"]),
+                image_id=img["id"],
                 file_name=img["file_name"],
-                width=int(img["width"]),
-                height=int(img["height"]),
-                boxes=np.asarray(boxes[img["id"]], dtype=np.float64).reshape(-1, 4),
-                ignore=np.asarray(ignore[img["id"]], dtype=np.float64).reshape(-1, 4),
+                width=img["width"],
+                height=img["height"],
+                boxes=clip_to_image(boxes[img["id"]], img["width"], img["height"]),
+                ignore=clip_to_image(ignore[img["id"]], img["width"], img["height"]),
                 path=images_dir / img["file_name"],
             )
         )

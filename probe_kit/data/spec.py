@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from probe_kit.data.checks import InputError, short
 from probe_kit.data.coco import load_coco
-from probe_kit.data.mot17 import load_mot17
+from probe_kit.data.mot17 import DETECTORS, SPLITS, check_selection, load_mot17
 from probe_kit.data.sample import Sample
 
 KINDS = ("mot17", "coco", "synth")
@@ -25,6 +26,15 @@ class DataSpec:
     stride: int = 1
     detector: str = "FRCNN"
     categories: tuple[str, ...] = field(default=("person",))
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise InputError("data kind", f"one of {KINDS}", short(self.kind))
+        check_selection(self.stride, self.min_visibility)
+        if self.split not in (None, *SPLITS):
+            raise InputError("split", f"one of {SPLITS}", short(self.split))
+        if self.detector not in DETECTORS:
+            raise InputError("detector", f"one of {DETECTORS}", short(self.detector))
 
     def load(self) -> list[Sample]:
         """The samples; an empty selection is an error, not an empty result."""
@@ -58,7 +68,7 @@ class DataSpec:
         return out
 
     @classmethod
-    def from_description(cls, description: dict) -> "DataSpec":
+    def from_description(cls, description: dict) -> DataSpec:
         """The spec ``describe()`` wrote (as stored in a cache), ready to ``load()`` again."""
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in description.items()})
 

@@ -22,11 +22,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from probe_kit.data.checks import InputError, json_number, short
 from probe_kit.data.sample import Sample
 
 DIFFICULTIES = ("easy", "medium", "hard")
 DEFAULT_MIX = {"easy": 0.4, "medium": 0.35, "hard": 0.25}
 EASY_MIX = {"easy": 1.0, "medium": 0.0, "hard": 0.0}
+# Frame sizes: below 32 px a person is a few pixels; 4096 px frames already take 50 MB each in memory.
+MIN_SIZE, MAX_SIZE = 32, 4096
 # People less visible than this are written with consider-flag 0: ignore regions, not targets.
 MIN_SCORED_VISIBILITY = 0.25
 
@@ -48,9 +51,15 @@ class SceneSpec:
     mix: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_MIX))
 
     def __post_init__(self) -> None:
+        for name in ("width", "height"):
+            json_number(getattr(self, name), name, lo=MIN_SIZE, hi=MAX_SIZE, integer=True)
+        if not isinstance(self.mix, dict):
+            raise InputError("mix", "difficulty weights such as easy=0.4,medium=0.35,hard=0.25", short(self.mix))
         unknown = set(self.mix) - set(DIFFICULTIES)
         if unknown:
             raise ValueError(f"mix: unknown difficulty {sorted(unknown)}; expected {DIFFICULTIES}")
+        for name, weight in self.mix.items():
+            json_number(weight, f"mix: {name}", lo=0)
         if sum(self.mix.values()) <= 0:
             raise ValueError(f"mix: weights must sum to a positive number, got {self.mix}")
 
@@ -225,8 +234,9 @@ def write_synth_dataset(
     """
     from tqdm import tqdm
 
-    if frames < 1:
-        raise ValueError(f"frames: expected a positive number, got {frames}")
+    json_number(frames, "frames", lo=1, integer=True)
+    json_number(frames_per_sequence, "frames_per_sequence", lo=1, hi=99_999, integer=True)  # 6-digit names
+    json_number(seed, "seed", lo=0, integer=True)
     sequences = []
     bar = tqdm(total=frames, desc="synth scenes", unit="img", disable=not progress)
     for seq_no, start in enumerate(range(0, frames, frames_per_sequence), start=1):

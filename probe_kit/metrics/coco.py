@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import io
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from probe_kit.data.checks import InputError, json_box, json_field, json_list, json_number, json_record, short
+from probe_kit.data.coco import check_coco
 from probe_kit.data.sample import Sample
 
 PERSON_CATEGORY_ID = 1
@@ -25,6 +28,9 @@ def ground_truth_dict(samples: Iterable[Sample]) -> dict:
     """COCO ground-truth dict: persons with ``iscrowd: 0``, ignore regions with ``iscrowd: 1``."""
     images, annotations = [], []
     for sample in samples:
+        for name in ("boxes", "ignore"):
+            if not np.isfinite(np.asarray(getattr(sample, name), dtype=float)).all():
+                raise InputError(f"sample {sample.file_name}: {name}", "finite numbers", "NaN or infinity")
         images.append(
             {"id": int(sample.image_id), "file_name": sample.file_name, "width": sample.width, "height": sample.height}
         )
@@ -55,25 +61,73 @@ def _load_coco(gt: dict) -> COCO:
     return coco
 
 
-def evaluate(gt: dict, detections: Sequence[dict], thresholds: Sequence[float] = (0.3, 0.5, 0.7)) -> dict:
+def check_detections(detections: Any, image_ids: set[int], where: str = "detections") -> list[dict]:
+    """COCO results as clean dicts ``{image_id, category_id, bbox, score}`` of Python numbers.
+
+    Each entry needs an ``image_id`` of the ground truth, an integer ``category_id``, a ``bbox`` of
+    four finite numbers (width, height >= 0) and a finite ``score``; else one line naming ``where[i]``.
+    Other keys are dropped (pycocotools' ``loadRes`` would take a ``caption`` key as a captioning result).
+    """
+    out = []
+    for i, value in enumerate(json_list(detections, where)):
+        at = f"{where}[{i}]"
+        record = json_record(value, at)
+        image_id = json_number(
+            json_field(record, "image_id", f"{at}.image_id", "an integer"), f"{at}.image_id", integer=True
+        )
+        if image_id not in image_ids:
+            raise InputError(f"{at}.image_id", "the id of an image in the ground truth", short(image_id))
+        category = json_field(record, "category_id", f"{at}.category_id", "an integer")
+        bbox = json_field(record, "bbox", f"{at}.bbox", "[x, y, width, height]")
+        score = json_field(record, "score", f"{at}.score", "a finite number")
+        out.append(
+            {
+                "image_id": image_id,
+                "category_id": json_number(category, f"{at}.category_id", integer=True),
+                "bbox": list(json_box(bbox, f"{at}.bbox")),
+                "score": json_number(score, f"{at}.score"),
+            }
+        )
+    return out
+
+
+def check_thresholds(thresholds: Sequence[float], where: str = "thresholds") -> tuple[float, ...]:
+    """Score thresholds: at least one, each a finite number in [0, 1]."""
+    values = tuple(json_number(t, where, lo=0, hi=1) for t in json_list(list(thresholds), where))
+    if not values:
+        raise InputError(where, "at least one score threshold", "none")
+    return values
+
+
+def evaluate(
+    gt: dict,
+    detections: Sequence[dict],
+    thresholds: Sequence[float] = (0.3, 0.5, 0.7),
+    names: tuple[str, str] = ("ground truth", "detections"),
+) -> dict:
     """Score COCO-format ``detections`` against the ``gt`` dict; fractions in [0, 1].
 
     Returns ``AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100`` (-1 where COCO has nothing to
     score, e.g. no small objects), ``num_images``, ``num_gt``, ``num_detections`` and
     ``at_threshold``: precision, recall and F1 at IoU 0.5 for each score threshold, and
     ``pr_curve_iou50``: COCO's interpolated precision-recall curve at IoU 0.5.
+    Both inputs are validated first (``check_coco``, ``check_detections``); ``names`` say where
+    they came from (file names) in the one-line errors.
     """
-    if not gt.get("images"):
-        raise ValueError("ground truth: no images to evaluate")
+    gt = check_coco(gt, names[0])
+    if not gt["images"]:
+        raise InputError(f"{names[0]}: images", "at least one image to evaluate", "none")
+    detections = check_detections(detections, {img["id"] for img in gt["images"]}, names[1])
+    thresholds = check_thresholds(thresholds)
     coco_gt = _load_coco(gt)
-    num_gt = sum(1 for a in gt["annotations"] if a.get("category_id") == PERSON_CATEGORY_ID and not a.get("iscrowd", 0))
+    num_gt = sum(1 for a in gt["annotations"] if a["category_id"] == PERSON_CATEGORY_ID and not a["iscrowd"])
     result: dict = {"num_images": len(gt["images"]), "num_gt": num_gt, "num_detections": len(detections)}
     if not detections:
         result.update({k: 0.0 for k in METRIC_KEYS})
         result["at_threshold"] = {str(t): {"precision": 0.0, "recall": 0.0, "F1": 0.0} for t in thresholds}
         return result
     with contextlib.redirect_stdout(io.StringIO()):
-        coco_dt = coco_gt.loadRes([dict(d) for d in detections])
+        coco_dt = coco_gt.loadRes(detections)
         evaluator = COCOeval(coco_gt, coco_dt, iouType="bbox")
         evaluator.params.catIds = [PERSON_CATEGORY_ID]
         evaluator.evaluate()
