@@ -75,3 +75,29 @@ def test_written_layout_is_read_by_the_mot17_loader(synth_dir):
 def test_bad_mix_is_rejected():
     with pytest.raises(ValueError, match="unknown difficulty"):
         SceneSpec(mix={"impossible": 1.0})
+
+
+@pytest.mark.parametrize(
+    "kwargs,field",
+    [
+        ({"width": 0}, "width"),  # was "cannot convert float NaN to integer" deep in rendering
+        ({"height": float("nan")}, "height"),
+        ({"width": 256.5}, "width"),
+        ({"mix": {"easy": float("nan")}}, "mix: easy"),
+        ({"mix": {"easy": -1.0, "hard": 2.0}}, "mix: easy"),  # numpy would say "probabilities are not non-negative"
+        ({"mix": {"easy": 0.0}}, "mix"),
+    ],
+)
+def test_scene_spec_refuses_sizes_and_weights_naming_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=f"^{field}"):
+        SceneSpec(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs,field", [({"frames": 0}, "frames"), ({"frames_per_sequence": 0}, "frames_per_sequence")]
+)
+def test_write_refuses_counts_before_writing(tmp_path, kwargs, field):
+    args = {"frames": 2, "seed": 0, "frames_per_sequence": 100, **kwargs}
+    with pytest.raises(ValueError, match=f"^{field}"):
+        write_synth_dataset(tmp_path / "s", progress=False, **args)
+    assert not (tmp_path / "s").exists()

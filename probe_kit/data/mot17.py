@@ -247,19 +247,19 @@ def load_sequence(
     if split not in (None, *SPLITS):
         raise InputError("split", f"one of {SPLITS}", short(split))
     info = read_seqinfo(seq_dir)
-    gt = read_gt(seq_dir / "gt" / "gt.txt", info)
-    difficulty = _read_difficulty(seq_dir / "difficulty.txt")
     frames = range(1, info.length + 1)
     if split == "first-half":
         frames = range(1, info.length // 2 + 1)
     elif split == "second-half":
         frames = range(info.length // 2 + 1, info.length + 1)
+    images = {f: seq_dir / info.image_dir / f"{f:06d}{info.image_ext}" for f in frames[::stride]}
+    images = {f: path for f, path in images.items() if path.is_file()}
+    for path in images.values():  # before gt.txt: a wrong imWidth would otherwise surface as a box error
+        check_image_size(path, info)
+    gt = read_gt(seq_dir / "gt" / "gt.txt", info)
+    difficulty = _read_difficulty(seq_dir / "difficulty.txt")
     samples = []
-    for frame in frames[::stride]:
-        image_path = seq_dir / info.image_dir / f"{frame:06d}{info.image_ext}"
-        if not image_path.is_file():
-            continue
-        check_image_size(image_path, info)
+    for frame, image_path in images.items():
         boxes, ignore = _split_rows(gt.get(frame, []), min_visibility)
         meta = {"sequence": info.name, "frame": frame}
         if frame in difficulty:
