@@ -1,5 +1,9 @@
 """The HDF5 feature cache: contents equal the model's own tensors, resume is exact, mismatches refused."""
 
+import re
+import shutil
+from pathlib import Path
+
 import h5py
 import numpy as np
 import pytest
@@ -104,7 +108,7 @@ def test_appending_with_another_model_is_refused(tiny_model, synth_dir, tmp_path
             batch_size=4,
             progress=False,
         )
-    with pytest.raises(ValueError, match="options differs"):
+    with pytest.raises(ValueError, match="options differ from the existing cache"):
         _write(tiny_model, synth_dir, path, tokens=["det"])
 
 
@@ -114,19 +118,26 @@ def test_layer_out_of_range_leaves_no_file(tiny_model, synth_dir, tmp_path):
     assert not (tmp_path / "x.h5").exists()
 
 
-def test_other_schema_version_is_refused(cache_file, tmp_path):
+@pytest.mark.parametrize(
+    "version,message",
+    [
+        (99, "cache schema version 99 was written by a newer probe_kit; this one reads version 2"),
+        (1, "cache schema version 1 was written by an older probe_kit; this one reads version 2 .*write a new cache"),
+        ("1", r"schema_version is '1' \(str\), not an integer; probe_kit caches store the integer 2"),
+    ],
+)
+def test_other_schema_version_is_refused(cache_file, tmp_path, version, message):
     copy = tmp_path / "old.h5"
     copy.write_bytes(cache_file.read_bytes())
     with h5py.File(copy, "r+") as h5:
-        h5.attrs["schema_version"] = 99
-    with pytest.raises(ValueError, match="schema version 99"):
+        h5.attrs["schema_version"] = version
+    with pytest.raises(ValueError, match=message):
         FeatureCache(copy)
 
 
 def test_reader_errors_name_what_is_missing(cache_file):
-    with FeatureCache(cache_file) as cache:
-        with pytest.raises(ValueError, match="layer 7 not cached"):
-            cache.read(7)
+    with FeatureCache(cache_file) as cache, pytest.raises(ValueError, match="layer 7 not cached"):
+        cache.read(7)
 
 
 def test_patch_tokens_need_one_input_size(tiny_model, tmp_path):
@@ -179,3 +190,119 @@ def test_attention_maps_are_the_rollout_of_the_models_attentions(tiny_model, syn
             np.testing.assert_allclose(cache.read(layer, "rollout_det", slice(0, 4)), expected.numpy(), atol=1e-6)
             raw = attentions[layer - 1].max(1).values[:, -5:, 1:17]
             np.testing.assert_allclose(cache.read(layer, "attn_det", slice(0, 4)), raw.numpy(), atol=1e-6)
+
+
+def _scenes(synth_dir, tmp_path) -> Path:
+    """A private copy of the synthetic scenes, free to damage."""
+    return Path(shutil.copytree(synth_dir, tmp_path / "scenes"))
+
+
+def _interrupt_after_one_batch(tiny_model, data, out, monkeypatch) -> None:
+    real_write = writer_module._write_batch
+
+    def failing(handle, batch, *args):
+        if batch.start > 0:
+            raise KeyboardInterrupt("simulated interruption")
+        return real_write(handle, batch, *args)
+
+    monkeypatch.setattr(writer_module, "_write_batch", failing)
+    with pytest.raises(KeyboardInterrupt):
+        write_tiny_cache(tiny_model, data, out)
+    monkeypatch.setattr(writer_module, "_write_batch", real_write)
+
+
+def test_a_deleted_cached_frame_is_refused_on_resume(tiny_model, synth_dir, tmp_path, monkeypatch):
+    data, out = _scenes(synth_dir, tmp_path), tmp_path / "c.h5"
+    _interrupt_after_one_batch(tiny_model, data, out, monkeypatch)
+    (data / "train/SYNTH-01/img1/000002.jpg").unlink()
+    with pytest.raises(ValueError, match="the dataset changed since this cache was made .image SYNTH-01/000002.jpg is"):
+        write_tiny_cache(tiny_model, data, out)
+    with FeatureCache(out, allow_incomplete=True) as cache:
+        assert cache.num_images == 4  # nothing was appended
+
+
+def test_changed_ground_truth_or_image_is_refused_and_verify_names_it(tiny_model, synth_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from probe_kit.cli.main import cli
+
+    data = _scenes(synth_dir, tmp_path)
+    out = write_tiny_cache(tiny_model, data, tmp_path / "c.h5")
+    verified = CliRunner().invoke(cli, ["cache", "verify", str(out)])
+    assert verified.exit_code == 0
+    assert verified.stdout == f"OK: {out} matches its dataset (12 images, 9 annotation files, sha256)\n"
+    (data / "train/SYNTH-02/gt/gt.txt").write_text("")
+    with pytest.raises(ValueError, match=r"\(SYNTH-02/gt/gt.txt changed\)"):
+        write_tiny_cache(tiny_model, data, out)  # a complete cache is checked too, not reported complete
+    with FeatureCache(out) as cache, pytest.raises(ValueError, match="SYNTH-02/gt/gt.txt changed"):
+        cache.load_dataset()
+    refused = CliRunner().invoke(cli, ["cache", "verify", str(out)])
+    assert refused.exit_code == 1 and refused.stdout == ""
+    assert refused.stderr.splitlines()[-1].startswith(f"Error: {out}: the dataset changed since this cache was made")
+    assert refused.stderr.splitlines()[-1].endswith(
+        "(SYNTH-02/gt/gt.txt changed); restore it, or write a new cache to another file"
+    )
+    (data / "train/SYNTH-02/gt/gt.txt").write_bytes((synth_dir / "train/SYNTH-02/gt/gt.txt").read_bytes())
+    frame = data / "train/SYNTH-03/img1/000001.jpg"
+    frame.write_bytes(frame.read_bytes() + b"\0")  # same name, other bytes
+    with FeatureCache(out) as cache:
+        with pytest.raises(ValueError, match="image SYNTH-03/000001.jpg changed"):
+            cache.load_dataset()
+        assert len(cache.load_dataset(image_ids={cache.image_ids()[0]})) == 12  # only the asked images are hashed
+
+
+@pytest.mark.parametrize(
+    "recorded,live,expected",
+    [
+        ({"a": "1"}, {}, "a is gone"),
+        ({}, {"a": "1"}, "a was added"),
+        ([("x", "1"), ("y", "2")], [("y", "2")], "image x is missing"),
+        ([("y", "2")], [("x", "1"), ("y", "2")], "image x was added"),
+        ([("x", "1"), ("y", "2")], [("y", "2"), ("x", "1")], "images reordered at x"),
+        ([("x", "1")], [("x", "1"), ("y", "2")], "image y was added"),
+        ([("x", "1")], [("x", "")], None),  # "" = not hashed this time
+    ],
+)
+def test_first_data_difference(recorded, live, expected):
+    from probe_kit.data.identity import DataIdentity
+
+    def identity(value):
+        return DataIdentity(value, ()) if isinstance(value, dict) else DataIdentity({}, tuple(value))
+
+    assert identity(recorded).first_difference(identity(live)) == expected
+
+
+def test_foreign_or_damaged_files_at_out_are_refused_in_one_line(tiny_model, synth_dir, cache_file, tmp_path):
+    from click.testing import CliRunner
+
+    from probe_kit.cli.main import cli
+
+    text, truncated, plain = tmp_path / "notes.h5", tmp_path / "cut.h5", tmp_path / "plain.h5"
+    text.write_text("my notes, not a cache\n")
+    truncated.write_bytes(cache_file.read_bytes()[:4096])
+    with h5py.File(plain, "w") as h5:
+        h5["x"] = [1, 2]
+    cases = {
+        text: "not an HDF5 file, so not a feature cache; refusing to read or overwrite it",
+        truncated: "an HDF5 file that cannot be opened .*delete it and run `probe-kit cache` again",
+        plain: "an HDF5 file without a schema_version attribute, so not a probe_kit feature cache",
+    }
+    for path, message in cases.items():
+        before = path.read_bytes()
+        args = ["cache", "--model", str(tiny_model), "--data", f"synth:{synth_dir}", "--out", str(path)]
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1, result.output
+        assert re.search(message, result.output), result.output
+        assert path.read_bytes() == before
+        with pytest.raises(ValueError, match=message):
+            FeatureCache(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.h5", "notes.h5", "plain.h5"]  # no lock left
+
+
+def test_a_leftover_partial_file_is_replaced(tiny_model, synth_dir, cache_file, tmp_path):
+    out = tmp_path / "c.h5"
+    (tmp_path / ".c.h5.partial").write_bytes(b"\x89HDF\r\n\x1a\n truncated by a kill")
+    write_tiny_cache(tiny_model, synth_dir, out, tokens=("det", "patch", "cls"), dtype="float32")
+    assert [p.name for p in tmp_path.iterdir()] == ["c.h5"]
+    with FeatureCache(out) as a, FeatureCache(cache_file) as b:
+        np.testing.assert_array_equal(a.read(3, "patch"), b.read(3, "patch"))

@@ -34,7 +34,7 @@ class AttributionOptions:
 
 def _load_pixels(cache: FeatureCache, image_ids: list[int], processor) -> dict[int, torch.Tensor]:
     wanted = set(image_ids)
-    samples = [s for s in cache.data_spec().load() if s.image_id in wanted]
+    samples = [s for s in cache.load_dataset(wanted) if s.image_id in wanted]
     return {s.image_id: processor(images=[s.load_image()], return_tensors="pt")["pixel_values"] for s in samples}
 
 

@@ -25,7 +25,7 @@ CHUNK = 256  # images whose attention maps are read at once
 def _image_paths(cache: FeatureCache) -> dict[int, str]:
     """Image files by id, re-read from the dataset the cache records (for the report's overlays)."""
     try:
-        return {s.image_id: str(s.path) for s in cache.data_spec().load() if s.path is not None}
+        return {s.image_id: str(s.path) for s in cache.load_dataset() if s.path is not None}
     except (ValueError, TypeError, OSError):
         return {}
 

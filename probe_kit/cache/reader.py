@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Collection, Iterator
 from pathlib import Path
-from typing import Iterator
+from typing import Self
 
 import h5py
 import numpy as np
 
-from probe_kit.cache.schema import ATTENTION_MAPS, IDENTITY_ATTRS, SCHEMA_VERSION, TokenLayout, layer_path
+from probe_kit.cache.files import check_data, open_cache_file
+from probe_kit.cache.schema import ATTENTION_MAPS, IDENTITY_ATTRS, TokenLayout, layer_path
+from probe_kit.data.identity import identify
 from probe_kit.data.sample import Sample
 from probe_kit.data.spec import DataSpec
 
@@ -23,16 +26,7 @@ class FeatureCache:
 
     def __init__(self, path: Path, allow_incomplete: bool = False) -> None:
         self.path = Path(path)
-        if not self.path.is_file():
-            raise ValueError(f"{self.path}: no such cache file")
-        try:
-            self._h5 = h5py.File(self.path, "r")
-        except OSError as err:
-            raise ValueError(f"{self.path}: not an HDF5 feature cache ({err})") from err
-        version = self._h5.attrs.get("schema_version")
-        if version != SCHEMA_VERSION:
-            self._h5.close()
-            raise ValueError(f"{self.path}: cache schema version {version}, this probe_kit reads {SCHEMA_VERSION}")
+        self._h5 = open_cache_file(self.path, "r")
         if not allow_incomplete and not self._h5.attrs["complete"]:
             written, total = self.num_images, self.num_images_total
             self._h5.close()
@@ -45,7 +39,7 @@ class FeatureCache:
         self.options = json.loads(self._h5.attrs["options"])
         self.preprocessing = json.loads(self._h5.attrs["preprocessing"])
 
-    def __enter__(self) -> "FeatureCache":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -77,12 +71,28 @@ class FeatureCache:
     @property
     def fingerprint(self) -> str:
         """Short hash of what makes this cache what it is (model, preprocessing, data, options)."""
-        digest = hashlib.sha256("".join(self._h5.attrs[k] for k in IDENTITY_ATTRS).encode())
+        digest = hashlib.sha256("".join(self._h5.attrs.get(k, "") for k in IDENTITY_ATTRS).encode())
         return digest.hexdigest()[:16]
 
     def data_spec(self) -> DataSpec:
-        """The dataset spec the cache was made from, to reload images or ground truth."""
+        """The dataset spec the cache was made from (reload it through ``load_dataset``, which checks it)."""
         return DataSpec.from_description(self.dataset)
+
+    def load_dataset(self, image_ids: Collection[int] | None = None, progress: bool = False) -> list[Sample]:
+        """The cache's dataset reloaded from disk, with images; refused if it is not the data the cache holds.
+
+        Annotation files and the list of images are always compared with the cache's record; image
+        bytes are hashed for ``image_ids`` only (all images by default).
+        """
+        spec = self.data_spec()
+        samples = spec.load()
+        wanted = [image_ids is None or s.image_id in image_ids for s in samples]
+        check_data(self._h5, identify(spec, samples, wanted, progress), self.path)
+        return samples
+
+    def verify(self, progress: bool = False) -> None:
+        """Re-hash the dataset (every annotation file and image); a ValueError names the first difference."""
+        self.load_dataset(progress=progress)
 
     def attrs(self) -> dict:
         return {k: (v.item() if hasattr(v, "item") else v) for k, v in self._h5.attrs.items()}

@@ -2,10 +2,11 @@
 
 Layout of a cache file::
 
-    /                     attrs: schema_version, model, preprocessing, dataset, options,
+    /                     attrs: schema_version, model, preprocessing, dataset, data, options,
                                  versions, created, complete, num_written, layout
     /images/image_id      [N] int64
     /images/file_name     [N] str
+    /images/sha256        [N] 64-byte ascii: sha256 of each image file's bytes
     /images/orig_size     [N, 2] int32 (width, height)
     /images/input_size    [N, 2] int32 (width, height) after the processor's resize
     /images/difficulty    [N] str ("" where the dataset has none)
@@ -28,7 +29,9 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 
-SCHEMA_VERSION = 1
+import numpy as np
+
+SCHEMA_VERSION = 2  # 2: the identity covers the data (``data`` attribute, ``images/sha256``)
 TOKEN_ROLES = ("det", "patch", "cls")
 # With --attention, per layer k >= 1: det-token rows over the patch columns of the rollout R_k
 # and of the head-fused raw attention of block k ([N, n_det, n_patches]).
@@ -36,7 +39,29 @@ ATTENTION_MAPS = ("rollout_det", "attn_det")
 FEATURE_DTYPES = ("float16", "float32")
 
 # Root attributes that must agree before a run may append to an existing cache.
-IDENTITY_ATTRS = ("model", "preprocessing", "dataset", "options")
+IDENTITY_ATTRS = ("model", "preprocessing", "dataset", "data", "options")
+
+
+def check_schema_version(value: object, path: object) -> None:
+    """Refuse a ``schema_version`` attribute this probe_kit cannot read, saying why in one line."""
+    if value is None:
+        raise ValueError(f"{path}: an HDF5 file without a schema_version attribute, so not a probe_kit feature cache")
+    integer = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+    if not integer:  # a bad file is a user error (ValueError), not a programming one
+        raise ValueError(
+            f"{path}: schema_version is {value!r} ({type(value).__name__}), not an integer; probe_kit caches store "
+            f"the integer {SCHEMA_VERSION}, so this file was not written by probe_kit or was altered"
+        )
+    if value < SCHEMA_VERSION:
+        raise ValueError(
+            f"{path}: cache schema version {value} was written by an older probe_kit; this one reads version "
+            f"{SCHEMA_VERSION} (see docs/cache-format.md); write a new cache with `probe-kit cache`"
+        )
+    if value > SCHEMA_VERSION:
+        raise ValueError(
+            f"{path}: cache schema version {value} was written by a newer probe_kit; this one reads version "
+            f"{SCHEMA_VERSION}; upgrade probe_kit to read it"
+        )
 
 
 @dataclass(frozen=True)
@@ -71,7 +96,7 @@ class TokenLayout:
         return json.dumps(data)
 
     @classmethod
-    def from_json(cls, text: str) -> "TokenLayout":
+    def from_json(cls, text: str) -> TokenLayout:
         data = json.loads(text)
         return cls(data["num_det"], data["grid_h"], data["grid_w"])
 

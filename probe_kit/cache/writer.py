@@ -1,24 +1,28 @@
-"""Writing a feature cache: batched extraction, resumable, refusing to mix inputs.
+"""Writing a feature cache: batched extraction, resumable, crash-safe, refusing to mix inputs.
 
 The file is pre-sized for every image of the dataset; ``num_written`` (a root attribute,
 flushed after each batch) says how far it got, and only a finished run sets ``complete``.
-A re-run with the same identity (model, preprocessing, dataset, options) continues at
-``num_written``; any difference is refused with a message naming it. One file per process,
-merged later through an HDF5 virtual dataset, needs only a sample range per writer.
+A re-run with the same identity (model, preprocessing, dataset description, data hashes,
+options) continues at ``num_written``; any difference is refused with a message naming it.
+A process killed at any moment leaves a state the next run resumes or restarts (see
+``probe_kit/cache/files.py``). ``write_file`` writes any range ``samples[lo:hi]`` into one file,
+which is how each torchrun rank writes its shard.
 """
 
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Sequence
 
 import h5py
 import numpy as np
 import torch
 
+from probe_kit.cache.files import check_data, open_cache_file, partial_path, writer_lock
 from probe_kit.cache.schema import (
     ATTENTION_MAPS,
     FEATURE_DTYPES,
@@ -28,6 +32,7 @@ from probe_kit.cache.schema import (
     TokenLayout,
     layer_path,
 )
+from probe_kit.data.identity import DataIdentity, identify
 from probe_kit.data.sample import Sample
 from probe_kit.data.spec import DataSpec
 from probe_kit.distributed import shard_bounds
@@ -85,17 +90,15 @@ def _identity(model, processor, model_spec: ModelSpec, data_spec: DataSpec, opti
     }
 
 
-def _check_identity(handle: h5py.File, identity: dict, path: Path) -> None:
-    if handle.attrs.get("schema_version") != SCHEMA_VERSION:
-        raise ValueError(
-            f"{path}: cache schema version {handle.attrs.get('schema_version')}, expected {SCHEMA_VERSION}; "
-            "write a new cache"
-        )
+def _check_identity(handle: h5py.File, job: Extraction, lo: int, hi: int, path: Path) -> None:
+    """Refuse to append to a cache made from other data, model, preprocessing or options, naming the difference."""
+    check_data(handle, job.data_slice(lo, hi), path)
     for key in IDENTITY_ATTRS:
-        if handle.attrs[key] != identity[key]:
-            theirs, ours = json.loads(handle.attrs[key]), json.loads(identity[key])
+        if handle.attrs.get(key) != job.identity[key]:
+            theirs, ours = json.loads(handle.attrs.get(key, "{}")), json.loads(job.identity[key])
             diff = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
-            raise ValueError(f"{path}: refusing to append, {key} differs from the existing cache (fields {diff})")
+            verb = "differ" if key.endswith("s") else "differs"  # "options differ", "model differs"
+            raise ValueError(f"{path}: refusing to append, {key} {verb} from the existing cache (fields {diff})")
 
 
 def _layout(model, input_size: tuple[int, int]) -> TokenLayout:
@@ -104,51 +107,49 @@ def _layout(model, input_size: tuple[int, int]) -> TokenLayout:
     return TokenLayout(model.config.num_detection_tokens, input_size[1] // patch, input_size[0] // patch)
 
 
-def _create(
-    handle: h5py.File, samples: Sequence[Sample], identity: dict, layout: TokenLayout, model, options: CacheOptions
-) -> None:
-    n = len(samples)
-    handle.attrs.update(identity)
-    handle.attrs["schema_version"] = SCHEMA_VERSION
-    handle.attrs["layout"] = layout.to_json()
-    handle.attrs["versions"] = json.dumps(package_versions())
-    handle.attrs["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    handle.attrs["complete"] = False
-    handle.attrs["num_written"] = 0
-    strings = h5py.string_dtype()
-    images = handle.create_group("images")
-    images["image_id"] = np.array([s.image_id for s in samples], dtype=np.int64)
-    images["file_name"] = np.array([s.file_name for s in samples], dtype=object).astype(strings)
-    images["orig_size"] = np.array([(s.width, s.height) for s in samples], dtype=np.int32)
-    images.create_dataset("input_size", (n, 2), dtype=np.int32)
-    images["difficulty"] = np.array([s.meta.get("difficulty", "") for s in samples], dtype=object).astype(strings)
-    ragged = h5py.vlen_dtype(np.float32)
-    gt = handle.create_group("gt")
-    for name, attr in (("boxes", "boxes"), ("ignore", "ignore")):
-        data = gt.create_dataset(name, (n,), dtype=ragged)
-        for i, s in enumerate(samples):
-            data[i] = np.asarray(getattr(s, attr), dtype=np.float32).ravel()
-    n_classes = model.config.num_labels + 1
-    final = handle.create_group("final")
-    final.create_dataset("logits", (n, layout.num_det, n_classes), dtype=np.float32)
-    final.create_dataset("pred_boxes", (n, layout.num_det, 4), dtype=np.float32)
-    width = model.config.hidden_size
-    for layer in options.layers:
-        for role in options.tokens:
-            tokens = layout.count(role)
-            # Chunks of whole images of one layer/role: a layer reads contiguously, image by image.
-            chunk_rows = max(1, min(n, (1 << 20) // (tokens * width * 2)))
-            handle.create_dataset(
-                layer_path(layer, role), (n, tokens, width), dtype=options.dtype, chunks=(chunk_rows, tokens, width)
-            )
-        for name in options.maps() if layer > 0 else ():  # the embeddings have no attention
-            shape = (layout.num_det, layout.num_patches)
-            handle.create_dataset(
-                layer_path(layer, name),
-                (n,) + shape,
-                dtype=options.dtype,
-                chunks=(max(1, min(n, (1 << 20) // (shape[0] * shape[1] * 2))),) + shape,
-            )
+@dataclass
+class Extraction:
+    """One validated extraction: the model, the samples with their data identity, the cache identity and layout."""
+
+    model: torch.nn.Module
+    processor: object
+    samples: list[Sample]
+    data: DataIdentity
+    identity: dict[str, str]  # the root attributes in IDENTITY_ATTRS
+    layout: TokenLayout
+    options: CacheOptions
+
+    def data_slice(self, lo: int, hi: int) -> DataIdentity:
+        """The data identity of ``samples[lo:hi]`` (the rows of one file)."""
+        return DataIdentity(self.data.files, self.data.images[lo:hi])
+
+
+def prepare_extraction(
+    model_spec: ModelSpec,
+    data_spec: DataSpec,
+    layers: str | Sequence[int],
+    tokens: Sequence[str],
+    options: dict,
+    progress: bool = True,
+) -> Extraction:
+    """Load the dataset (hashing its files) and the model, and check every option against them."""
+    samples = data_spec.load()
+    data = identify(data_spec, samples, progress=progress)
+    model, processor = load_yolos(model_spec)
+    opts = CacheOptions(resolve_layers(layers, model.config.num_hidden_layers), tuple(tokens), **options)
+    fuse_heads(torch.zeros(1, 1, 1, 1), opts.head_fusion)  # validates the settings before any work
+    rollout_layers([torch.eye(1)[None, None]], opts.head_fusion, opts.discard_ratio)
+    bounds = batch_bounds(samples, processor, opts.batch_size)
+    sizes = {input_size(processor, samples[lo]) for lo, _ in bounds}
+    if ("patch" in opts.tokens or opts.attention) and len(sizes) > 1:
+        raise ValueError(
+            f"--tokens patch/--attention: images of {data_spec.text()} resize to {len(sizes)} different sizes; "
+            "patch tokens and attention maps need one grid (cache det/cls tokens only, or use images of one size)"
+        )
+    identity = _identity(model, processor, model_spec, data_spec, opts)
+    identity["data"] = data.record()
+    layout = _layout(model, next(iter(sizes)) if len(sizes) == 1 else (0, 0))
+    return Extraction(model, processor, samples, data, identity, layout, opts)
 
 
 def write_cache(
@@ -174,8 +175,6 @@ def write_cache(
     too large to cache) and, per layer, the det-token rows of the rollout and of the head-fused raw
     attention, restricted to the patch columns, are stored.
     """
-    from tqdm import tqdm
-
     out = Path(out)
     bad = [t for t in tokens if t not in TOKEN_ROLES]
     if bad or not tokens:
@@ -184,62 +183,136 @@ def write_cache(
         raise ValueError(f"--dtype: expected one of {FEATURE_DTYPES}, got {dtype!r}")
     if batch_size < 1:
         raise ValueError(f"--batch-size: expected a positive integer, got {batch_size}")
-    samples = data_spec.load()
-    model, processor = load_yolos(model_spec)
-    options = CacheOptions(
-        resolve_layers(layers, model.config.num_hidden_layers),
-        tuple(tokens),
-        dtype,
-        batch_size,
-        attention,
-        head_fusion,
-        discard_ratio,
-    )
-    fuse_heads(torch.zeros(1, 1, 1, 1), head_fusion)  # validates the settings before any work
-    rollout_layers([torch.eye(1)[None, None]], head_fusion, discard_ratio)
-    bounds = batch_bounds(samples, processor, batch_size)
-    sizes = {input_size(processor, samples[lo]) for lo, _ in bounds}
-    if ("patch" in tokens or attention) and len(sizes) > 1:
-        raise ValueError(
-            f"--tokens patch/--attention: images of {data_spec.text()} resize to {len(sizes)} different sizes; "
-            "patch tokens and attention maps need one grid (cache det/cls tokens only, or use images of one size)"
-        )
-    identity = _identity(model, processor, model_spec, data_spec, options)
-    layout = _layout(model, next(iter(sizes)) if len(sizes) == 1 else (0, 0))
-    if shard is not None:
-        if -(-len(samples) // batch_size) < shard[1]:  # the same verdict on every rank, so none waits alone
-            raise ValueError(
-                f"torchrun: {len(samples)} images in batches of {batch_size} cannot give each of {shard[1]} "
-                "processes a batch; use fewer processes or a smaller --batch-size"
-            )
-        lo, hi = shard_bounds(len(samples), *shard, align=batch_size)
-        total, samples = len(samples), samples[lo:hi]
-
-    mode = "r+" if out.exists() else "w-"
-    if mode == "w-":
-        out.parent.mkdir(parents=True, exist_ok=True)
-    with h5py.File(out, mode) as handle:
-        if mode == "w-":
-            _create(handle, samples, identity, layout, model, options)
+    made_parent = not out.parent.exists()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with writer_lock(out):
+            if out.exists():
+                open_cache_file(out).close()  # refuse a foreign or unreadable file before any work
+            options = {
+                "dtype": dtype,
+                "batch_size": batch_size,
+                "attention": attention,
+                "head_fusion": head_fusion,
+                "discard_ratio": discard_ratio,
+            }
+            job = prepare_extraction(model_spec, data_spec, layers, tokens, options, progress)
+            lo, hi = 0, len(job.samples)
             if shard is not None:
-                where = {"index": shard[0], "count": shard[1], "start": lo, "stop": hi, "total": total}
-                handle.attrs["shard"] = json.dumps(where)
-        else:
-            _check_identity(handle, identity, out)
-            if handle.attrs["complete"]:
-                return out
+                if -(-hi // batch_size) < shard[1]:  # the same verdict on every rank, so none waits alone
+                    raise ValueError(
+                        f"torchrun: {hi} images in batches of {batch_size} cannot give each of {shard[1]} "
+                        "processes a batch; use fewer processes or a smaller --batch-size"
+                    )
+                lo, hi = shard_bounds(hi, *shard, align=batch_size)
+            return write_file(job, out, lo, hi, shard, progress)
+    finally:
+        if made_parent and not any(out.parent.iterdir()):
+            out.parent.rmdir()  # a failure before the first file leaves no empty folder behind
+
+
+def write_file(
+    job: Extraction,
+    out: Path,
+    lo: int = 0,
+    hi: int | None = None,
+    shard: tuple[int, int] | None = None,
+    progress: bool = True,
+) -> Path:
+    """Write ``job.samples[lo:hi]`` into the one file ``out``: create it, resume it, or return it if complete.
+
+    The caller holds ``writer_lock(out)``. A new file is built under ``partial_path(out)`` and moved
+    into place once every dataset exists (see ``probe_kit/cache/files.py``), so a killed run leaves
+    either a stray partial file, restarted from scratch, or a file this function resumes.
+    """
+    from tqdm import tqdm
+
+    hi = len(job.samples) if hi is None else hi
+    if not out.exists():
+        _create_atomically(job, out, lo, hi, shard)
+    with open_cache_file(out, "r+") as handle:
+        _check_identity(handle, job, lo, hi, out)
+        if handle.attrs["complete"]:
+            return out
         start = int(handle.attrs["num_written"])
-        bar = tqdm(total=len(samples), initial=start, desc="cache", unit="img", disable=not progress)
-        for batch in run_batches(
-            model, processor, samples, batch_size, start, hidden_states=True, attentions=attention
-        ):
-            _write_batch(handle, batch, options, layout)
-            handle.attrs["num_written"] = batch.start + len(batch.samples)
+        bar = tqdm(total=hi - lo, initial=start, desc="cache", unit="img", disable=not progress)
+        batches = run_batches(
+            job.model,
+            job.processor,
+            job.samples[lo:hi],
+            job.options.batch_size,
+            start,
+            hidden_states=True,
+            attentions=job.options.attention,
+        )
+        for batch in batches:
+            _write_batch(handle, batch, job.options, job.layout)
+            handle.flush()  # the batch's bytes reach the file before the count that vouches for them
+            handle.attrs.modify("num_written", batch.start + len(batch.samples))  # in place: no reallocation
             handle.flush()
             bar.update(len(batch.samples))
         bar.close()
-        handle.attrs["complete"] = True
+        handle.attrs.modify("complete", True)
     return out
+
+
+def _create_atomically(job: Extraction, out: Path, lo: int, hi: int, shard: tuple[int, int] | None) -> None:
+    partial = partial_path(out)
+    partial.unlink(missing_ok=True)  # left by a killed run: it never held a finished header
+    try:
+        with h5py.File(partial, "w-") as handle:
+            _create(handle, job, lo, hi)
+            if shard is not None:
+                where = {"index": shard[0], "count": shard[1], "start": lo, "stop": hi, "total": len(job.samples)}
+                handle.attrs["shard"] = json.dumps(where)
+        os.replace(partial, out)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _preallocated(group: h5py.Group, name: str, shape: tuple[int, ...], dtype, chunks=None) -> h5py.Dataset:
+    """A dataset whose file space is allocated now (never filled), so later writes change no metadata."""
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+    return group.create_dataset(name, shape, dtype=dtype, chunks=chunks, dcpl=dcpl)
+
+
+def _create(handle: h5py.File, job: Extraction, lo: int, hi: int) -> None:
+    """Every attribute and dataset of a file for ``job.samples[lo:hi]``; per-batch ones allocated, not written."""
+    samples, layout, options, config = job.samples[lo:hi], job.layout, job.options, job.model.config
+    n = len(samples)
+    handle.attrs.update(job.identity)
+    handle.attrs["schema_version"] = SCHEMA_VERSION
+    handle.attrs["layout"] = layout.to_json()
+    handle.attrs["versions"] = json.dumps(package_versions())
+    handle.attrs["created"] = datetime.now(UTC).isoformat(timespec="seconds")
+    handle.attrs["complete"] = False
+    handle.attrs["num_written"] = 0
+    strings = h5py.string_dtype()
+    images = handle.create_group("images")
+    images["image_id"] = np.array([s.image_id for s in samples], dtype=np.int64)
+    images["file_name"] = np.array([s.file_name for s in samples], dtype=object).astype(strings)
+    images["sha256"] = np.array([digest for _, digest in job.data.images[lo:hi]], dtype="S64")
+    images["orig_size"] = np.array([(s.width, s.height) for s in samples], dtype=np.int32)
+    _preallocated(images, "input_size", (n, 2), np.int32)
+    images["difficulty"] = np.array([s.meta.get("difficulty", "") for s in samples], dtype=object).astype(strings)
+    ragged = h5py.vlen_dtype(np.float32)
+    gt = handle.create_group("gt")
+    for name, attr in (("boxes", "boxes"), ("ignore", "ignore")):
+        data = gt.create_dataset(name, (n,), dtype=ragged)
+        for i, s in enumerate(samples):
+            data[i] = np.asarray(getattr(s, attr), dtype=np.float32).ravel()
+    final = handle.create_group("final")
+    _preallocated(final, "logits", (n, layout.num_det, config.num_labels + 1), np.float32)
+    _preallocated(final, "pred_boxes", (n, layout.num_det, 4), np.float32)
+    shapes = {role: (layout.count(role), config.hidden_size) for role in options.tokens}
+    for layer in options.layers:
+        maps = options.maps() if layer > 0 else ()  # the embeddings have no attention
+        for name, shape in [*shapes.items(), *((m, (layout.num_det, layout.num_patches)) for m in maps)]:
+            # Chunks of whole images of one layer/role (about 1 MiB): a layer reads contiguously, image by image.
+            rows = max(1, min(n, (1 << 20) // (shape[0] * shape[1] * 2)))
+            _preallocated(handle, layer_path(layer, name), (n, *shape), options.dtype, (rows, *shape))
 
 
 def _write_batch(handle: h5py.File, batch, options: CacheOptions, layout: TokenLayout) -> None:

@@ -1,4 +1,4 @@
-"""``probe-kit cache``: extract hidden states to HDF5; ``probe-kit cache info FILE``."""
+"""``probe-kit cache``: extract hidden states to HDF5; ``probe-kit cache info FILE``, ``probe-kit cache verify FILE``."""
 
 from __future__ import annotations
 
@@ -94,6 +94,7 @@ def info(file: Path) -> None:
             f"fingerprint:  {cache.fingerprint}",
             f"model:        {model['name']} (revision {model['revision']}, weights {model['fingerprint']})",
             f"dataset:      {cache.dataset['kind']}:{cache.dataset['path']}",
+            f"data:         {_data_line(cache.attrs().get('data'))}",
             f"layers:       {', '.join(map(str, cache.layers))}",
             f"tokens:       {', '.join(cache.tokens)} ({cache.options['dtype']})",
             f"attention:    {_attention_line(cache.options)}",
@@ -103,6 +104,25 @@ def info(file: Path) -> None:
             f"versions:     {json.loads(cache.attrs()['versions'])}",
         ]
     click.echo("\n".join(lines))
+
+
+@command.command("verify")
+@click.argument("file", type=click.Path(path_type=Path))
+def verify(file: Path) -> None:
+    """Re-hash the cache's dataset (every image and annotation file); exit 1 naming the first difference."""
+    from probe_kit.cache.reader import FeatureCache
+
+    with FeatureCache(file, allow_incomplete=True) as cache:
+        cache.verify(progress=True)
+        images, files = cache.num_images_total, len(json.loads(cache.attrs()["data"])["files"])
+    click.echo(f"OK: {file} matches its dataset ({images} images, {files} annotation files, sha256)")
+
+
+def _data_line(record: str | None) -> str:
+    if record is None:
+        return "not recorded"
+    data = json.loads(record)
+    return f"{data['num_images']} images and {len(data['files'])} annotation files, sha256 {data['images'][:16]}"
 
 
 def _attention_line(options: dict) -> str:
