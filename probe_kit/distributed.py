@@ -22,14 +22,19 @@ T = TypeVar("T")
 DEFAULT_TIMEOUT_MIN = 360
 
 
+# True while rank 0 runs work alone (``on_rank_zero``): inside it every helper sees one process, so work
+# that would split itself (or nest ``on_rank_zero``) runs whole, with no collective the others never join.
+_solo = False
+
+
 def rank() -> int:
     """This process's global rank (0 without torchrun)."""
-    return int(os.environ.get("RANK", "0"))
+    return 0 if _solo else int(os.environ.get("RANK", "0"))
 
 
 def world_size() -> int:
     """Number of processes in the run (1 without torchrun)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
+    return 1 if _solo else int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def local_rank() -> int:
@@ -144,17 +149,21 @@ class RankFailed(ValueError):
 def on_rank_zero(work: Callable[[], T]) -> T:
     """Rank 0 runs ``work`` while the others wait; every rank returns its result.
 
-    A failure on rank 0 is re-raised there and, as one line, on every other rank, so no rank is
+    Inside ``work`` the helpers see one process (rank 0 of 1), so nested calls run whole. A failure on rank 0 is re-raised there and, as one line, on every other rank, so no rank is
     left waiting at a barrier until the timeout.
     """
+    global _solo
     if not active():
         return work()
     result, error = None, None
     if is_main():
         try:
+            _solo = True
             result = work()
         except BaseException as err:  # noqa: BLE001 - even an interrupt must release the waiting ranks; re-raised
             error = err
+        finally:
+            _solo = False
     status = broadcast_object((result, None if error is None else f"rank 0 failed: {error}"))
     if error is not None:
         raise error

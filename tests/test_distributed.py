@@ -203,3 +203,25 @@ def test_distributed_evaluate_scores_like_one_process(evaluated, synth_dir):
     # and the gathered list itself, re-scored independently by pycocotools, gives the reported numbers
     rescored = evaluate(ground_truth_dict(data.load()), gathered)
     assert got["AP"] == pytest.approx(rescored["AP"], abs=1e-12)
+
+
+FINETUNE = ["--layers", "2", "--epochs", "1", "--finetune-blocks", "1", "--finetune-epochs", "2", "--finetune-lr", "1e-3"]
+
+
+def test_ddp_finetuning_matches_one_process_with_the_same_global_batch(runs, tmp_path):
+    """2 torchrun processes, each half of every global batch, gradients all-reduced, vs one process."""
+    cache = str(runs["single"])
+    done = torchrun("train-exits", "--cache", cache, *FINETUNE, "--out", str(tmp_path / "ddp"), cwd=tmp_path)
+    one = CliRunner().invoke(cli, ["train-exits", "--cache", cache, *FINETUNE, "--out", str(tmp_path / "one")])
+    assert one.exit_code == 0, one.output
+    assert done.stdout.count("exit heads ->") == 1  # rank 0 alone reports and saves
+    assert "effective batch size" in done.stderr and "2 processes" in done.stderr
+    ddp = json.loads((tmp_path / "ddp" / "config.json").read_text())
+    single = json.loads((tmp_path / "one" / "config.json").read_text())
+    assert ddp["finetune_processes"] == 2 and single["finetune_processes"] == 1
+    assert ddp["history"] == single["history"]  # the cache-based head stage is the same computation
+    assert len(ddp["finetune_history"]) == len(single["finetune_history"]) == 2
+    for a, b in zip(ddp["finetune_history"], single["finetune_history"]):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert a[key] == pytest.approx(b[key], rel=1e-3), (key, a[key], b[key])

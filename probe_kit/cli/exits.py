@@ -66,6 +66,7 @@ def train_exits(
     device,
 ) -> None:
     """Train exit heads (initialised from the pretrained head) on cached det tokens."""
+    from probe_kit import distributed
     from probe_kit.cache.reader import FeatureCache
     from probe_kit.heads.train import ExitTraining, train_exit_heads
     from probe_kit.models.layers import resolve_layers
@@ -84,8 +85,12 @@ def train_exits(
         finetune_lr=finetune_lr,
         split_gap=SPLIT_GAP if split_gap is None else split_gap,
     )
-    path = train_exit_heads(cache_path, chosen, out, seed, opts, device=device)
-    click.echo(f"exit heads -> {path}")
+    # Under torchrun heads train on the cache on rank 0 alone; with --finetune-blocks every rank trains (the
+    # cheap head stage identically, the blocks data-parallel) and rank 0 saves.
+    train = lambda: train_exit_heads(cache_path, chosen, out, seed, opts, device=device)  # noqa: E731
+    path = train() if finetune_blocks > 0 else distributed.on_rank_zero(train)
+    if distributed.is_main():
+        click.echo(f"exit heads -> {path}")
 
 
 @click.command("evaluate-exits")

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from probe_kit import distributed
 from probe_kit.cache.reader import FeatureCache
 from probe_kit.heads.exits import ExitHeads
 from probe_kit.heads.finetune import finetune_blocks
@@ -135,6 +136,7 @@ def train_exit_heads(
             "layers": list(layers),
             "finetuned_blocks": finetuned,
             "finetune_history": finetune_history,
+            "finetune_processes": distributed.world_size() if finetuned else None,  # effective batch: batch_size
             **exits_provenance(cache, samples, split),
             "seed": seed,
             "training": {**asdict(opts), "val_sequences": list(opts.val_sequences)},
@@ -143,4 +145,5 @@ def train_exit_heads(
     blocks = {
         k: v for k, v in model.state_dict().items() if any(k.startswith(f"vit.encoder.layer.{i}.") for i in finetuned)
     }
-    return save_exits(heads, config, out, blocks)
+    # Under torchrun with --finetune-blocks every rank holds the same all-reduced weights; rank 0 saves them.
+    return distributed.on_rank_zero(lambda: save_exits(heads, config, out, blocks))

@@ -33,3 +33,13 @@ class SetCriterion(torch.nn.Module):
         parts = self.loss({"logits": logits, "pred_boxes": boxes}, targets)
         parts["loss"] = sum(self.weights[k] * parts[k] for k in self.weights)
         return parts
+
+    def normalisers(self, targets: list[dict], num_queries: int) -> dict[str, float]:
+        """What each weighted component divides by over a batch with ``targets`` (``num_queries`` per image):
+        the class CE is a mean weighted 1 on matched queries and ``eos_coef`` on the rest; L1 and GIoU are
+        sums over matched boxes divided by their number (at least 1), as in ``ImageLoss``. Data-parallel
+        training rescales each rank's components by these to get the gradient of the whole batch."""
+        matched = sum(min(len(t["class_labels"]), num_queries) for t in targets)
+        boxes = max(1.0, float(sum(len(t["class_labels"]) for t in targets)))
+        classes = matched + self.loss.eos_coef * (len(targets) * num_queries - matched)
+        return {"loss_ce": float(classes), "loss_bbox": boxes, "loss_giou": boxes}

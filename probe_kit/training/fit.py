@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
@@ -19,11 +19,13 @@ def fit(
     patience: int = 5,
     desc: str = "fit",
     progress: bool = True,
+    reduce_logs: Callable[[dict[str, float]], dict[str, float]] | None = None,
 ) -> list[dict]:
     """Adam on ``loss_fn(module, batch)["loss"]``; keeps the weights of the best holdout epoch.
 
     ``batches(epoch)`` yields one epoch's mini-batches. Returns one record per epoch with the mean
-    of every loss component and the holdout loss, so each component can be plotted.
+    of every loss component and the holdout loss, so each component can be plotted. ``reduce_logs``
+    turns one process's epoch means into the run's (under torchrun: the mean over ranks).
     """
     from tqdm import tqdm
 
@@ -42,7 +44,8 @@ def fit(
         module.eval()
         with torch.no_grad():
             held = holdout_loss(module)
-        history.append({"epoch": epoch + 1, **{k: float(np.mean(v)) for k, v in sums.items()}, "holdout": held})
+        means = {k: float(np.mean(v)) for k, v in sums.items()}
+        history.append({"epoch": epoch + 1, **(reduce_logs(means) if reduce_logs else means), "holdout": held})
         if held < best - 1e-6:
             best, best_state, since_best = held, copy.deepcopy(module.state_dict()), 0
         else:
