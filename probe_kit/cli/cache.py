@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from probe_kit.cli.options import build_data_spec, build_model_spec, data_options, model_options
+from probe_kit.cli.outputs import check_outputs, file_out
 
 
 @click.group("cache", invoke_without_command=True)
@@ -59,6 +60,7 @@ def command(
         return
     if out is None:
         raise click.UsageError("--out is required")
+    check_outputs(file_out(out))  # before the model loads
     from probe_kit import distributed
     from probe_kit.cache.shards import cache_dataset
 

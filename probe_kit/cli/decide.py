@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from probe_kit.cli.outputs import check_outputs, file_out
+
 
 @click.command("decide")
 @click.option(
@@ -32,6 +34,7 @@ def command(results_dir: Path, bars: str | None, out: Path | None) -> None:
     from probe_kit.io import write_json
 
     criteria = Criteria(bars=parse_bars(bars)) if bars else Criteria()  # errors name --bars (one line)
+    check_outputs(file_out(out or results_dir / "decision.json"))  # before any work
     decision = decide(load_results(results_dir), criteria, roles=analyzer_meta())
     path = write_json(out or results_dir / "decision.json", decision.to_json())
     click.echo("\n".join(decision.rationale))

@@ -7,12 +7,17 @@ from pathlib import Path
 import click
 
 from probe_kit.cli.options import build_data_spec, data_options
+from probe_kit.cli.outputs import check_outputs, dir_out
 
 
 @click.command("train-exits")
-@click.option("--cache", "cache_path", type=click.Path(path_type=Path), required=True)
+@click.option(
+    "--cache", "cache_path", type=click.Path(path_type=Path), required=True, help="Feature cache (.h5) to train on."
+)
 @click.option("--layers", required=True, help="Exit layers, e.g. 4,8,12 (the last layer is always added).")
-@click.option("--out", type=click.Path(path_type=Path), required=True)
+@click.option(
+    "--out", type=click.Path(path_type=Path), required=True, help="Folder for the exit heads (config.json + weights)."
+)
 @click.option("--epochs", type=int, default=30, show_default=True)
 @click.option("--lr", type=float, default=5e-4, show_default=True)
 @click.option(
@@ -72,6 +77,7 @@ def train_exits(
     from probe_kit.models.layers import resolve_layers
     from probe_kit.training.data import SPLIT_GAP
 
+    check_outputs(dir_out(out))  # before any training
     with FeatureCache(cache_path) as cache:
         chosen = resolve_layers(layers, cache.model["config"]["num_hidden_layers"])
     opts = ExitTraining(
@@ -94,7 +100,9 @@ def train_exits(
 
 
 @click.command("evaluate-exits")
-@click.option("--exits", "exits_dir", type=click.Path(path_type=Path), required=True)
+@click.option(
+    "--exits", "exits_dir", type=click.Path(path_type=Path), required=True, help="Exit-heads folder (from train-exits)."
+)
 @data_options
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder (result.json).")
 @click.option("--policy", type=click.Choice(["confidence", "patience"]), default="confidence", show_default=True)
@@ -105,6 +113,7 @@ def evaluate_exits(exits_dir, data, sequences, split, min_visibility, stride, ou
     from probe_kit.heads.evaluate import evaluate_exits as run
     from probe_kit.io import write_json
 
+    check_outputs(dir_out(out))  # before any work
     data_spec = build_data_spec(data, sequences, split, min_visibility, stride)
     cuts = tuple(float(t) for t in thresholds.split(",")) if thresholds else DEFAULT_THRESHOLDS
     result = run(exits_dir, data_spec, cuts, policy)

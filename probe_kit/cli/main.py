@@ -24,7 +24,6 @@ import click
 
 import probe_kit
 
-
 # Commands that split their work over torchrun's processes themselves; under torchrun every other
 # command runs on rank 0 while the other ranks wait (see probe_kit/distributed.py).
 DISTRIBUTED_COMMANDS = ("cache", "evaluate", "evaluate-exits", "train-exits", "reference", "run", "demo")

@@ -106,3 +106,9 @@ def guarded(*outputs: Output | None) -> Iterator[None]:
             else:
                 path.unlink(missing_ok=True)
         raise
+
+
+def checked(out: Output) -> Path:
+    """``out``'s path once ``check_outputs`` accepts it, for use inline: ``build(..., checked(file_out(p)))``."""
+    check_outputs(out)
+    return out.path

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from probe_kit.cli.outputs import check_outputs, dir_out
+
 
 @click.group("reference")
 def command() -> None:
@@ -20,7 +22,13 @@ def command() -> None:
     default=None,
     help="Recipe YAML (default: the recipe in experiments/reference_model.yaml, built in).",
 )
-@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/reference"), show_default=True)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("runs/reference"),
+    show_default=True,
+    help="Run folder (last.pt, best/); an interrupted run there resumes.",
+)
 @click.option("--budget-minutes", type=float, default=None, help="Stop (resumably) after this many minutes.")
 @click.option("--device", default="cpu", show_default=True, help="Where to train (e.g. cuda); not part of the recipe.")
 def train(config_path: Path | None, out: Path, budget_minutes: float | None, device: str) -> None:
@@ -28,12 +36,20 @@ def train(config_path: Path | None, out: Path, budget_minutes: float | None, dev
     from probe_kit.reference.recipe import RecipeConfig, train_reference
 
     cfg = RecipeConfig.from_yaml(config_path) if config_path else RecipeConfig()
+    check_outputs(dir_out(out))  # before any training
     summary = train_reference(cfg, out, budget_minutes, device=device)
     click.echo(f"step {summary['step']}: best held-out AP50 {summary['best_AP50']:.4f} -> {out / 'best'}")
 
 
 @command.command("export")
-@click.option("--run", "run_dir", type=click.Path(path_type=Path), default=Path("runs/reference"), show_default=True)
+@click.option(
+    "--run",
+    "run_dir",
+    type=click.Path(path_type=Path),
+    default=Path("runs/reference"),
+    show_default=True,
+    help="Run folder of `probe-kit reference train`; its best/ is exported.",
+)
 @click.option(
     "--heldout",
     type=click.Path(path_type=Path),
@@ -44,5 +60,6 @@ def export(run_dir: Path, heldout: Path) -> None:
     """Copy OUT/best into the package and record its held-out metrics through the real evaluate path."""
     from probe_kit.reference.export import export_reference
 
+    check_outputs(dir_out(heldout, "--heldout"))
     metrics = export_reference(run_dir, heldout)
     click.echo(f"exported: held-out AP {metrics['AP']:.4f}  AP50 {metrics['AP50']:.4f}")

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from probe_kit.cli.outputs import checked, file_out
+
 
 @click.command("report")
 @click.option(
@@ -21,7 +23,8 @@ def command(results_dir: Path, out: Path | None, open_browser: bool) -> None:
     """Render a single self-contained HTML feasibility report."""
     from probe_kit.report import build_report
 
-    path = build_report(results_dir, out or Path("reports") / f"{results_dir.resolve().name}.html")
+    target = checked(file_out(out or Path("reports") / f"{results_dir.resolve().name}.html"))  # before any work
+    path = build_report(results_dir, target)
     click.echo(f"report -> {path}")
     if open_browser:
         click.launch(str(path.resolve()))

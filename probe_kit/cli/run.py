@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from probe_kit.cli.outputs import check_outputs, dir_out
+
 
 @click.command("run")
 @click.argument("config", type=click.Path(path_type=Path))
@@ -19,6 +21,7 @@ def run(config: Path, out: Path | None, open_browser: bool) -> None:
         raise FileNotFoundError(f"{config}: no such file; the demo ships inside the package: run `probe-kit demo`")
     cfg = load_experiment(config)  # every config error surfaces here, before any work
     target = out or Path("runs") / cfg.name
+    check_outputs(dir_out(target))  # before any work
     decision = run_experiment(cfg, target)
     click.echo(f"{decision['verdict']}: exits {decision['exits']} -> {target / 'report.html'}")
     if open_browser:
@@ -26,12 +29,15 @@ def run(config: Path, out: Path | None, open_browser: bool) -> None:
 
 
 @click.command("demo")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/demo"), show_default=True)
+@click.option(
+    "--out", type=click.Path(path_type=Path), default=Path("runs/demo"), show_default=True, help="Study folder."
+)
 @click.option("--open", "open_browser", is_flag=True, help="Open the report in the default browser.")
 def demo(out: Path, open_browser: bool) -> None:
     """Offline: synthetic scenes + the shipped reference model -> the whole study -> OUT/report.html."""
     from probe_kit.experiment import DEMO_CONFIG, load_experiment, run_experiment
 
+    check_outputs(dir_out(out))  # before any work
     decision = run_experiment(load_experiment(DEMO_CONFIG), out)
     click.echo(f"{decision['verdict']}: exits {decision['exits']} -> {out / 'report.html'}")
     if open_browser:
