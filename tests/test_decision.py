@@ -6,8 +6,8 @@ import re
 import pytest
 from click.testing import CliRunner
 
-from probe_kit.cli.main import cli
 from probe_kit.analyzers import analyzer_meta
+from probe_kit.cli.main import cli
 from probe_kit.decision import Criteria, criteria_from, decide, load_results, parse_bars
 
 READOUT = {"role": "readout", "metrics": [["AP50", "AP50"]], "chance": None}

@@ -1,4 +1,4 @@
-"""``probe-kit report --results DIR [--out reports/NAME.html] [--open]``."""
+"""``probe-kit report --results DIR [--out reports/NAME.html] [--open]``; ``probe-kit report --compare DIR DIR ...``."""
 
 from __future__ import annotations
 
@@ -14,17 +14,46 @@ from probe_kit.cli.outputs import checked, file_out
     "--results",
     "results_dir",
     type=click.Path(path_type=Path),
-    required=True,
+    default=None,
     help="A study folder (probe-kit run/demo) or a folder of <analyzer>/result.json.",
 )
-@click.option("--out", type=click.Path(path_type=Path), default=None, help="HTML file (default reports/NAME.html).")
+@click.option(
+    "--compare",
+    is_flag=True,
+    help="Compare two or more study folders (given as arguments) on the same curves: --compare RUN_DIR RUN_DIR ...",
+)
+@click.argument("runs", nargs=-1, type=click.Path(path_type=Path))
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="HTML file (default reports/NAME.html, or reports/compare-A-B.html).",
+)
 @click.option("--open", "open_browser", is_flag=True, help="Open the report in the default browser.")
-def command(results_dir: Path, out: Path | None, open_browser: bool) -> None:
-    """Render a single self-contained HTML feasibility report."""
-    from probe_kit.report import build_report
+def command(
+    results_dir: Path | None, compare: bool, runs: tuple[Path, ...], out: Path | None, open_browser: bool
+) -> None:
+    """Render a single self-contained HTML feasibility report (or a comparison of studies)."""
+    from probe_kit.report import build_comparison, build_report
 
-    target = checked(file_out(out or Path("reports") / f"{results_dir.resolve().name}.html"))  # before any work
-    path = build_report(results_dir, target)
-    click.echo(f"report -> {path}")
+    if compare:
+        if results_dir is not None:
+            raise ValueError("--compare takes the study folders as arguments; leave out --results")
+        missing = [str(r) for r in runs if not r.is_dir()]
+        if missing:
+            raise ValueError(f"--compare: {missing[0]}: no such study folder")
+        name = "compare-" + "-".join(r.resolve().name for r in runs)
+        path = build_comparison(list(runs), checked(file_out(out or Path("reports") / f"{name}.html")))
+    else:
+        if runs:
+            raise ValueError(f"unexpected argument {str(runs[0])!r}: use --results DIR, or --compare DIR DIR ...")
+        if results_dir is None:
+            raise ValueError("--results: missing; give a study folder (or --compare DIR DIR ...)")
+        target = checked(file_out(out or Path("reports") / f"{results_dir.resolve().name}.html"))  # before any work
+        path = build_report(results_dir, target)
+    click.echo(f"report written to {path.resolve()}")
     if open_browser:
-        click.launch(str(path.resolve()))
+        import webbrowser
+
+        if not webbrowser.open(path.resolve().as_uri()):
+            click.echo(f"no browser could be opened here; open {path.resolve().as_uri()} yourself")

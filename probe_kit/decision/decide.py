@@ -12,9 +12,10 @@ Later exits must not be worse than earlier ones.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -100,7 +101,7 @@ def criteria_from(raw: Mapping[str, Any] | None, where: str = "decision") -> Cri
     if not raw:
         return Criteria()
     if not isinstance(raw, Mapping):
-        raise ValueError(f"{where}: expected a mapping with keys from {list(_SETTABLE)}")
+        raise ValueError(f"{where}: expected a mapping with keys from {list(_SETTABLE)}")  # noqa: TRY004 - user input
     values: dict[str, Any] = {}
     for key, value in raw.items():
         if key not in _SETTABLE:
@@ -156,7 +157,11 @@ def load_results(folder: Path) -> dict[str, dict]:
 def role_of(name: str, result: Mapping[str, Any], roles: Roles | None = None) -> dict[str, Any]:
     """An analyzer's meta: from ``roles`` (the registry) where given, else as recorded in its result."""
     meta = (roles or {}).get(name) or result.get("meta") or {}
-    return {"role": meta.get("role"), "metrics": [tuple(m) for m in meta.get("metrics", [])], "chance": meta.get("chance")}
+    return {
+        "role": meta.get("role"),
+        "metrics": [tuple(m) for m in meta.get("metrics", [])],
+        "chance": meta.get("chance"),
+    }
 
 
 def by_role(results: Mapping[str, dict], role: str, roles: Roles | None = None) -> dict[str, dict]:
@@ -263,7 +268,7 @@ def decide(results: Mapping[str, dict], criteria: Criteria = Criteria(), roles: 
         if support:
             rationale.append(f"layer {layer} supporting evidence: {'; '.join(support)}")
     exits: list[int] = []
-    gap = max(1, int(round(criteria.min_gap_fraction * depth)))
+    gap = max(1, round(criteria.min_gap_fraction * depth))
     for layer in passing:
         if len(exits) < criteria.max_exits and (not exits or layer - exits[-1] >= gap) and depth - layer >= 1:
             exits.append(layer)

@@ -1,49 +1,180 @@
-"""Rendering a self-contained HTML report (jinja2, autoescaped; figures inlined as base64 PNG)."""
+"""Rendering a self-contained HTML report (jinja2, autoescaped; figures inlined as base64 PNG, tables as CSV data URIs).
+
+Number format throughout: scores (AP, AP50, masses, accuracies) as fractions 0-1 with three decimals,
+shares (of the final layer, of GFLOPs or latency saved) as percentages.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+import csv
+import io
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 import probe_kit
 from probe_kit.report import figures
-from probe_kit.report.collect import READOUTS, ReportData, collect
+from probe_kit.report.answer import alerts, answer
+from probe_kit.report.collect import ReportData, collect
+from probe_kit.report.frames import coco_summaries, example_frames, load_detections
 
 
-def _pct(value) -> str:
-    return "—" if value is None else f"{100 * value:.1f}%"
-
-
-def _num(value, digits: int = 3) -> str:
+def _num(value: Any, digits: int = 3) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
+
+
+def _pct(value: Any) -> str:
+    return "—" if value is None else f"{100 * value:.0f}%"
+
+
+def _ms(value: tuple[float, float | None] | None) -> str:
+    if value is None:
+        return "—"
+    median, spread = value
+    return f"{median:.1f} ms (mean)" if spread is None else f"{median:.1f} ± {spread:.1f} ms"
 
 
 def _environment() -> Environment:
     env = Environment(
         loader=PackageLoader("probe_kit.report", "templates"), autoescape=select_autoescape(["html", "j2"])
     )
-    env.filters["pct"] = _pct
     env.filters["num"] = _num
+    env.filters["pct"] = _pct
+    env.filters["ms"] = _ms
     return env
 
 
+def _table(name: str, headers: Sequence[str], raw: list[list[Any]], formats: Sequence[Callable[[Any], str]]) -> dict:
+    """A table to render (``rows`` formatted) with its raw numbers as a downloadable CSV data URI."""
+    pairs = {i for row in raw for i, v in enumerate(row) if isinstance(v, tuple)}  # (median, IQR): two CSV columns
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([c for i, h in enumerate(headers) for c in ((f"{h}: median", f"{h}: IQR") if i in pairs else (h,))])
+    for row in raw:
+        cells: list[Any] = []
+        for i, v in enumerate(row):
+            cells += list(v or (None, None)) if i in pairs else [v]
+        writer.writerow(["" if v is None else v for v in cells])
+    return {
+        "name": name,
+        "headers": list(headers),
+        "rows": [[fmt(v) for fmt, v in zip(formats, row)] for row in raw],
+        "csv": "data:text/csv;charset=utf-8," + quote(buffer.getvalue()),
+        "file": f"{name}.csv",
+    }
+
+
+def _answer_table(card: dict) -> dict:
+    headers = [
+        "layer",
+        "best readout",
+        "its AP50",
+        "% of final layer",
+        "bar (AP50)",
+        "pass/fail",
+        "trained exit head AP50",
+        "GFLOPs saved",
+        "latency, median ± IQR",
+    ]
+    raw = [
+        [
+            f"{r['layer']} (final)" if r["final"] else r["layer"],
+            r["readout"],
+            r["AP50"],
+            r["of_final"],
+            r["bar"],
+            "reference" if r["final"] else {True: "pass", False: "fail", None: None}[r["passes"]],
+            r["exit_AP50"],
+            r["gflops_saved"],
+            r["latency"],
+        ]
+        for r in card["rows"]
+    ]
+    text = lambda v: "—" if v is None else str(v)
+    return _table("answer", headers, raw, [text, text, _num, _pct, _num, text, _num, _pct, _ms])
+
+
+def _layer_table(data: ReportData) -> dict | None:
+    columns = data.columns()
+    rows = data.table()
+    if not rows:
+        return None
+    headers, formats = ["layer"], [str]
+    for col in columns:
+        headers.append(col.label)
+        formats.append(_pct if col.percent else _num)
+        if col.chance:
+            headers.append(f"{col.label}: chance")
+            formats.append(_num)
+    raw = []
+    for row in rows:
+        values: list[Any] = [row["layer"]]
+        for col in columns:
+            values.append(row[col.key])
+            if col.chance:
+                values.append(row[f"{col.analyzer}:{col.chance}"])
+        raw.append(values)
+    return _table("per-layer", headers, raw, formats)
+
+
+def _summary_table(summaries: dict[str, dict]) -> dict | None:
+    if not summaries:
+        return None
+    keys = list(next(iter(summaries.values())))
+    raw = [[name, *(s[k] for k in keys)] for name, s in summaries.items()]
+    labels = {"AP": "AP (0.5:0.95)", "APs": "APs (small)", "APm": "APm (medium)", "APl": "APl (large)"}
+    return _table("coco-per-exit", ["exit", *(labels.get(k, k) for k in keys)], raw, [str] + [_num] * len(keys))
+
+
+def _sweep_table(data: ReportData) -> dict | None:
+    sweep = (data.exits_eval or {}).get("sweep")
+    if not sweep:
+        return None
+    raw = [[s["threshold"], s["AP50"], s["AP"], s["mean_gflops"], s.get("exit_histogram")] for s in sweep]
+    return _table(
+        "adaptive-sweep",
+        ["threshold", "AP50", "AP (0.5:0.95)", "GFLOPs per image", "images per exit"],
+        raw,
+        [str, _num, _num, _num, lambda h: ", ".join(f"L{k}: {c}" for k, c in (h or {}).items())],
+    )
+
+
+CAPTIONS = {
+    "ap-layer": (
+        "Lines: AP50 of each readout at each measured layer (dashed: patch-token evidence). Black ticks: the bar "
+        "each exit must reach. Red squares: trained exit heads."
+    ),
+    "attention": (
+        "Raw-attention and rollout in-box mass and pointing game of matched detection tokens, and the Integrated "
+        "Gradients attribution share inside the box, against chance (the share of patches inside the box)."
+    ),
+    "training": (
+        "Each loss component per epoch (same colour for the same component in every figure); 'holdout' is the "
+        "early-stopping loss."
+    ),
+}
+
+
 def _figures(data: ReportData) -> list[dict]:
+    studied = figures.studied_layers(data, data.layers) if data.layers else None
     specs = [
         (
             "ap-layer",
-            "mAP vs layer",
+            "AP50 per layer",
             figures.ap_vs_layer(data),
-            "AP50 of each readout per layer; dotted lines mark the recommended exits.",
+            CAPTIONS["ap-layer"],
         ),
         (
             "ap-gflops",
-            "mAP vs GFLOPs",
+            "AP50 vs GFLOPs",
             figures.ap_vs_gflops(data),
-            "Static exits, the adaptive policy's threshold sweep, and the Pareto front.",
+            "Static exits, the adaptive policy's threshold sweep, the best readout per layer, and the Pareto front.",
         ),
-        ("pr", "Precision-recall per exit", figures.pr_curves(data), "COCO interpolated precision at IoU 0.5."),
+        ("pr", "Precision-recall per exit (AP50)", figures.pr_curves(data), "COCO interpolated precision at IoU 0.5."),
         (
             "exits-by-difficulty",
             "Exit distribution per difficulty",
@@ -51,23 +182,29 @@ def _figures(data: ReportData) -> list[dict]:
             "Easy frames should leave early, hard ones late.",
         ),
         (
+            "attention",
+            "Attention and attribution per layer",
+            figures.evidence_per_layer(data),
+            CAPTIONS["attention"],
+        ),
+        (
             "rollout",
             "Attention rollout overlays",
             figures.rollout_overlays(data),
-            "Where a detection token's rolled-out attention goes, layer by layer.",
+            "Where a detection token's rolled-out attention goes at the exits studied; one colour scale for all panels.",
         ),
         ("pca", "PCA of patch tokens", figures.clustering_scatter(data, "pca"), "Person patches vs background."),
         ("umap", "UMAP of patch tokens", figures.clustering_scatter(data, "umap"), "Person patches vs background."),
     ]
-    for name in ("tuned-lens", "probe-linear", "probe-mlp", "probe-dense"):
-        history = data.results.get(name, {}).get("training")
+    for name in sorted(data.results):
+        history = data.results[name].get("training")
         if history:
             specs.append(
                 (
                     f"train-{name}",
                     f"Training: {name}",
-                    figures.training_curves(history, name),
-                    "Each loss component per epoch; 'holdout' is the early-stopping loss.",
+                    figures.training_curves(history, name, studied),
+                    CAPTIONS["training"],
                 )
             )
     if data.exits_config and data.exits_config.get("history"):
@@ -82,42 +219,103 @@ def _figures(data: ReportData) -> list[dict]:
     return [{"anchor": a, "title": t, "png": png, "caption": c} for a, t, png, c in specs if png]
 
 
+def _write(html: str, out: Path) -> Path:
+    """Write atomically: a failed render leaves no partial report behind."""
+    from probe_kit.io import write_text
+
+    return write_text(out, html)  # via a temporary file that is removed if the write fails
+
+
+def _common() -> dict:
+    return {"version": probe_kit.__version__, "created": datetime.now(UTC).isoformat(timespec="seconds")}
+
+
 def build_report(results_dir: Path, out: Path) -> Path:
     """Write the report for ``results_dir`` to ``out`` (atomically); returns the path."""
     data = collect(results_dir)
+    card = answer(data)
+    detections = load_detections(data)
+    frames_png = example_frames(detections)
     figs = _figures(data)
-    exits_eval = data.exits_eval or {}
+    tables = {
+        "layers": _layer_table(data),
+        "coco": _summary_table(coco_summaries(detections)),
+        "sweep": _sweep_table(data),
+    }
     sections = (
-        [("summary", "Summary"), ("layers", "Per-layer")]
+        [("answer", "Answer")]
+        + ([("frames", "Example frames")] if frames_png else [])
+        + [("layers", "Per-layer evidence")]
         + [(f["anchor"], f["title"]) for f in figs]
-        + [("missing", "Missing"), ("provenance", "Provenance")]
+        + [
+            ("exits", "Exits"),
+            ("rationale", "Rationale"),
+            ("missing", "Not yet measured"),
+            ("provenance", "Provenance"),
+        ]
     )
+    exits_eval = data.exits_eval or {}
     html = (
         _environment()
         .get_template("report.html.j2")
         .render(
-            title=Path(results_dir).name,
+            title=data.name,
             model=(data.cache_info or {}).get("model", "a YOLOS detector"),
             sections=sections,
+            card=card,
+            answer_table=_answer_table(card),
+            alerts=alerts(data),
             decision=data.decision,
-            operating_point=exits_eval.get("operating_point"),
-            exit_layers=[int(k) for k in exits_eval.get("exits", {})],
-            static_exits=exits_eval.get("exits", {}),
-            hierarchy_ok=exits_eval.get("hierarchy_ok"),
-            evaluated_on=exits_eval.get("evaluated_on", "the evaluation data"),
-            full_model=exits_eval.get("full_model"),
-            policy=exits_eval.get("policy"),
-            table=data.table(),
-            readouts=READOUTS,
+            frames_png=frames_png,
+            frames_note=detections.note,
+            tables=tables,
+            exits_eval=exits_eval or None,
             figures=figs,
-            missing=data.missing,
+            hints=data.hints,
             cache_info=data.cache_info,
             results=data.results,
             experiment=data.experiment,
-            version=probe_kit.__version__,
-            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **_common(),
         )
     )
-    from probe_kit.io import write_text
+    return _write(html, out)
 
-    return write_text(out, html)  # via a temporary file that is removed if the write fails
+
+def _labels(folders: Sequence[Path]) -> list[str]:
+    """Each study's folder name, with its parent where two share a name."""
+    names = [Path(f).resolve().name for f in folders]
+    return [f"{Path(f).resolve().parent.name}/{n}" if names.count(n) > 1 else n for f, n in zip(folders, names)]
+
+
+def build_comparison(folders: Sequence[Path], out: Path) -> Path:
+    """Two or more studies on the same curves, with each one's verdict; written atomically to ``out``."""
+    if len(folders) < 2:
+        raise ValueError(f"--compare: give two or more study folders (got {len(folders)})")
+    runs = [collect(f) for f in folders]
+    labels = _labels(folders)
+    figs = [
+        {"anchor": a, "title": t, "png": png, "caption": c}
+        for a, t, png, c in (
+            (
+                "ap-layer",
+                "AP50 per layer",
+                figures.compare_ap_vs_layer(runs, labels),
+                "Best readout per measured layer, trained exit heads and the bars, one colour per study.",
+            ),
+            (
+                "ap-gflops",
+                "AP50 vs GFLOPs",
+                figures.compare_ap_vs_gflops(runs, labels),
+                "Readouts, static exits and adaptive sweeps, one colour per study.",
+            ),
+        )
+        if png
+    ]
+    studies = [{"label": label, "card": answer(run), "alerts": alerts(run)} for label, run in zip(labels, runs)]
+    tables = [{"label": s["label"], "table": _answer_table(s["card"])} for s in studies]
+    html = (
+        _environment()
+        .get_template("compare.html.j2")
+        .render(title=" vs ".join(labels), studies=studies, tables=tables, figures=figs, **_common())
+    )
+    return _write(html, out)

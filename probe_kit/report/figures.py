@@ -1,44 +1,116 @@
-"""Report figures: seaborn/matplotlib, rendered to PNG and returned as base64 for inlining."""
+"""Report figures: seaborn/matplotlib, rendered to PNG and returned as base64 for inlining.
+
+Every axis says what it measures and in which unit; AP figures say AP50 or AP (0.5:0.95); the same
+loss component has the same colour in every figure; layer panels show the exits the study considered.
+"""
 
 from __future__ import annotations
 
 import base64
 import io
+import zlib
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import seaborn as sns  # noqa: E402
+import matplotlib.pyplot as plt
+import seaborn as sns
 
-from probe_kit.report.collect import READOUTS, ReportData  # noqa: E402
+from probe_kit.report.answer import considered_exits
+from probe_kit.report.collect import ReportData
 
 sns.set_theme(style="whitegrid", context="notebook")
+PALETTE = sns.color_palette("tab10")
+# loss components seen in probe_kit's training histories, each with its colour in every figure
+COMPONENTS = ("loss", "loss_ce", "loss_bbox", "loss_giou", "loss_distill", "holdout", "loss_dense", "loss_objectness")
 
 
-def _png(fig) -> str:
+def png(fig) -> str:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+def component_colour(name: str):
+    """The colour of a loss component, the same in every figure (unknown names by a stable hash)."""
+    index = COMPONENTS.index(name) if name in COMPONENTS else zlib.crc32(name.encode()) % len(PALETTE)
+    return PALETTE[index % len(PALETTE)]
+
+
+def studied_layers(data: ReportData, available: list[int], count: int = 4) -> list[int]:
+    """The exits the study considered, among ``available``; evenly spread layers where it considered none."""
+    chosen = [k for k in considered_exits(data) if k in available]
+    return chosen if len(chosen) >= 2 else _spread(sorted(available), count)
+
+
+def _bars(data: ReportData) -> list[tuple[int, float]]:
+    evidence = (data.decision or {}).get("evidence") or {}
+    return sorted((int(k), v["bar_AP50"]) for k, v in evidence.items() if v.get("bar_AP50") is not None)
+
+
+def _exit_heads(data: ReportData) -> list[tuple[int, float]]:
+    return sorted((int(k), v["AP50"]) for k, v in ((data.exits_eval or {}).get("exits") or {}).items())
+
+
+def _best_per_layer(data: ReportData) -> list[tuple[int, float]]:
+    return [(k, best[1]) for k in data.layers if (best := data.best_readout(k))]
+
+
 def ap_vs_layer(data: ReportData) -> str | None:
-    rows = data.table()
-    if not rows:
+    """Every readout's AP50 per measured layer, AP50-valued evidence dashed, the bars and the trained exit heads."""
+    series = [(n, "-") for n in data.by_role("readout")] + [
+        (n, "--") for n in data.by_role("evidence") if data.roles[n]["metrics"][0][0] == "AP50"
+    ]
+    if not series:
         return None
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for name in READOUTS:
-        points = [(r["layer"], r[name]) for r in rows if r[name] is not None]
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    for index, (name, style) in enumerate(series):
+        points = [(k, v) for k in data.layers if (v := data.value(name, k, "AP50")) is not None]
         if points:
-            ax.plot(*zip(*points), marker="o", label=name)
-    if data.decision:
-        for layer in data.decision["exits"]:
-            ax.axvline(layer, color="grey", linestyle=":", linewidth=1)
-    ax.set(xlabel="layer", ylabel="COCO AP50 (validation images)", title="Detection read out of each layer")
-    ax.legend(fontsize=8)
-    return _png(fig)
+            label = data.roles[name]["metrics"][0][1]
+            ax.plot(*zip(*points), linestyle=style, marker="o", markersize=4, color=PALETTE[index], label=label)
+    bars = _bars(data)
+    if bars:
+        ax.scatter(*zip(*bars), marker="_", s=400, linewidths=2.5, color="black", zorder=4, label="bar (minimum AP50)")
+    heads = _exit_heads(data)
+    if heads:
+        ax.scatter(*zip(*heads), marker="s", s=45, color="crimson", zorder=5, label="trained exit head AP50")
+    ax.set(
+        xlabel="layer (block index)",
+        ylabel="COCO AP50 (validation images, 0-1)",
+        title="AP50 read out of each layer, the bar it must reach, and trained exit heads",
+        ylim=(0, 1),
+    )
+    ax.set_xticks(data.layers)
+    ax.legend(fontsize=7, loc="upper left")
+    return png(fig)
+
+
+def compare_ap_vs_layer(runs: list[ReportData], labels: list[str]) -> str | None:
+    """Several studies on the same axes: best readout AP50 per layer (line), exit heads (squares), bars (ticks)."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    drawn = False
+    for index, (data, label) in enumerate(zip(runs, labels)):
+        colour = PALETTE[index % len(PALETTE)]
+        best = _best_per_layer(data)
+        if best:
+            ax.plot(*zip(*best), marker="o", markersize=4, color=colour, label=f"{label}: best readout")
+            drawn = True
+        heads = _exit_heads(data)
+        if heads:
+            ax.scatter(*zip(*heads), marker="s", s=40, color=colour, label=f"{label}: exit heads")
+        bars = _bars(data)
+        if bars:
+            ax.scatter(*zip(*bars), marker="_", s=300, linewidths=2, color=colour, label=f"{label}: bars")
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set(xlabel="layer (block index)", ylabel="COCO AP50 (validation images, 0-1)", ylim=(0, 1))
+    ax.set_title("AP50 per layer: best readout, trained exit heads and bars, per study")
+    ax.legend(fontsize=7, loc="upper left")
+    return png(fig)
 
 
 def _pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -51,36 +123,70 @@ def _pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
     return front
 
 
+def _gflops_points(data: ReportData) -> tuple[list, list, list]:
+    """(static exits [(GFLOPs, AP50, layer)], adaptive sweep [(GFLOPs, AP50)], best readout [(GFLOPs, AP50)])."""
+    ev = data.exits_eval or {}
+    static = [(v["mean_gflops"], v["AP50"], k) for k, v in (ev.get("exits") or {}).items()]
+    sweep = sorted((s["mean_gflops"], s["AP50"]) for s in ev.get("sweep", []))
+    cost = next(iter(data.by_role("cost")), None)
+    readout = []
+    if cost:
+        for layer, ap50 in _best_per_layer(data):
+            gflops = data.value(cost, layer, "gflops_to_exit")
+            if gflops is not None:
+                readout.append((gflops, ap50))
+    return static, sweep, readout
+
+
 def ap_vs_gflops(data: ReportData) -> str | None:
-    fig, ax = plt.subplots(figsize=(7, 4))
-    points = []
-    if data.exits_eval:
-        static = [(v["mean_gflops"], v["AP"], k) for k, v in data.exits_eval["exits"].items()]
+    """AP50 against GFLOPs per image: static exits, the policy's threshold sweep, best readouts, the Pareto front."""
+    static, sweep, readout = _gflops_points(data)
+    if not (static or readout):
+        return None
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    if readout:
+        ax.plot(*zip(*readout), linestyle=":", marker="o", markersize=3, color="grey", label="best readout per layer")
+    if static:
         ax.scatter([s[0] for s in static], [s[1] for s in static], color="black", zorder=3, label="static exits")
         for g, ap, k in static:
             ax.annotate(f"L{k}", (g, ap), textcoords="offset points", xytext=(4, 4), fontsize=8)
-        sweep = sorted((s["mean_gflops"], s["AP"]) for s in data.exits_eval["sweep"])
-        ax.plot(*zip(*sweep), marker=".", label=f"adaptive ({data.exits_eval['policy']} sweep)")
-        points = [(g, a) for g, a, _ in static] + sweep
-        ylabel = "COCO AP (multi-exit model)"
-    else:
-        rows = [r for r in data.table() if r["gflops"] is not None]
-        best = [
-            (r["gflops"], max(v for v in (r[n] for n in READOUTS) if v is not None))
-            for r in rows
-            if any(r[n] is not None for n in READOUTS)
-        ]
-        if not best:
-            plt.close(fig)
-            return None
-        ax.scatter(*zip(*best), label="best readout per layer")
-        points = best
-        ylabel = "COCO AP50 (best readout)"
-    front = _pareto(points)
-    ax.plot(*zip(*front), color="crimson", linestyle="--", linewidth=1, label="Pareto front")
-    ax.set(xlabel="GFLOPs per image (2 x multiply-adds)", ylabel=ylabel, title="Accuracy vs compute")
-    ax.legend(fontsize=8)
-    return _png(fig)
+    if sweep:
+        ax.plot(*zip(*sweep), marker=".", label=f"adaptive ({data.exits_eval['policy']} threshold sweep)")
+    measured = [(g, a) for g, a, _ in static] + sweep
+    if measured:
+        ax.plot(*zip(*_pareto(measured)), color="crimson", linestyle="--", linewidth=1, label="Pareto front (exits)")
+    ax.set(
+        xlabel="GFLOPs per image (2 x multiply-adds)",
+        ylabel="COCO AP50 (0-1)",
+        title="AP50 against compute",
+        ylim=(0, 1),
+    )
+    ax.legend(fontsize=7)
+    return png(fig)
+
+
+def compare_ap_vs_gflops(runs: list[ReportData], labels: list[str]) -> str | None:
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    drawn = False
+    for index, (data, label) in enumerate(zip(runs, labels)):
+        colour = PALETTE[index % len(PALETTE)]
+        static, sweep, readout = _gflops_points(data)
+        if readout:
+            ax.plot(*zip(*readout), linestyle=":", marker="o", markersize=3, color=colour, label=f"{label}: readouts")
+        if static:
+            ax.scatter(
+                [s[0] for s in static], [s[1] for s in static], color=colour, marker="s", label=f"{label}: exits"
+            )
+        if sweep:
+            ax.plot(*zip(*sweep), color=colour, label=f"{label}: adaptive sweep")
+        drawn = drawn or bool(readout or static)
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set(xlabel="GFLOPs per image (2 x multiply-adds)", ylabel="COCO AP50 (0-1)", ylim=(0, 1))
+    ax.set_title("AP50 against compute, per study")
+    ax.legend(fontsize=7)
+    return png(fig)
 
 
 def pr_curves(data: ReportData) -> str | None:
@@ -88,39 +194,45 @@ def pr_curves(data: ReportData) -> str | None:
         return None
     fig, ax = plt.subplots(figsize=(6, 4))
     drawn = False
-    for layer, metrics in data.exits_eval["exits"].items():
+    for index, (layer, metrics) in enumerate(data.exits_eval["exits"].items()):
         curve = metrics.get("pr_curve_iou50")
         if curve:
             precision = [float("nan") if p is None else p for p in curve["precision"]]
-            ax.plot(curve["recall"], precision, label=f"exit L{layer} (AP50 {metrics['AP50']:.2f})")
+            ax.plot(
+                curve["recall"], precision, color=PALETTE[index], label=f"exit L{layer} (AP50 {metrics['AP50']:.3f})"
+            )
             drawn = True
     if not drawn:
         plt.close(fig)
         return None
     ax.set(
-        xlabel="recall", ylabel="precision", title="Precision-recall at IoU 0.5 per exit", xlim=(0, 1), ylim=(0, 1.02)
+        xlabel="recall (0-1)",
+        ylabel="precision (0-1)",
+        title="Precision-recall at IoU 0.5 (AP50) per exit",
+        xlim=(0, 1),
+        ylim=(0, 1.02),
     )
     ax.legend(fontsize=8)
-    return _png(fig)
+    return png(fig)
 
 
-def training_curves(histories: dict[str, list[dict]], title: str, max_layers: int = 4) -> str | None:
-    """Loss components per epoch, one panel per layer (up to ``max_layers``)."""
-    layers = sorted(histories, key=int)
-    if not layers:
+def training_curves(histories: dict[str, list[dict]], title: str, layers: list[int] | None = None) -> str | None:
+    """Loss components per epoch, one panel per layer (``layers``: those shown; default up to four spread)."""
+    available = sorted(int(k) for k in histories)
+    if not available:
         return None
-    layers = _spread(layers, max_layers)
-    fig, axes = plt.subplots(1, len(layers), figsize=(3.2 * len(layers), 3), squeeze=False)
-    for ax, layer in zip(axes[0], layers):
-        history = histories[layer]
+    shown = [k for k in (layers or []) if k in available] or _spread(available, 4)
+    fig, axes = plt.subplots(1, len(shown), figsize=(3.2 * len(shown), 3), squeeze=False)
+    for ax, layer in zip(axes[0], shown):
+        history = histories[str(layer)]
         epochs = [h["epoch"] for h in history]
         for key in history[0]:
             if key != "epoch":
-                ax.plot(epochs, [h[key] for h in history], label=key)
-        ax.set(title=f"layer {layer}", xlabel="epoch")
-    axes[0][0].legend(fontsize=6)
+                ax.plot(epochs, [h[key] for h in history], label=key, color=component_colour(key))
+        ax.set(title=f"layer {layer}", xlabel="epoch", ylabel="loss (mean per epoch)")
+    axes[0][-1].legend(fontsize=6, bbox_to_anchor=(1.02, 1), loc="upper left")
     fig.suptitle(title, y=1.04)
-    return _png(fig)
+    return png(fig)
 
 
 def exit_distribution(data: ReportData) -> str | None:
@@ -135,25 +247,57 @@ def exit_distribution(data: ReportData) -> str | None:
     bottoms = [0.0] * len(order)
     palette = sns.color_palette("viridis", len(layers))
     for colour, layer in zip(palette, layers):
-        shares = [dist[d].get(str(layer), 0) / max(1, sum(dist[d].values())) for d in order]
+        shares = [100 * dist[d].get(str(layer), 0) / max(1, sum(dist[d].values())) for d in order]
         ax.bar(order, shares, bottom=bottoms, color=colour, label=f"exit L{layer}")
         bottoms = [b + s for b, s in zip(bottoms, shares)]
-    ax.set(ylabel="share of images", title="Where images exit, by scene difficulty (operating point)")
+    ax.set(
+        xlabel="scene difficulty",
+        ylabel="share of images (%)",
+        title="Where images exit, by scene difficulty (operating point)",
+    )
     ax.legend(fontsize=8, bbox_to_anchor=(1.02, 1), loc="upper left")
-    return _png(fig)
+    return png(fig)
+
+
+def evidence_per_layer(data: ReportData) -> str | None:
+    """Evidence metrics that have a chance level (attention in-box mass, pointing game, IG attribution) per layer."""
+    names = [n for n in data.by_role("evidence") if data.roles[n].get("chance")]
+    if not names:
+        return None
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    index = 0
+    for name in names:
+        for key, label in data.roles[name]["metrics"]:
+            points = [(k, v) for k in data.layers if (v := data.value(name, k, key)) is not None]
+            if points:
+                ax.plot(*zip(*points), marker="o", markersize=4, color=PALETTE[index % 10], label=label)
+                index += 1
+        chance = [(k, v) for k in data.layers if (v := data.value(name, k, data.roles[name]["chance"])) is not None]
+        if chance:
+            ax.plot(*zip(*chance), linestyle=":", color="grey", label=f"chance ({name}: share of patches in box)")
+    ax.set(
+        xlabel="layer (block index)",
+        ylabel="share (0-1)",
+        title="Where the detection tokens look: in-box mass, pointing game, IG attribution",
+        ylim=(0, 1),
+    )
+    ax.set_xticks(data.layers)
+    ax.legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
+    return png(fig)
 
 
 def rollout_overlays(data: ReportData) -> str | None:
-    """Rollout maps of one matched detection token per image, over the image where it is reachable."""
+    """Rollout maps of one matched detection token per image, one shared colour scale with its colour bar."""
     arrays = data.arrays.get("rollout")
     if not arrays or not len(arrays.get("overlay_maps", [])):
         return None
     from PIL import Image
 
     maps, boxes, paths = arrays["overlay_maps"], arrays["overlay_boxes"], arrays["overlay_paths"]
-    layers = list(arrays["overlay_layers"])
-    shown = [i for i, k in enumerate(layers) if k in _spread(layers, 4)]
-    fig, axes = plt.subplots(len(maps), len(shown), figsize=(2.4 * len(shown), 2.4 * len(maps)), squeeze=False)
+    layers = [int(k) for k in arrays["overlay_layers"]]
+    shown = [layers.index(k) for k in studied_layers(data, layers)]
+    vmax = float(max(maps[:, i].max() for i in shown)) or 1.0
+    fig, axes = plt.subplots(len(maps), len(shown), figsize=(2.4 * len(shown) + 0.8, 2.4 * len(maps)), squeeze=False)
     for row, (image_maps, box, path) in enumerate(zip(maps, boxes, paths)):
         image = Image.open(path).convert("RGB") if path and Path(path).is_file() else None
         for col, index in enumerate(shown):
@@ -161,13 +305,17 @@ def rollout_overlays(data: ReportData) -> str | None:
             extent = (0, image.width, image.height, 0) if image else None
             if image:
                 ax.imshow(image)
-            ax.imshow(image_maps[index], cmap="inferno", alpha=0.55 if image else 1.0, extent=extent)
+            shade = ax.imshow(
+                image_maps[index], cmap="inferno", vmin=0, vmax=vmax, alpha=0.55 if image else 1.0, extent=extent
+            )
             ax.add_patch(plt.Rectangle(box[:2], box[2], box[3], fill=False, color="cyan", linewidth=1.2))
             ax.set_axis_off()
             if row == 0:
                 ax.set_title(f"layer {layers[index]}", fontsize=9)
+    bar = fig.colorbar(shade, ax=axes, fraction=0.025, pad=0.02)
+    bar.set_label("rollout mass per patch (share of the token's total; same scale in every panel)", fontsize=8)
     fig.suptitle("Attention rollout of a matched detection token (cyan: its person)")
-    return _png(fig)
+    return png(fig)
 
 
 def _spread(values: list, count: int) -> list:
@@ -182,18 +330,19 @@ def clustering_scatter(data: ReportData, method: str) -> str | None:
     arrays = data.arrays.get("clustering")
     if not arrays or "patch_labels" not in arrays:
         return None
-    layers = sorted(int(k.rsplit("L", 1)[1]) for k in arrays if k.startswith(f"patch_{method}_L"))
-    if not layers:
+    available = sorted(int(k.rsplit("L", 1)[1]) for k in arrays if k.startswith(f"patch_{method}_L"))
+    if not available:
         return None
-    layers = _spread(layers, 4)
+    layers = studied_layers(data, available)
     labels = arrays["patch_labels"]
     fig, axes = plt.subplots(1, len(layers), figsize=(3.2 * len(layers), 3.2), squeeze=False)
+    axis = "PC" if method == "pca" else "UMAP"
     for ax, layer in zip(axes[0], layers):
         points = arrays[f"patch_{method}_L{layer}"]
         for value, name, colour in ((0, "background", "#bbbbbb"), (1, "person", "#d62728")):
             chosen = labels == value
             ax.scatter(points[chosen, 0], points[chosen, 1], s=4, c=colour, label=name, alpha=0.7)
-        ax.set(title=f"layer {layer}", xticks=[], yticks=[])
+        ax.set(title=f"layer {layer}", xticks=[], yticks=[], xlabel=f"{axis} 1 (a.u.)", ylabel=f"{axis} 2 (a.u.)")
     axes[0][0].legend(fontsize=7, markerscale=3)
     fig.suptitle(f"Patch tokens, {method.upper()} (points: {len(labels)} sampled with the seed)", y=1.04)
-    return _png(fig)
+    return png(fig)

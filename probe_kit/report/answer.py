@@ -1,0 +1,183 @@
+"""The report's first screen: the verdict in words, one row per exit considered, and computed alerts.
+
+Numbers follow one convention: scores (AP, AP50, masses, accuracies) are fractions 0-1 with three
+decimals; shares of something (of the final layer's AP50, GFLOPs or latency saved) are percentages.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from probe_kit.report.collect import ReportData
+
+UNDERFIT_RATIO = 0.5  # a trained readout below half the lens at the last layer has not learned the model's head
+MIN_PERSONS = 100  # fewer validation persons than this and AP50 moves by several points per person
+SAVES_NOTHING = 0.99  # an operating point at or above this share of the full GFLOPs saves nothing
+
+
+def latency(entry: dict | None) -> tuple[float, float | None] | None:
+    """(median ms, IQR ms or None) of a result row: ``latency`` {median_ms, iqr_ms} or an older ``mean_latency_ms``."""
+    if not entry:
+        return None
+    if isinstance(entry.get("latency"), dict):
+        return entry["latency"]["median_ms"], entry["latency"].get("iqr_ms")
+    if entry.get("mean_latency_ms") is not None:
+        return entry["mean_latency_ms"], None
+    return None
+
+
+def speedup(entry: dict | None) -> tuple[float, bool | None] | None:
+    """(ratio of medians, measurable or None where unknown) of a row's ``measured_speedup``."""
+    value = (entry or {}).get("measured_speedup")
+    if isinstance(value, dict):
+        return value["ratio"], value.get("measurable")
+    return (value, None) if value is not None else None
+
+
+def considered_exits(data: ReportData) -> list[int]:
+    """Exits the study looked at: trained exit heads, the decision's exits, the user's bar layers, or else the
+    original study's 25/50/75% depths; always the final layer, only layers a readout measured."""
+    depth = data.depth
+    measured = {k for k in data.layers if data.best_readout(k)}
+    layers: set[int] = set()
+    if data.exits_eval:
+        layers |= {int(k) for k in data.exits_eval.get("exits", {})}
+    if data.decision:
+        layers |= set(data.decision.get("exits", []))
+        layers |= {int(k) for k, _ in data.decision.get("criteria", {}).get("bars", [])}
+    if depth and len(layers - {depth}) == 0:
+        layers |= {max(1, round(depth * f)) for f in (0.25, 0.5, 0.75)}
+    if depth:
+        layers.add(depth)
+    chosen = sorted(k for k in layers if k in measured or (data.exits_eval and str(k) in data.exits_eval["exits"]))
+    return chosen or sorted(measured)
+
+
+def _row(data: ReportData, layer: int, final: float | None) -> dict[str, Any]:
+    depth = data.depth
+    best = data.best_readout(layer)
+    evidence = ((data.decision or {}).get("evidence") or {}).get(str(layer), {})
+    bar = evidence.get("bar_AP50")
+    if bar is None and evidence.get("required_relative_AP50") is not None and final:
+        bar = evidence["required_relative_AP50"] * final  # decisions written before absolute bars were recorded
+    cost = next((data.value(n, layer, "fraction_of_full") for n in data.by_role("cost")), None)
+    exit_row = (data.exits_eval or {}).get("exits", {}).get(str(layer))
+    full = (data.exits_eval or {}).get("full_model")
+    if cost is None and exit_row and full:
+        cost = exit_row["mean_gflops"] / full["gflops"]
+    return {
+        "layer": layer,
+        "final": layer == depth,
+        "readout": best[0] if best else None,
+        "AP50": best[1] if best else None,
+        "of_final": best[1] / final if best and final else None,
+        "bar": None if layer == depth else bar,
+        "passes": None if layer == depth else evidence.get("passes"),
+        "exit_AP50": exit_row["AP50"] if exit_row else None,
+        "gflops_saved": None if cost is None else 1 - cost,
+        "latency": latency(exit_row),
+    }
+
+
+def _final_ap50(data: ReportData) -> float | None:
+    depth = data.depth
+    if depth is None:
+        return None
+    lens = next((data.value(n, depth, "AP50") for n in data.by_role("readout") if n == "lens"), None)
+    best = data.best_readout(depth)
+    return lens if lens is not None else (best[1] if best else None)
+
+
+def _measured_sentence(data: ReportData) -> str | None:
+    ev = data.exits_eval
+    if not ev or not ev.get("operating_point"):
+        return None
+    op, full = ev["operating_point"], ev["full_model"]
+    gflops_saved = 1 - op["mean_gflops"] / full["gflops"]
+    delta = op["AP50"] - full["AP50"]
+    text = (
+        f"Measured on held-out images: the {ev.get('policy', 'adaptive')} policy at threshold {op['threshold']} "
+        f"reads AP50 {op['AP50']:.3f} ({delta:+.3f} against the full model's {full['AP50']:.3f}) and saves "
+        f"{gflops_saved:.0%} of the GFLOPs"
+    )
+    ratio = speedup(op)
+    if ratio is None:
+        return text + "."
+    if ratio[1] is False:
+        return text + f"; its latency differs from the full model's by no measurable amount ({ratio[0]:.2f}x)."
+    return text + f" and {1 - 1 / ratio[0]:.0%} of the measured latency ({ratio[0]:.2f}x)."
+
+
+def _design(decision: dict | None) -> str | None:
+    """The design recommendation of decision.json (``decide --designs``: ``design`` {"verdict", ...}), if any."""
+    design = (decision or {}).get("design")
+    if isinstance(design, dict):
+        return design.get("summary") or design.get("verdict")
+    return design or None
+
+
+def answer(data: ReportData) -> dict[str, Any]:
+    """The answer card: ``sentence`` (the verdict in words), ``measured``, ``design``, ``rows``, ``full``."""
+    final = _final_ap50(data)
+    decision = data.decision or {}
+    sentence = decision.get("summary") or (
+        f"{decision['verdict']}: exits {', '.join(map(str, decision['exits']))}" if decision else None
+    )
+    full = (data.exits_eval or {}).get("full_model")
+    return {
+        "sentence": sentence,
+        "measured": _measured_sentence(data),
+        "design": _design(data.decision),
+        "rows": [_row(data, k, final) for k in considered_exits(data)],
+        "full_latency": latency(full),
+        "final_AP50": final,
+    }
+
+
+def _trained(result: dict) -> bool:
+    return bool(result.get("training"))
+
+
+def alerts(data: ReportData) -> list[str]:
+    """Warnings computed from the results: each names the numbers that raised it."""
+    found = []
+    ev = data.exits_eval
+    if ev and (ev.get("evaluated_on") == "all images" or ev.get("scored_on_training_images")):
+        found.append(
+            "Exit heads were scored on images they trained on (evaluated on all images): their AP50 overstates "
+            "what they reach on new images."
+        )
+    for name in data.by_role("readout"):
+        split = data.results[name].get("split") or {}
+        overlap = set(split.get("val_image_ids", [])) & set(split.get("train_image_ids", []))
+        if overlap:
+            found.append(f"{name} was scored on {len(overlap)} images it trained on.")
+    depth = data.depth
+    lens = data.value("lens", depth, "AP50") if depth else None
+    for name in data.by_role("readout"):
+        value = data.value(name, depth, "AP50") if depth else None
+        if lens and value is not None and _trained(data.results[name]) and value < UNDERFIT_RATIO * lens:
+            found.append(
+                f"{name} is underfit: AP50 {value:.3f} at the last layer {depth}, where the lens (the model's own "
+                f"head) reads {lens:.3f}; its earlier layers understate what they hold."
+            )
+    if ev and ev.get("operating_point"):
+        op, full = ev["operating_point"], ev["full_model"]
+        if op["mean_gflops"] >= SAVES_NOTHING * full["gflops"]:
+            found.append(
+                f"The operating point (threshold {op['threshold']}) saves nothing: {op['mean_gflops']:.3f} of "
+                f"{full['gflops']:.3f} GFLOPs per image."
+            )
+        noisy = [f"exit {k}" for k, row in ev.get("exits", {}).items() if (speedup(row) or (0, True))[1] is False] + (
+            ["the operating point"] if (speedup(op) or (0, True))[1] is False else []
+        )
+        if noisy:
+            found.append(f"Latency differences within noise (per-round speed-up range holds 1x): {', '.join(noisy)}.")
+        elif ev.get("exits") and all(latency(r) and latency(r)[1] is None for r in ev["exits"].values()):
+            found.append("Latency was recorded as a mean without spread: differences of a few percent may be noise.")
+    if data.val_persons is not None and data.val_persons < MIN_PERSONS:
+        found.append(
+            f"The validation images hold only {data.val_persons} persons (fewer than ~{MIN_PERSONS}): one person "
+            f"more or less found moves AP50 by about {1 / max(data.val_persons, 1):.0%}."
+        )
+    return found
