@@ -134,7 +134,13 @@ def test_train_save_load_and_evaluate(det_cache, synth_dir, tmp_path):
     assert {"measured_speedup", "flops_speedup", "threshold"} <= set(point)
     assert result["exits"]["2"]["mean_gflops"] < result["exits"]["4"]["mean_gflops"]
     assert result["exits"]["4"]["mean_gflops"] == pytest.approx(result["full_model"]["gflops"])
-    assert sum(sum(v.values()) for v in result["exit_distribution"].values()) == 12
+    scored = result["scored_image_ids"]  # held out by default: images that trained nothing
+    assert not set(scored) & (set(config["train_image_ids"]) | set(config["holdout_image_ids"]))
+    assert (
+        sum(sum(v.values()) for v in result["exit_distribution"].values())
+        == len(scored)
+        == 12 - result["dropped_training_images"]
+    )
 
 
 def test_finetuning_the_blocks_before_each_exit(tiny_model, det_cache, tmp_path):

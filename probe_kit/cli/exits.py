@@ -104,27 +104,45 @@ def train_exits(
     "--exits", "exits_dir", type=click.Path(path_type=Path), required=True, help="Exit-heads folder (from train-exits)."
 )
 @data_options
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder (result.json).")
-@click.option("--policy", type=click.Choice(["confidence", "patience"]), default="confidence", show_default=True)
+@click.option(
+    "--out", type=click.Path(path_type=Path), required=True, help="Output folder (result.json, detections/*.json)."
+)
+@click.option(
+    "--policy", default="confidence", show_default=True, help="confidence, patience or a registered policy plug-in."
+)
 @click.option("--thresholds", default=None, help="Policy thresholds to sweep, comma-separated.")
-def evaluate_exits(exits_dir, data, sequences, split, min_visibility, stride, out, policy, thresholds) -> None:
-    """Static exits, the policy sweep (AP vs GFLOPs vs latency) and the operating point."""
-    from probe_kit.heads.evaluate import DEFAULT_THRESHOLDS
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--timing-images", type=int, default=16, show_default=True, help="Held-out images timed per setting.")
+@click.option("--timing-repeats", type=int, default=15, show_default=True, help="Interleaved timing rounds.")
+@click.option("--threads", type=int, default=1, show_default=True, help="Torch threads while timing (recorded).")
+def evaluate_exits(
+    exits_dir,
+    data,
+    sequences,
+    split,
+    min_visibility,
+    stride,
+    out,
+    policy,
+    thresholds,
+    device,
+    timing_images,
+    timing_repeats,
+    threads,
+) -> None:
+    """Held-out images only: static exits, the policy sweep (AP vs GFLOPs) from one pass, measured latency."""
+    from probe_kit.heads.evaluate import DEFAULT_THRESHOLDS, Timing, summary_lines
     from probe_kit.heads.evaluate import evaluate_exits as run
     from probe_kit.io import write_json
 
     check_outputs(dir_out(out))  # before any work
     data_spec = build_data_spec(data, sequences, split, min_visibility, stride)
     cuts = tuple(float(t) for t in thresholds.split(",")) if thresholds else DEFAULT_THRESHOLDS
-    result = run(exits_dir, data_spec, cuts, policy)
-    path = write_json(Path(out) / "result.json", result)
-    point = result["operating_point"]
-    for layer, metrics in result["exits"].items():
-        click.echo(
-            f"exit {layer:>2}: AP {metrics['AP']:.4f}  AP50 {metrics['AP50']:.4f}  "
-            f"{metrics['mean_gflops']:.3f} GFLOPs  {metrics['mean_latency_ms']:.2f} ms"
-        )
-    click.echo(
-        f"operating point: threshold {point['threshold']}  AP {point['AP']:.4f}  "
-        f"FLOPs speed-up {point['flops_speedup']:.2f}x  measured {point['measured_speedup']:.2f}x -> {path}"
+    timing = Timing(images=timing_images, repeats=timing_repeats, threads=threads)
+    result = run(
+        exits_dir, data_spec, cuts, policy, device=device, timing=timing, detections_dir=Path(out) / "detections"
     )
+    path = write_json(Path(out) / "result.json", result)
+    for line in summary_lines(result):
+        click.echo(line)
+    click.echo(f"-> {path}")

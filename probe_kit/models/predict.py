@@ -31,7 +31,18 @@ def detections_from_outputs(
     logits: [B, N, C+1]; pred_boxes: [B, N, 4] normalised cx, cy, w, h; sizes: (width, height)
     of each original image, since normalised boxes map proportionally onto it.
     """
-    scores = person_scores(logits, person_index).cpu().numpy()
+    return detections_from_scores(person_scores(logits, person_index), pred_boxes, image_ids, sizes, category_id)
+
+
+def detections_from_scores(
+    scores: torch.Tensor,
+    pred_boxes: torch.Tensor,
+    image_ids: Sequence[int],
+    sizes: Sequence[tuple[int, int]],
+    category_id: int = 1,
+) -> list[dict]:
+    """``detections_from_outputs`` from person probabilities [B, N] instead of logits."""
+    scores = scores.cpu().numpy()
     detections = []
     for b, (image_id, (width, height)) in enumerate(zip(image_ids, sizes)):
         boxes = cxcywh_norm_to_xywh(pred_boxes[b], width, height)

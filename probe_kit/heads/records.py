@@ -1,0 +1,103 @@
+"""One pass over the images, every exit recorded: what policies, detections and AP are computed from.
+
+Each image runs through all blocks once (``MultiExitYolos.exit_tokens``, batch 1, images streamed
+one at a time, so memory holds the recorded outputs, never the images). At every exit the head's
+outputs are reduced to ``ExitStats``: the person probability and box of each det token (all that
+COCO detections need) and the det tokens' mean (a cheap feature for learned gates). A policy
+setting is then a choice of one exit per image (``ExitRecords.pick``), without running the model again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from probe_kit.data.sample import Sample
+from probe_kit.models.predict import detections_from_scores, person_scores
+
+if TYPE_CHECKING:
+    from probe_kit.heads.multi_exit import MultiExitYolos
+
+
+FIELDS = ("person", "top", "boxes", "pooled")  # ExitStats' tensors, in order
+
+
+@dataclass(frozen=True)
+class ExitStats:
+    """One exit's outputs for a batch of images (rows are images)."""
+
+    person: torch.Tensor  # [B, N] person probability per det token (softmax over classes + no-object)
+    top: torch.Tensor  # [B, N] top class probability per det token (no-object included)
+    boxes: torch.Tensor  # [B, N, 4] normalised cx, cy, w, h
+    pooled: torch.Tensor  # [B, D] mean of the det tokens the head read
+
+    def select(self, rows: torch.Tensor) -> ExitStats:
+        """The rows ``rows`` (bool mask or indices) of every field."""
+        return ExitStats(*(getattr(self, f)[rows] for f in FIELDS))
+
+    @classmethod
+    def cat(cls, parts: Sequence[ExitStats]) -> ExitStats:
+        return cls(*(torch.cat([getattr(p, f) for p in parts]) for f in FIELDS))
+
+
+def exit_stats(logits: torch.Tensor, boxes: torch.Tensor, tokens: torch.Tensor, person_index: int) -> ExitStats:
+    """``ExitStats`` of a head's outputs: logits [B, N, C+1], boxes [B, N, 4] on det tokens [B, N, D]."""
+    top = logits.float().softmax(-1).max(-1).values
+    return ExitStats(person_scores(logits, person_index), top, boxes.float(), tokens.float().mean(1))
+
+
+@dataclass(frozen=True)
+class ExitRecords:
+    """Every exit's ``ExitStats`` for images ``image_ids`` (row i of each is image i)."""
+
+    layers: tuple[int, ...]  # exit layers, ascending; the last is the model's depth
+    image_ids: tuple[int, ...]
+    sizes: tuple[tuple[int, int], ...]  # original (width, height) per image
+    stats: dict[int, ExitStats]
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def pick(self, exit_layers: torch.Tensor) -> ExitStats:
+        """Each image's ``ExitStats`` at its own exit: ``exit_layers`` [I] -> rows [I, ...]."""
+        if exit_layers.shape != (len(self),):
+            raise ValueError(f"exit layers: expected one per image ({len(self)}), got shape {tuple(exit_layers.shape)}")
+        unknown = set(exit_layers.tolist()) - set(self.layers)
+        if unknown:
+            raise ValueError(f"exit layers {sorted(unknown)}: no exit there (exits {list(self.layers)})")
+        slot = torch.tensor([self.layers.index(int(k)) for k in exit_layers.tolist()])
+        rows = torch.arange(len(self))
+        return ExitStats(*(torch.stack([getattr(self.stats[k], f) for k in self.layers])[slot, rows] for f in FIELDS))
+
+    def detections(self, exit_layers: torch.Tensor) -> list[dict]:
+        """COCO-format detections of every image at its exit (every det token; see ``detections_from_scores``)."""
+        picked = self.pick(exit_layers)
+        return detections_from_scores(picked.person, picked.boxes, self.image_ids, self.sizes)
+
+
+def record_exits(multi: MultiExitYolos, processor, samples: Sequence[Sample], progress: bool = True) -> ExitRecords:
+    """Run every exit of ``multi`` once per image (batch 1, streamed) and keep each exit's ``ExitStats``."""
+    from tqdm import tqdm
+
+    device = next(multi.parameters()).device
+    dtype = next(multi.parameters()).dtype
+    parts: dict[int, list[ExitStats]] = {k: [] for k in multi.heads.layers}
+    with torch.no_grad():
+        for sample in tqdm(samples, desc="all exits", unit="img", disable=not progress):
+            pixels = processor(images=[sample.load_image()], return_tensors="pt")["pixel_values"]
+            for layer, tokens in multi.exit_tokens(pixels.to(device=device, dtype=dtype)):
+                logits, boxes = multi.heads(layer, tokens)
+                parts[layer].append(_to_cpu(exit_stats(logits, boxes, tokens, multi.person_index)))
+    return ExitRecords(
+        layers=multi.heads.layers,
+        image_ids=tuple(int(s.image_id) for s in samples),
+        sizes=tuple((s.width, s.height) for s in samples),
+        stats={k: ExitStats.cat(v) for k, v in parts.items()},
+    )
+
+
+def _to_cpu(stats: ExitStats) -> ExitStats:
+    return ExitStats(*(getattr(stats, f).cpu() for f in FIELDS))

@@ -1,0 +1,83 @@
+"""Latency as benchmarks measure it: ``torch.utils.benchmark``, warm-up, interleaved repeats, medians with spread.
+
+Each setting is a callable that runs one fixed list of images (batch 1, one call per image). Every
+round times every setting once with ``torch.utils.benchmark.Timer.timeit(1)`` (which synchronises
+CUDA before reading the clock and runs at a fixed thread count), in a rotated order, so load drift
+and thermal changes hit all settings alike. One call covers the whole image list, many
+milliseconds, so timer overhead is negligible; ``blocked_autorange`` is not used because it times
+one setting for a stretch before the next, which is exactly what lets drift bias a comparison.
+
+A latency is ``{"median_ms", "iqr_ms", "repeats"}`` per image. A speed-up is the ratio of two
+medians; its spread is the interquartile range of the per-round ratios (the two were timed in the
+same round), and a range containing 1 means "no measurable difference".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Per-image milliseconds of one setting over ``repeats`` rounds."""
+
+    samples_ms: tuple[float, ...]
+
+    @property
+    def median_ms(self) -> float:
+        return float(np.median(self.samples_ms))
+
+    @property
+    def iqr_ms(self) -> float:
+        q1, q3 = np.percentile(self.samples_ms, [25, 75])
+        return float(q3 - q1)
+
+    def to_json(self) -> dict:
+        return {"median_ms": self.median_ms, "iqr_ms": self.iqr_ms, "repeats": len(self.samples_ms)}
+
+
+def speedup(baseline: Latency, setting: Latency) -> dict:
+    """``baseline`` over ``setting``: ratio of medians, the IQR of the per-round ratios, and whether it is measurable."""
+    ratios = np.asarray(baseline.samples_ms) / np.asarray(setting.samples_ms)
+    low, high = (float(v) for v in np.percentile(ratios, [25, 75]))
+    return {
+        "ratio": baseline.median_ms / setting.median_ms,
+        "round_ratio_iqr": [low, high],
+        "measurable": not low <= 1.0 <= high,
+    }
+
+
+def describe_speedup(s: dict) -> str:
+    """``1.23x (per-round IQR 1.10-1.31)``, or ``no measurable difference (...)`` when that range holds 1."""
+    low, high = s["round_ratio_iqr"]
+    text = f"{s['ratio']:.2f}x (per-round IQR {low:.2f}-{high:.2f})"
+    return text if s["measurable"] else f"no measurable difference: {text}"
+
+
+def interleaved_latency(
+    settings: dict[str, Callable[[], object]],
+    images: int,
+    repeats: int = 15,
+    warmup: int = 2,
+    threads: int = 1,
+    progress: bool = False,
+) -> dict[str, Latency]:
+    """Per-image latency of each setting (a callable that runs ``images`` images) over ``repeats`` interleaved rounds."""
+    from torch.utils.benchmark import Timer
+    from tqdm import tqdm
+
+    if repeats < 3 or images < 1:
+        raise ValueError(f"latency: expected repeats >= 3 and images >= 1, got {repeats} and {images}")
+    names = list(settings)
+    timers = {n: Timer(stmt="run()", globals={"run": settings[n]}, num_threads=threads) for n in names}
+    for _ in range(warmup):
+        for name in names:
+            timers[name].timeit(1)
+    samples: dict[str, list[float]] = {n: [] for n in names}
+    for r in tqdm(range(repeats), desc="latency", unit="round", disable=not progress):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            samples[name].append(1000 * timers[name].timeit(1).median / images)
+    return {n: Latency(tuple(v)) for n, v in samples.items()}
