@@ -18,7 +18,10 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import pytest
 from conftest import write_tiny_cache
+
+from probe_kit.cache.reader import FeatureCache
 
 DRIVER = Path(__file__).with_name("cache_kill_driver.py")
 
@@ -104,6 +107,8 @@ def test_second_writer_is_refused_and_a_killed_writer_resumes(tiny_model, synth_
         assert second.returncode == 1
         lines = second.stderr.strip().splitlines()
         assert len(lines) == 1 and "another process is writing this cache" in lines[0], second.stderr
+        with pytest.raises(ValueError, match="another process has this cache open for writing"):
+            FeatureCache(out, allow_incomplete=True)
     finally:
         first.send_signal(signal.SIGKILL)  # killed mid-extraction, after the first batch's write
         first.wait()

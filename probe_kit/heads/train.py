@@ -108,7 +108,7 @@ def train_exit_heads(
             )
         finetuned, finetune_history = [], []
         if opts.finetune_blocks > 0:
-            live = cache.data_spec().load()
+            live = cache.load_dataset()  # refused, naming the first changed file, if the data changed
             if [s.image_id for s in live] != [s.image_id for s in samples]:
                 raise ValueError(f"{cache.path}: the dataset on disk no longer matches the cache; cannot fine-tune")
             multi = MultiExitYolos(model, heads, person).to(device)
