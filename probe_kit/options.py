@@ -202,3 +202,14 @@ NonNegativeInt = Annotated[int, Range(min=0)]
 PositiveFloat = Annotated[float, Range(min=0, min_open=True)]
 NonNegativeFloat = Annotated[float, Range(min=0)]
 Fraction = Annotated[float, Range(0, 1, min_open=True, max_open=True)]  # a share strictly between 0 and 1
+
+
+def check_instance(obj: Any, prefix: str = "") -> None:
+    """A dataclass instance's fields checked against their declarations; call it from ``__post_init__``.
+
+    Checked values replace the given ones (a list becomes the declared tuple, an int the declared float),
+    also on frozen dataclasses, so every way of building the object (CLI, YAML, Python) is held to one rule.
+    """
+    values = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+    for key, value in check_fields(type(obj), values, prefix=prefix).items():
+        object.__setattr__(obj, key, value)

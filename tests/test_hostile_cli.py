@@ -216,6 +216,12 @@ CASES = [
     ("demo-out-file", lambda ws, c: ["demo", "--out", ws / "afile"], "--out", 1),
     ("reference-train-out-file", lambda ws, c: ["reference", "train", "--out", ws / "afile"], "--out", 1),
     ("reference-export-heldout-file", lambda ws, c: ["reference", "export", "--heldout", ws / "afile"], "--heldout", 1),
+    (
+        "train-exits-epochs-0",
+        lambda ws, c: ["train-exits", "--cache", c["cache"], "--layers", "2", "--epochs", 0, "--out", ws / "ex"],
+        "epochs: expected an integer >= 1",
+        1,
+    ),
     # experiment YAML: every value typed and range-checked, naming the key, before any work
     (
         "yaml-analyzer-not-mapping",
@@ -245,6 +251,12 @@ CASES = [
         "yaml-exits-option-type",
         lambda ws, c: ["run", _experiment(ws, exits={"epochs": "many"}), "--out", ws / "o"],
         "exits.epochs",
+        1,
+    ),
+    (
+        "yaml-exits-option-range",
+        lambda ws, c: ["run", _experiment(ws, exits={"split_gap": 1}), "--out", ws / "o"],
+        "exits.split_gap",
         1,
     ),
     ("yaml-batch-size-0", lambda ws, c: ["run", _experiment(ws, batch_size=0), "--out", ws / "o"], "batch_size", 1),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import torch
@@ -22,24 +23,36 @@ from probe_kit.heads.store import exits_provenance, save_exits
 from probe_kit.models.record import load_recorded
 from probe_kit.ops.distill import distillation_loss
 from probe_kit.ops.set_loss import SetCriterion
+from probe_kit.options import (
+    Fraction,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Range,
+    check_instance,
+)
 from probe_kit.training.data import SPLIT_GAP, box_targets, cache_record, iter_batches, make_split
 from probe_kit.training.fit import fit
 
 
 @dataclass(frozen=True)
 class ExitTraining:
-    epochs: int = 30
-    lr: float = 5e-4
-    batch_size: int = 32
-    set_weight: float = 1.0  # DETR set loss against ground truth
-    distill_weight: float = 1.0  # distillation towards the final layer
-    val_fraction: float = 0.3
+    epochs: PositiveInt = 30
+    lr: PositiveFloat = 5e-4
+    batch_size: PositiveInt = 32
+    set_weight: NonNegativeFloat = 1.0  # DETR set loss against ground truth
+    distill_weight: NonNegativeFloat = 1.0  # distillation towards the final layer
+    val_fraction: Fraction = 0.3
     val_sequences: tuple[str, ...] = ()
-    split_gap: float = SPLIT_GAP  # share of a sequence's frames left out between contiguous blocks
+    split_gap: Annotated[float, Range(0, 1, max_open=True)] = SPLIT_GAP  # share of a sequence's frames left out
     train_last: bool = False  # also train the final layer's head (default: keep the model's own)
-    finetune_blocks: int = 0  # then fine-tune the k blocks before each exit jointly, on live images
-    finetune_epochs: int = 3
-    finetune_lr: float = 1e-5
+    finetune_blocks: NonNegativeInt = 0  # then fine-tune the k blocks before each exit jointly, on live images
+    finetune_epochs: PositiveInt = 3
+    finetune_lr: PositiveFloat = 1e-5
+
+    def __post_init__(self) -> None:
+        check_instance(self)  # typed and in range however it was built (CLI, YAML, Python)
 
 
 def train_exit_heads(
