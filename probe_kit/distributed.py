@@ -141,6 +141,42 @@ def mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
     return {key: sum(v[key] for v in gathered) / len(gathered) for key in values}
 
 
+def effective_batch_line(stage: str, batch_size: int) -> str:
+    """What one optimiser step of ``stage`` sees, said once per run: the batch over all processes."""
+    world = world_size()
+    per = -(-batch_size // world)
+    spread = f"{world} processes, up to {per} images each, gradients all-reduced" if world > 1 else "one process"
+    return f"{stage}: effective batch size {batch_size} images per step ({spread})"
+
+
+def data_parallel(module):
+    """``module`` in DistributedDataParallel when a process group is open (one device per process), else itself."""
+    if not active():
+        return module
+    from torch.nn.parallel import DistributedDataParallel
+
+    device = next(module.parameters()).device
+    return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def global_batch_parts(parts: dict, mine: dict[str, float], whole: dict[str, float]) -> dict:
+    """This rank's shares of loss components over the global batch: ``parts[k] * W * mine[k] / whole[k]``.
+
+    ``parts[k]`` is a component computed on this rank's images as a sum divided by a normaliser of them
+    (``mine[k]``: boxes, tokens, class weights); ``whole[k]`` is that normaliser over the global batch.
+    DistributedDataParallel averages gradients over the ``W`` ranks, so the mean over ranks of these
+    shares is the component of the global batch in one process, and so is its gradient.
+    """
+    scale = world_size()
+    return {k: parts[k] * (scale * mine[k] / whole[k]) for k in whole}
+
+
+def global_batch_loss(parts: dict, weights: dict[str, float], mine: dict[str, float], whole: dict[str, float]):
+    """``sum_k weights[k] * share_k`` of ``global_batch_parts``: this rank's share of a weighted loss."""
+    shares = global_batch_parts(parts, mine, whole)
+    return sum(weights[k] * shares[k] for k in weights)
+
+
 class RankFailed(ValueError):
     """Raised on the waiting ranks when rank 0's work failed (rank 0 raises the original error); a
     ValueError so the command line reports it as one line on every rank."""

@@ -205,7 +205,18 @@ def test_distributed_evaluate_scores_like_one_process(evaluated, synth_dir):
     assert got["AP"] == pytest.approx(rescored["AP"], abs=1e-12)
 
 
-FINETUNE = ["--layers", "2", "--epochs", "1", "--finetune-blocks", "1", "--finetune-epochs", "2", "--finetune-lr", "1e-3"]
+FINETUNE = [
+    "--layers",
+    "2",
+    "--epochs",
+    "1",
+    "--finetune-blocks",
+    "1",
+    "--finetune-epochs",
+    "2",
+    "--finetune-lr",
+    "1e-3",
+]
 
 
 def test_ddp_finetuning_matches_one_process_with_the_same_global_batch(runs, tmp_path):
@@ -225,3 +236,44 @@ def test_ddp_finetuning_matches_one_process_with_the_same_global_batch(runs, tmp
         assert a.keys() == b.keys()
         for key in a:
             assert a[key] == pytest.approx(b[key], rel=1e-3), (key, a[key], b[key])
+
+
+def test_ddp_reference_training_matches_one_process(tmp_path):
+    """``reference train`` on a tiny recipe: 2 torchrun processes, half of each global batch each, vs one."""
+    import yaml
+
+    from probe_kit.reference.recipe import RecipeConfig, train_reference
+
+    tiny = {
+        "scene_size": 128,
+        "image_size": 64,
+        "hidden_size": 32,
+        "num_layers": 2,
+        "num_heads": 2,
+        "intermediate_size": 64,
+        "det_tokens": 5,
+        "batch_size": 8,
+        "lr": 2e-3,
+        "grad_clip": 1.0,
+        "warmup_steps": 2,
+        "steps": 3,
+        "train_frames": 16,
+        "easy_frames": 8,
+        "curriculum_start": 1,
+        "curriculum_end": 2,
+        "heldout_frames": 4,
+        "eval_every": 1,
+    }
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(tiny))
+    done = torchrun("reference", "train", "--config", "tiny.yaml", "--out", "ddp", cwd=tmp_path)
+    assert done.stdout.count("best held-out AP50") == 1
+    assert "effective batch size 8 images per step (2 processes" in done.stdout + done.stderr
+    train_reference(RecipeConfig(**tiny), tmp_path / "one", progress=False)
+    ddp, one = (
+        [json.loads(line) for line in (tmp_path / run / "history.jsonl").read_text().splitlines()]
+        for run in ("ddp", "one")
+    )
+    assert [h["step"] for h in ddp] == [h["step"] for h in one] == [1, 2, 3]
+    for a, b in zip(ddp, one):
+        for key in ("loss", "loss_ce", "loss_bbox", "loss_giou", "loss_dense", "AP"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-7), (key, a[key], b[key])

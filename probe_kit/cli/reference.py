@@ -33,12 +33,14 @@ def command() -> None:
 @click.option("--device", default="cpu", show_default=True, help="Where to train (e.g. cuda); not part of the recipe.")
 def train(config_path: Path | None, out: Path, budget_minutes: float | None, device: str) -> None:
     """Train from scratch on synthetic scenes, or resume from OUT/last.pt."""
+    from probe_kit import distributed
     from probe_kit.reference.recipe import RecipeConfig, train_reference
 
     cfg = RecipeConfig.from_yaml(config_path) if config_path else RecipeConfig()
     check_outputs(dir_out(out))  # before any training
-    summary = train_reference(cfg, out, budget_minutes, device=device)
-    click.echo(f"step {summary['step']}: best held-out AP50 {summary['best_AP50']:.4f} -> {out / 'best'}")
+    summary = train_reference(cfg, out, budget_minutes, device=device)  # under torchrun: DDP, rank 0 writes
+    if distributed.is_main():
+        click.echo(f"step {summary['step']}: best held-out AP50 {summary['best_AP50']:.4f} -> {out / 'best'}")
 
 
 @command.command("export")
@@ -58,8 +60,11 @@ def train(config_path: Path | None, out: Path, budget_minutes: float | None, dev
 )
 def export(run_dir: Path, heldout: Path) -> None:
     """Copy OUT/best into the package and record its held-out metrics through the real evaluate path."""
+    from probe_kit import distributed
     from probe_kit.reference.export import export_reference
 
     check_outputs(dir_out(heldout, "--heldout"))
-    metrics = export_reference(run_dir, heldout)
+    metrics = distributed.on_rank_zero(lambda: export_reference(run_dir, heldout))
+    if not distributed.is_main():
+        return
     click.echo(f"exported: held-out AP {metrics['AP']:.4f}  AP50 {metrics['AP50']:.4f}")

@@ -68,28 +68,31 @@ def finetune_blocks(
         return processor(images=[samples[i].load_image() for i in idx], return_tensors="pt")["pixel_values"].to(device)
 
     exits = AllExits(multi)
-    trained = _data_parallel(exits)
+    trained = distributed.data_parallel(exits)
     rank, world = distributed.rank(), distributed.world_size()
 
     def loss_on(module, idx: np.ndarray, whole: np.ndarray | None = None) -> dict[str, torch.Tensor]:
         """Losses on images ``idx``; given the global batch ``whole`` they are rescaled to it (see the docstring)."""
-        set_scale = distill_scale = None
-        if whole is not None:
-            n_det = final_logits.shape[1]
-            set_scale = _scale(
-                criterion.normalisers([targets[i] for i in idx], n_det),
-                criterion.normalisers([targets[i] for i in whole], n_det),
-                world,
-            )
-            distill_scale = _scale(
-                distillation_normalisers(final_logits[idx]), distillation_normalisers(final_logits[whole]), world
-            )
         parts: dict[str, torch.Tensor] = {}
         for layer, (logits, boxes) in module(pixels(idx)).items():
             set_parts = criterion(logits, boxes, [targets[i] for i in idx])
             distill = distillation_loss(logits, boxes, final_logits[idx], final_boxes[idx])
-            parts[f"set_L{layer}"] = _weighted(set_parts, criterion.weights, set_scale)
-            parts[f"distill_L{layer}"] = _weighted(distill, DISTILL_WEIGHTS, distill_scale)
+            if whole is None:
+                parts[f"set_L{layer}"], parts[f"distill_L{layer}"] = set_parts["loss"], distill["loss"]
+                continue
+            n_det = final_logits.shape[1]
+            parts[f"set_L{layer}"] = distributed.global_batch_loss(
+                set_parts,
+                criterion.weights,
+                criterion.normalisers([targets[i] for i in idx], n_det),
+                criterion.normalisers([targets[i] for i in whole], n_det),
+            )
+            parts[f"distill_L{layer}"] = distributed.global_batch_loss(
+                distill,
+                DISTILL_WEIGHTS,
+                distillation_normalisers(final_logits[idx]),
+                distillation_normalisers(final_logits[whole]),
+            )
         total = sum(set_weight * v for key, v in parts.items() if key.startswith("set_"))
         total = total + sum(distill_weight * v for key, v in parts.items() if key.startswith("distill_"))
         return {"loss": total, **parts}
@@ -119,7 +122,7 @@ def finetune_blocks(
     if progress and distributed.is_main():
         from tqdm import tqdm
 
-        tqdm.write(effective_batch_line(batch_size), file=sys.stderr)
+        tqdm.write(distributed.effective_batch_line("fine-tune", batch_size), file=sys.stderr)
     torch.manual_seed(seed)
     history = fit(
         trained,
@@ -137,15 +140,6 @@ def finetune_blocks(
     return chosen, history
 
 
-def effective_batch_line(batch_size: int) -> str:
-    """What one optimiser step sees, said once per run: the batch over all processes."""
-    world = distributed.world_size()
-    per = -(-batch_size // world)
-    return f"fine-tune: effective batch size {batch_size} images per step" + (
-        f" ({world} processes, up to {per} each, gradients all-reduced)" if world > 1 else " (one process)"
-    )
-
-
 class AllExits(nn.Module):
     """``multi.all_exits`` as ``forward``, so DistributedDataParallel sees (and all-reduces after) each pass."""
 
@@ -155,25 +149,3 @@ class AllExits(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
         return self.multi.all_exits(pixel_values)
-
-
-def _data_parallel(module: nn.Module) -> nn.Module:
-    """``module`` wrapped in DistributedDataParallel under torchrun (one device per process), else itself."""
-    if not distributed.active():
-        return module
-    from torch.nn.parallel import DistributedDataParallel
-
-    device = next(module.parameters()).device
-    return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
-
-
-def _scale(part: dict[str, float], whole: dict[str, float], world: int) -> dict[str, float]:
-    """Per component: this rank's normaliser over the global batch's, times the ranks DDP averages over."""
-    return {key: world * part[key] / whole[key] for key in whole}
-
-
-def _weighted(parts: dict[str, torch.Tensor], weights: dict[str, float], scale: dict[str, float] | None):
-    """A loss's weighted sum of components, each rescaled by ``scale`` (or its own ``loss`` when None)."""
-    if scale is None:
-        return parts["loss"]
-    return sum(weights[key] * parts[key] * scale[key] for key in weights)

@@ -66,6 +66,9 @@ def dense_targets(boxes: list[np.ndarray], grid: tuple[int, int]) -> tuple[torch
     return torch.from_numpy(objectness), torch.from_numpy(targets)
 
 
+DENSE_WEIGHTS = {"dense_obj": 1.0, "dense_l1": 5.0, "dense_giou": 2.0}  # YOLOS's box weights
+
+
 def dense_loss(pred: torch.Tensor, objectness: torch.Tensor, boxes: torch.Tensor) -> dict[str, torch.Tensor]:
     """BCE objectness over all patches + (5 L1 + 2 GIoU) on positive patches, as YOLOS weights boxes."""
     obj_loss = nn.functional.binary_cross_entropy_with_logits(pred[..., 0], objectness)
@@ -77,7 +80,15 @@ def dense_loss(pred: torch.Tensor, objectness: torch.Tensor, boxes: torch.Tensor
         giou = (1 - torch.diag(generalized_box_iou(cxcywh_to_xyxy(pred_boxes), cxcywh_to_xyxy(target)))).mean()
     else:
         l1 = giou = pred.sum() * 0.0
-    return {"loss_dense": obj_loss + 5 * l1 + 2 * giou, "dense_obj": obj_loss, "dense_l1": l1, "dense_giou": giou}
+    parts = {"dense_obj": obj_loss, "dense_l1": l1, "dense_giou": giou}
+    return {"loss_dense": sum(DENSE_WEIGHTS[k] * v for k, v in parts.items()), **parts}
+
+
+def dense_normalisers(objectness: torch.Tensor) -> dict[str, float]:
+    """What each component of ``dense_loss`` divides by over a batch: patches for the objectness mean,
+    positive patches for L1 and GIoU (the constant 4 of L1's mean over coordinates cancels in ratios)."""
+    positive = max(1.0, float((objectness > 0).sum()))
+    return {"dense_obj": float(objectness.numel()), "dense_l1": positive, "dense_giou": positive}
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float = 0.5, keep: int = 100) -> np.ndarray:

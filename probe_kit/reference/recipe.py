@@ -22,12 +22,14 @@ import torch
 import yaml
 from torch import nn
 
+from probe_kit import distributed
 from probe_kit.data.synth import SceneSpec, render_scene, scene_to_sample
 from probe_kit.metrics.coco import evaluate, ground_truth_dict
 from probe_kit.models.loading import seed_token_embeddings
 from probe_kit.models.predict import detections_from_outputs
 from probe_kit.ops.boxes import xywh_to_cxcywh_norm
-from probe_kit.ops.dense import DenseHead, dense_loss, dense_targets
+from probe_kit.ops.dense import DENSE_WEIGHTS, DenseHead, dense_loss, dense_normalisers, dense_targets
+from probe_kit.ops.set_loss import SetCriterion
 
 
 @dataclass(frozen=True)
@@ -178,11 +180,16 @@ def train_reference(
     ``out/best`` holds the best held-out checkpoint (safetensors + configs); ``out/last.pt``
     the resumable state; ``out/history.jsonl`` one line per evaluation. The summary holds this
     run's per-step total losses.
+
+    Under torchrun: DistributedDataParallel, each rank trains on its contiguous part of every global
+    batch (the effective batch stays ``cfg.batch_size``), with losses rescaled so that gradients and
+    logged losses equal one process's (``_step_loss``); rank 0 alone evaluates and writes.
     """
     from tqdm import tqdm
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if distributed.is_main():
+        out.mkdir(parents=True, exist_ok=True)
     model, processor = build_model(cfg)
     grid = (cfg.image_size // model.config.patch_size, cfg.image_size // model.config.patch_size)
     model.to(device)
@@ -207,29 +214,34 @@ def train_reference(
     easy = _render_pool(cfg.easy_seed, cfg.easy_frames, easy_spec, processor, "train-easy")
 
     model.train()
+    net = distributed.data_parallel(_Net(model, aux, grid))
+    criterion = SetCriterion(num_classes=model.config.num_labels, eos_coef=model.config.eos_coefficient)
     losses: list[float] = []
     started, run_started = time.time() - elapsed, time.time()
-    bar = tqdm(total=cfg.steps, initial=step, desc="reference", disable=not progress)
+    bar = tqdm(total=cfg.steps, initial=step, desc="reference", disable=not progress or not distributed.is_main())
+    if progress and distributed.is_main():
+        bar.write(distributed.effective_batch_line("reference", cfg.batch_size))
     while step < cfg.steps:
-        if budget_minutes is not None and time.time() - run_started > budget_minutes * 60:
+        over = budget_minutes is not None and time.time() - run_started > budget_minutes * 60
+        if distributed.broadcast_object(over):  # rank 0's clock, so every rank stops at the same step
             break
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(step, cfg)
-        pixels, targets, objectness, dense_boxes = _batch(step, cfg, main, easy, grid)
+        batch = _batch(step, cfg, main, easy, grid)  # the global batch; this rank trains on its part
+        mine = slice(*distributed.shard_bounds(cfg.batch_size, distributed.rank(), distributed.world_size()))
+        pixels, targets, objectness, dense_boxes = (part[mine] for part in batch)
         pixels, objectness, dense_boxes = pixels.to(device), objectness.to(device), dense_boxes.to(device)
         targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
-        out_model = model(pixel_values=pixels, labels=targets, output_hidden_states=False)
-        last = out_model.last_hidden_state[:, 1 : 1 + grid[0] * grid[1]]
-        dense = dense_loss(aux(last), objectness, dense_boxes)
-        loss = out_model.loss + cfg.dense_weight * dense["loss_dense"]
+        out_model, pred = net(pixels, targets)
+        dense = dense_loss(pred, objectness, dense_boxes)
+        loss, parts = _step_loss(out_model, dense, batch, mine, criterion, cfg, model.config)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         optimizer.step()
         step += 1
-        losses.append(float(loss.detach()))
-        parts = {k: float(v.detach()) for k, v in out_model.loss_dict.items() if k.startswith("loss")}
-        parts["loss_dense"] = float(dense["loss_dense"].detach())
+        parts = distributed.mean_over_ranks(parts)  # the global batch's losses
+        losses.append(parts.pop("loss"))
         bar.set_postfix(
             ce=parts["loss_ce"],
             l1=parts["loss_bbox"],
@@ -238,7 +250,7 @@ def train_reference(
             refresh=False,
         )
         bar.update(1)
-        if step % cfg.eval_every == 0 or step == cfg.steps:
+        if distributed.is_main() and (step % cfg.eval_every == 0 or step == cfg.steps):
             metrics = evaluate_pool(model, heldout)
             record = {
                 "step": step,
@@ -271,3 +283,37 @@ def train_reference(
             state_path.with_suffix(".tmp").replace(state_path)
     bar.close()
     return {"step": step, "best_AP50": best_ap50, "minutes": (time.time() - started) / 60, "losses": losses}
+
+
+class _Net(nn.Module):
+    """YOLOS with its loss plus the dense head on the final patch tokens: one module for DistributedDataParallel."""
+
+    def __init__(self, model, aux: DenseHead, grid: tuple[int, int]) -> None:
+        super().__init__()
+        self.model, self.aux, self.patches = model, aux, grid[0] * grid[1]
+
+    def forward(self, pixels: torch.Tensor, targets: list[dict]):
+        out = self.model(pixel_values=pixels, labels=targets, output_hidden_states=False)
+        return out, self.aux(out.last_hidden_state[:, 1 : 1 + self.patches])
+
+
+def _step_loss(out_model, dense: dict, batch, mine: slice, criterion: SetCriterion, cfg: RecipeConfig, config):
+    """``(loss to backpropagate, logged floats)`` of this rank's images ``mine`` of the global ``batch``. Under
+    torchrun each component is rescaled by its normalisers over the global batch (``distributed.global_batch_parts``),
+    so gradients, and logged means over ranks, equal one process's."""
+    set_parts, dense_parts = out_model.loss_dict, dense
+    if distributed.world_size() > 1:
+        _, targets, objectness, _ = batch
+        n_det = config.num_detection_tokens
+        set_parts = distributed.global_batch_parts(
+            set_parts, criterion.normalisers(targets[mine], n_det), criterion.normalisers(targets, n_det)
+        )
+        dense_parts = distributed.global_batch_parts(
+            dense_parts, dense_normalisers(objectness[mine]), dense_normalisers(objectness)
+        )
+    weights = {"loss_ce": 1.0, "loss_bbox": config.bbox_loss_coefficient, "loss_giou": config.giou_loss_coefficient}
+    set_loss = sum(weights[k] * set_parts[k] for k in weights)
+    dense_total = sum(DENSE_WEIGHTS[k] * dense_parts[k] for k in DENSE_WEIGHTS)
+    loss = set_loss + cfg.dense_weight * dense_total
+    logged = {"loss": loss, **{k: set_parts[k] for k in weights}, "loss_dense": dense_total}
+    return loss, {k: float(v.detach()) for k, v in logged.items()}
