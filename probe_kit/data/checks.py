@@ -102,6 +102,28 @@ def json_number(
     return int(value) if integer else x  # int() of a huge integral float stays exact
 
 
+def numeric_table(rows: list[tuple], width: int) -> np.ndarray | None:
+    """``[N, width]`` float64 of ``rows`` when every value is a real number (no bool, str, None), else None.
+
+    The fast path of the record checkers: one vectorised check for the common, valid case; when it
+    returns None or flags a row, the per-field checks run to name the first bad value.
+    """
+    if any(len(row) != width for row in rows):
+        return None
+    types = {type(v) for row in rows for v in row}
+    if not all(issubclass(t, numbers.Real) and not issubclass(t, (bool, np.bool_)) for t in types):
+        return None
+    try:
+        return np.array(rows, dtype=np.float64).reshape(-1, width)
+    except OverflowError:  # a 400-digit integer
+        return None
+
+
+def is_integral(values: np.ndarray) -> np.ndarray:
+    """Elementwise: finite and a whole number."""
+    return np.isfinite(values) & (values == np.round(values))
+
+
 def json_list(value: Any, where: str) -> list:
     """A JSON array (a dict or string where a list belongs is refused)."""
     if not isinstance(value, list):
@@ -132,8 +154,9 @@ def json_box(value: Any, where: str) -> tuple[float, float, float, float]:
     return x, y, w, h
 
 
-def far_from_image(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
-    """``[N]`` bool for ``[N, 4]`` xywh boxes reaching more than ``BOX_MARGIN`` image sizes beyond the frame."""
+def far_from_image(boxes: np.ndarray, width: float | np.ndarray, height: float | np.ndarray) -> np.ndarray:
+    """``[N]`` bool: ``[N, 4]`` xywh boxes reaching more than ``BOX_MARGIN`` image sizes beyond their frame
+    (``width``, ``height``: one size or ``[N]``)."""
     x, y, w, h = np.asarray(boxes, dtype=np.float64).reshape(-1, 4).T
     mx, my = BOX_MARGIN * width, BOX_MARGIN * height
     return (x < -mx) | (y < -my) | (x + w > width + mx) | (y + h > height + my)
