@@ -259,6 +259,24 @@ CASES = [
         "exits.split_gap",
         1,
     ),
+    (
+        "yaml-layers-reversed",
+        lambda ws, c: ["run", _experiment(ws, layers="3-1,6"), "--out", ws / "o"],
+        "layers: '3-1,6': range '3-1' is reversed",
+        1,
+    ),
+    (
+        "yaml-exit-layers-text",
+        lambda ws, c: ["run", _experiment(ws, exits={"layers": "four"}), "--out", ws / "o"],
+        "exits.layers",
+        1,
+    ),
+    (
+        "yaml-model-not-yolos",
+        lambda ws, c: ["run", _experiment(ws, model=str(c["bert"])), "--out", ws / "o"],
+        "model: config.json says model_type 'bert'",
+        1,
+    ),
     ("yaml-batch-size-0", lambda ws, c: ["run", _experiment(ws, batch_size=0), "--out", ws / "o"], "batch_size", 1),
     (
         "yaml-tokens-unknown",

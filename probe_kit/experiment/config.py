@@ -66,6 +66,8 @@ class _ExitKeys:
     candidates: str | int | None = None
     thresholds: tuple[float, ...] = ()  # finite; their range depends on the policy
     policy: str = "confidence"
+    timing_images: PositiveInt | None = None  # evaluate-exits latency: images timed per setting (default 16)
+    timing_repeats: PositiveInt | None = None  # ... and interleaved rounds (default 15)
 
 
 def load_experiment(path: Path) -> ExperimentConfig:
@@ -97,7 +99,8 @@ def load_experiment(path: Path) -> ExperimentConfig:
     if values.get("data"):
         values["data"] = _data_spec(path, values["data"])
     if "layers" in values:
-        values["layers"] = str(values["layers"])
+        values["layers"] = _layers(f"{path}: layers", values["layers"])
+    _check_local_model(path, values.get("model", "reference"))
     values["analyzers"] = {
         name: _analyzer_settings(path, name, settings) for name, settings in values.get("analyzers", {}).items()
     }
@@ -115,6 +118,30 @@ def _check_scene_size(path: Path, size: int) -> None:
         SceneSpec(size, size)
     except ValueError as err:
         raise UserError(f"{path}: synth.size: {str(err).split(': ', 1)[-1]}") from None
+
+
+def _layers(key: str, selection: str | int) -> str:
+    """A layer selection's syntax (lists, ranges, ``all``); indices beyond the model are refused when it loads."""
+    from probe_kit.models.layers import resolve_layers
+
+    try:
+        resolve_layers(str(selection), 10_000)
+    except ValueError as err:
+        raise UserError(f"{key}: {str(err).removeprefix('--layers ')}") from None
+    return str(selection)
+
+
+def _check_local_model(path: Path, name: str) -> None:
+    """A local checkpoint folder (or ``reference``) must be a YOLOS detector; hub ids are checked when they load."""
+    from probe_kit.io import read_json
+    from probe_kit.models.loading import check_model_type, resolve_model_path
+
+    folder = Path(resolve_model_path(name))
+    if (folder / "config.json").is_file():
+        try:
+            check_model_type(name, read_json(folder / "config.json", "model config"))
+        except ValueError as err:
+            raise UserError(f"{path}: model: {str(err).removeprefix(f'--model {name}: ')}") from None
 
 
 def _data_spec(path: Path, text: str) -> str:
@@ -144,7 +171,7 @@ def _analyzer_settings(path: Path, name: str, settings: Any) -> dict[str, Any]:
     options = {k: v for k, v in settings.items() if k != "layers"}
     checked = check_options(info, options, where=f"{key}.")
     if "layers" in settings:
-        checked["layers"] = str(check_value(f"{key}.layers", settings["layers"], str | int))
+        checked["layers"] = _layers(f"{key}.layers", check_value(f"{key}.layers", settings["layers"], str | int))
     return checked
 
 
@@ -160,4 +187,15 @@ def _exit_settings(path: Path, settings: dict[str, Any]) -> dict[str, Any]:
             raise UserError(f"{path}: exits: unknown key {key!r}; expected one of {known}")
     checked = check_fields(ExitTraining, training, prefix=f"{path}: exits.")
     checked |= check_fields(_ExitKeys, {k: v for k, v in settings.items() if k in own}, prefix=f"{path}: exits.")
+    for key in ("layers", "candidates"):
+        if checked.get(key) not in (None, "decision"):
+            checked[key] = _layer_list(f"{path}: exits.{key}", checked[key])
     return checked
+
+
+def _layer_list(key: str, value: str | int) -> str:
+    """Exit layers: block numbers, comma-separated (``4,8,12``)."""
+    tokens = [t.strip() for t in str(value).split(",")]
+    if not all(t.isdigit() and int(t) >= 1 for t in tokens):
+        raise UserError(f"{key}: expected block numbers such as 4,8,12 (or 'decision'), got {value!r}")
+    return ",".join(tokens)

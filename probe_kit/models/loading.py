@@ -64,11 +64,7 @@ def load_yolos(spec: ModelSpec):
     with _quiet_transformers():
         try:
             config, _ = PretrainedConfig.get_config_dict(path, revision=spec.revision)
-            if config.get("model_type") != "yolos":
-                raise ValueError(
-                    f"--model {spec.name}: config.json says model_type {config.get('model_type')!r}; "
-                    "expected a YOLOS detector (model_type 'yolos')"
-                )
+            check_model_type(spec.name, config)
             model, info = YolosForObjectDetection.from_pretrained(
                 path,
                 revision=spec.revision,
@@ -94,10 +90,17 @@ def load_yolos(spec: ModelSpec):
             raise ValueError(f"--model {spec.name}: config.json: {' '.join(str(err).split())}") from None
     _refuse_partial_load(spec.name, info)
     if spec.shortest_edge is not None:
-        longest = max(spec.shortest_edge, int(round(spec.shortest_edge * 1333 / 800)))
+        longest = max(spec.shortest_edge, round(spec.shortest_edge * 1333 / 800))
         processor.size = {"shortest_edge": spec.shortest_edge, "longest_edge": longest}
     model.to(local_device(spec.device)).eval()  # under torchrun, cuda -> this rank's GPU
     return model, processor
+
+
+def check_model_type(name: str, config: dict) -> None:
+    """Refuse a checkpoint whose ``config.json`` is not a YOLOS detector's (BERT, ViT, ...)."""
+    if not isinstance(config, dict) or config.get("model_type") != "yolos":
+        found = config.get("model_type") if isinstance(config, dict) else None
+        raise ValueError(f"--model {name}: config.json says model_type {found!r}; expected a YOLOS detector ('yolos')")
 
 
 @contextmanager
