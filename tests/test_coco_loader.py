@@ -55,3 +55,39 @@ def test_spec_description_round_trips():
     spec = parse_data_spec(f"coco:{ann}:{ann.parent}", stride=2)
     again = DataSpec.from_description(json.loads(json.dumps(spec.describe())))  # as stored in a cache
     assert [s.image_id for s in again.load()] == [s.image_id for s in spec.load()]
+
+
+def test_declared_size_must_match_the_image_header(tmp_path):
+    """A JSON width that disagrees with the image would misplace every normalised box: refused, naming both."""
+    ann = real_data("COCO/icevision_samples/annotations.json")
+    data = json.loads(ann.read_text())
+    index = next(i for i, img in enumerate(data["images"]) if img["id"] == 128372)
+    data["images"][index]["width"] = 320  # the file is 640x427
+    wrong = tmp_path / "annotations.json"
+    wrong.write_text(json.dumps(data))
+    with pytest.raises(
+        ValueError,
+        match=rf"000000128372\.jpg: expected the size 320x427 that .*annotations\.json: images\[{index}\] declares, got 640x427",
+    ):
+        load_coco(wrong, ann.parent / "images")
+
+
+@pytest.mark.parametrize(
+    "change,field",
+    [
+        (lambda d: d["images"][0].pop("id"), r"images\[0\]\.id"),
+        (lambda d: d.update(images={"id": 1}), r"images: expected a list"),
+        (lambda d: d["images"][0].update(width="wide"), r"images\[0\]\.width: expected an integer"),
+        (lambda d: d["annotations"][0].update(bbox="abcd"), r"annotations\[0\]\.bbox"),
+        (lambda d: d["annotations"][0].update(bbox=[1, float("nan"), 2, 3]), r"annotations\[0\]\.bbox.*nan"),
+        (lambda d: d["annotations"][0].update(image_id=-5), r"annotations\[0\]\.image_id.*-5"),
+        (lambda d: d["images"].append(dict(d["images"][0])), r"images\[\d+\]\.id: expected ids that are unique"),
+    ],
+)
+def test_malformed_records_name_file_and_field(tmp_path, change, field):
+    data = json.loads(real_data("COCO/icevision_samples/annotations.json").read_text())
+    change(data)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=f"bad.json: {field}"):
+        load_coco(path)

@@ -21,9 +21,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from probe_kit.data.checks import InputError
+from probe_kit.data.checks import InputError, check_image_size
 from probe_kit.data.coco import check_coco, load_coco
-from probe_kit.data.mot17 import check_image_size, load_sequence, read_seqinfo
+from probe_kit.data.mot17 import load_sequence, read_seqinfo
 from probe_kit.metrics.coco import METRIC_KEYS, evaluate
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -154,7 +154,7 @@ def test_seqinfo_values_and_image_header(seq, width, height, junk):
         return
     assert good and (info.width, info.height, info.length) == (int(w), int(h), LENGTH)
     try:
-        check_image_size(seq / "img1" / "000001.jpg", info)
+        check_image_size(seq / "img1" / "000001.jpg", info.width, info.height, str(seq / "seqinfo.ini"))
     except InputError as err:
         _one_line(err)
         assert "seqinfo.ini" in str(err) and (info.width, info.height) != (W, H)

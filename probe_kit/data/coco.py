@@ -19,6 +19,7 @@ import numpy as np
 from probe_kit.data.checks import (
     InputError,
     check_box_extent,
+    check_image_size,
     clip_to_image,
     far_from_image,
     is_integral,
@@ -175,6 +176,9 @@ def load_coco(
             raise InputError(
                 f"{annotations}: images[{index}].file_name", "a file name", "nothing (the field is missing)"
             )
+        path = images_dir / img["file_name"]
+        if path.is_file():  # absent images are named when loaded; ground truth alone (export-coco) needs none
+            check_image_size(path, img["width"], img["height"], f"{annotations}: images[{index}]")
         samples.append(
             Sample(
                 image_id=img["id"],
@@ -183,7 +187,7 @@ def load_coco(
                 height=img["height"],
                 boxes=clip_to_image(boxes[img["id"]], img["width"], img["height"]),
                 ignore=clip_to_image(ignore[img["id"]], img["width"], img["height"]),
-                path=images_dir / img["file_name"],
+                path=path,
             )
         )
     return samples

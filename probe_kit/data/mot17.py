@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from probe_kit.data.checks import (
     InputError,
     check_box_extent,
+    check_image_size,
     clip_to_image,
     far_from_image,
     json_number,
@@ -96,21 +96,6 @@ def read_seqinfo(seq_dir: Path) -> SequenceInfo:
         image_dir=image_dir,
         image_ext=image_ext,
     )
-
-
-def check_image_size(path: Path, info: SequenceInfo) -> None:
-    """Refuse a frame whose header size differs from seqinfo.ini (PIL reads the header only, no decode)."""
-    try:
-        with Image.open(path) as image:
-            size = image.size
-    except (OSError, SyntaxError, ValueError) as err:
-        raise InputError.saying(f"{path}: unreadable image ({err or type(err).__name__})") from None
-    if size != (info.width, info.height):
-        raise InputError(
-            str(path),
-            f"the size {info.width}x{info.height} that {info.path / 'seqinfo.ini'} declares",
-            f"{size[0]}x{size[1]}",
-        )
 
 
 def _base_name(name: str) -> str:
@@ -255,7 +240,7 @@ def load_sequence(
     images = {f: seq_dir / info.image_dir / f"{f:06d}{info.image_ext}" for f in frames[::stride]}
     images = {f: path for f, path in images.items() if path.is_file()}
     for path in images.values():  # before gt.txt: a wrong imWidth would otherwise surface as a box error
-        check_image_size(path, info)
+        check_image_size(path, info.width, info.height, str(info.path / "seqinfo.ini"))
     gt = read_gt(seq_dir / "gt" / "gt.txt", info)
     difficulty = _read_difficulty(seq_dir / "difficulty.txt")
     samples = []
