@@ -163,7 +163,10 @@ def _number(value: Any, kind: type, text: bool) -> int | float | None:
 
 def field_hints(owner: Any, skip: tuple[str, ...] = ()) -> dict[str, Any]:
     """Declared type hints (with ``Annotated`` ranges) of a dataclass's fields or a function's parameters."""
-    hints = typing.get_type_hints(owner, include_extras=True)
+    try:
+        hints = typing.get_type_hints(owner, include_extras=True)
+    except (NameError, TypeError):  # a plugin's hints that do not resolve: its options pass unchecked
+        hints = {}
     if dataclasses.is_dataclass(owner):
         names = [f.name for f in dataclasses.fields(owner)]
     else:
