@@ -181,3 +181,20 @@ def test_folder_without_training_ids_is_refused(exits_dir, synth_dir, tmp_path):
     run = _evaluate(old, synth_dir, tmp_path / "eval")
     assert run.exit_code != 0 and "retrain" in run.output
     assert not (tmp_path / "eval").exists()
+
+
+def test_replay_leaves_at_its_layer_after_running_every_head_on_the_way(tiny_model):
+    multi = _four_exits(tiny_model, 0.1)
+    pixels = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    called = []
+    handles = [multi.heads.heads[str(k)].register_forward_hook(lambda *a, k=k: called.append(k)) for k in (1, 2, 3, 4)]
+    try:
+        replay = multi(pixels, Policy("replay", layer=3))
+        called_replay, called[:] = list(called), []
+        fixed = multi(pixels, Policy("fixed", layer=3))
+    finally:
+        for h in handles:
+            h.remove()
+    assert called_replay == [1, 2, 3] and called == [3]
+    assert replay.exit_layer.tolist() == fixed.exit_layer.tolist() == [3]
+    torch.testing.assert_close(replay.logits, fixed.logits)

@@ -6,9 +6,10 @@
    setting's exit layers, detections, AP and GFLOPs are computed from those records
    (``heads/policies.py``), and AP of a per-image mix of exits comes from one COCO evaluation per
    exit (``metrics/per_image.py``).
-3. **Latency** of the full model, each static exit and the operating point (replayed through
-   ``MultiExitYolos`` with each image's recorded exit) on a fixed subset of scored images, timed in
-   interleaved rounds (``models/timing.py``).
+3. **Latency** of the full model, each static exit and the operating point on a fixed subset of
+   scored images, timed in interleaved rounds (``models/timing.py``). The operating point runs live
+   in ``MultiExitYolos`` when its policy is an online rule (the rule's own cost included), else it
+   replays each image's recorded exit (``Policy("replay")``: every head up to it runs).
 
 GFLOPs per image count the blocks actually run plus every exit head evaluated on the way (one head
 for a static exit), measured with FlopCounterMode at the largest input size.
@@ -25,11 +26,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from probe_kit import distributed
 from probe_kit.data.sample import Sample
 from probe_kit.data.spec import DataSpec
 from probe_kit.heads.multi_exit import MultiExitYolos, Policy
-from probe_kit.heads.policies import POLICIES, static_exit
-from probe_kit.heads.records import record_exits
+from probe_kit.heads.policies import POLICIES, RULES, static_exit
+from probe_kit.heads.records import record_exits_sharded
 from probe_kit.heads.store import load_exits
 from probe_kit.io import write_json
 from probe_kit.metrics.coco import evaluate, ground_truth_dict
@@ -84,8 +86,8 @@ def _gflops(profile: FlopProfile, exits: Sequence[int], layers: torch.Tensor, st
     return float(np.mean(per_image))
 
 
-def _timed_settings(multi, model, pixels: list[torch.Tensor], plans: dict[str, tuple[str, list[int]]]) -> dict:
-    """A callable per setting that runs the timing images: ``full`` (the unmodified model) or a policy per image."""
+def _timed_settings(multi, model, pixels: list[torch.Tensor], plans: dict[str, list[Policy]]) -> dict:
+    """A callable per setting that runs the timing images: ``full`` (the unmodified model), else a policy per image."""
 
     def run(policies: list[Policy] | None):
         def go() -> None:
@@ -95,10 +97,7 @@ def _timed_settings(multi, model, pixels: list[torch.Tensor], plans: dict[str, t
 
         return go
 
-    settings = {"full": run(None)}
-    for name, (kind, layers) in plans.items():
-        settings[name] = run([Policy(kind, layer=k) for k in layers])
-    return settings
+    return {"full": run(None), **{name: run(policies) for name, policies in plans.items()}}
 
 
 def evaluate_exits(
@@ -122,7 +121,9 @@ def evaluate_exits(
     multi = MultiExitYolos(model, heads, person_label_index(model.config)).eval()
     samples, dropped = held_out(data_spec.load(), config, Path(exits_dir), data_spec)
     profile = measure_flops(model, max({input_size(processor, s) for s in samples}, key=lambda s: s[0] * s[1]))
-    records = record_exits(multi, processor, samples, progress)
+    records = record_exits_sharded(multi, processor, samples, progress)  # under torchrun: each rank its share
+    if not distributed.is_main():  # rank 0 alone scores and times (latency on one rank, the others idle)
+        return distributed.broadcast_object(None)
     exits = records.layers
     gt = ground_truth_dict(samples)
 
@@ -158,8 +159,13 @@ def evaluate_exits(
     picks = np.unique(np.linspace(0, len(samples) - 1, min(timing.images, len(samples))).round().astype(int))
     pixels = [processor(images=[samples[i].load_image()], return_tensors="pt")["pixel_values"] for i in picks]
     pixels = [p.to(device=next(model.parameters()).device, dtype=next(model.parameters()).dtype) for p in pixels]
-    plans = {f"exit-{k}": ("fixed", [k] * len(picks)) for k in exits}
-    plans["operating_point"] = ("replay", chosen_layers[picks].tolist())
+    plans = {f"exit-{k}": [Policy("fixed", layer=k)] * len(picks) for k in exits}
+    # an online rule runs live (its own cost included; same exits as recorded, tested); others replay their exits
+    plans["operating_point"] = (
+        [Policy(policy_kind, threshold=chosen["threshold"])] * len(picks)
+        if policy_kind in RULES
+        else [Policy("replay", layer=k) for k in chosen_layers[picks].tolist()]
+    )
     latency = interleaved_latency(
         _timed_settings(multi, model, pixels, plans),
         len(picks),
@@ -175,7 +181,7 @@ def evaluate_exits(
         write_json(Path(detections_dir) / "full.json", static_detections[exits[-1]])
         for k in exits[:-1]:
             write_json(Path(detections_dir) / f"exit-{k}.json", static_detections[k])
-    return {
+    result = {
         "exits_dir": str(Path(exits_dir).resolve()),
         "data": data_spec.describe(),
         "policy": policy_kind,
@@ -203,6 +209,7 @@ def evaluate_exits(
         "exit_distribution": _by_difficulty(samples, chosen_layers),
         "timing": {
             **asdict(timing),
+            "processes": distributed.world_size(),  # > 1: recorded by all, timed on rank 0 while the others waited
             "images": len(picks),
             "timed_image_ids": [records.image_ids[i] for i in picks],
             "device": str(next(model.parameters()).device),
@@ -210,6 +217,7 @@ def evaluate_exits(
         },
         "flops": profile.to_json(),
     }
+    return distributed.broadcast_object(result)
 
 
 def summary_lines(result: dict) -> list[str]:
