@@ -35,7 +35,7 @@ def test_early_exits_when_early_layers_clear_the_bars():
     assert decision.exits == (3, 6, 9, 12)
     assert decision.verdict == "early exits viable"
     text = "\n".join(decision.rationale)
-    for number in ("0.800", "0.300", "0.500", "0.700", "(0.35 of final)", "(0.59 of final)", "(0.82 of final)"):
+    for number in ("0.800", "0.300", "0.500", "0.700", "(35% of final)", "(59% of final)", "(82% of final)"):
         assert number in text
     assert "bar AP50 0.282" in text and "28% of the full" in text
     assert decision.summary.startswith("Early exits viable: exits at layers 3, 6, 9 reach their bars")
@@ -156,4 +156,4 @@ def test_evidence_analyzers_are_cited_with_chance():
         "layers": {"3": {"attn_inbox_mass": 0.58, "c": 0.1}},
     }
     lines = decide(results).rationale
-    assert "layer 3 supporting evidence: raw-attention in-box mass 0.58 (chance 0.10)" in lines
+    assert "layer 3 supporting evidence: raw-attention in-box mass 0.580 (chance 0.100)" in lines

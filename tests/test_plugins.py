@@ -1,16 +1,22 @@
 """Third-party analyzers: their registry roles carry their numbers into the decision and the report."""
 
+import configparser
 import json
+import re
 import sys
 import textwrap
 from importlib.metadata import EntryPoint
+from pathlib import Path
 
 import pytest
+import torch
 from conftest import write_tiny_cache
 
 from probe_kit.analyzers import _registry, get_analyzer, list_analyzers, run_analyzer, write_result
+from probe_kit.cache.reader import FeatureCache
 from probe_kit.decision import decide, load_results
 from probe_kit.report import build_report
+from probe_kit.training.data import score
 
 # A toy plugin module, as a third party would ship it: a readout whose AP50 at layer k is 0.2 * k, so it is
 # the best readout at every layer of the tiny 4-layer model and must lead the decision's evidence there.
@@ -79,3 +85,31 @@ def test_toy_readout_reaches_the_decision_and_the_report(plugin_entry_points, ti
     assert "toy AP50" in html  # a column of the per-layer table, named by its registered label
     answer = html.split('id="answer"', 1)[1].split("</section>", 1)[0]
     assert "toy-readout" in answer  # the best readout named in the answer card's row
+
+
+def test_the_documented_plugin_is_complete_and_runs(tiny_model, synth_dir, tmp_path, monkeypatch):
+    """docs/analyzers.md's plugin, code and setup.cfg as printed, loads through its entry point and decides."""
+    doc = (Path(__file__).parent.parent / "docs/analyzers.md").read_text()
+    code = re.search(r"```python\n(.*?)```", doc, re.DOTALL).group(1)
+    setup = configparser.ConfigParser()
+    setup.read_string(re.search(r"```ini\n(.*?)```", doc, re.DOTALL).group(1))
+    name, module = (v.strip() for v in setup["options.entry_points"][_registry.ENTRY_POINT_GROUP].strip().split("="))
+    (tmp_path / module).mkdir()
+    (tmp_path / module / "__init__.py").write_text(code)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    point = EntryPoint(name, module, _registry.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(_registry, "entry_points", lambda group: [point] if group == point.group else [])
+    monkeypatch.setattr(_registry, "_loaded", False)
+    try:
+        assert get_analyzer(name).role == "readout"
+        cache = write_tiny_cache(tiny_model, synth_dir, tmp_path / "c.h5")
+        result = run_analyzer(name, cache, "2,4", shift=0.0)
+        assert result.to_json()["meta"]["role"] == "readout" and set(result.layers) == {2, 4}
+        # shift 0 at the last layer is the model itself: the AP50 of the model's own final outputs
+        with FeatureCache(cache) as opened:
+            logits, boxes = (torch.from_numpy(a) for a in opened.final_outputs())
+            own = score(logits, boxes, opened.samples(), opened.person_index())
+        assert result.layers[4]["AP50"] == pytest.approx(own["AP50"], abs=1e-6)
+    finally:
+        _registry._REGISTRY.pop(name, None)
+        sys.modules.pop(module, None)

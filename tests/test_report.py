@@ -178,7 +178,10 @@ def test_alerts_are_computed_from_the_results():
     data.exits_eval = {
         "evaluated_on": "all images",
         "full_model": full,
-        "exits": {"6": {"AP50": 0.5, "mean_gflops": 0.5, "measured_speedup": noisy, "latency": full["latency"]}},
+        "exits": {
+            "6": {"AP50": 0.5, "mean_gflops": 0.5, "measured_speedup": noisy, "latency": full["latency"]},
+            "12": {"AP50": 0.8, "mean_gflops": 1.0, "measured_speedup": noisy, "latency": full["latency"]},
+        },
         "operating_point": {"threshold": 0.99, "AP50": 0.8, "mean_gflops": 0.995, "measured_speedup": noisy},
     }
     data.val_persons = 40
@@ -187,7 +190,7 @@ def test_alerts_are_computed_from_the_results():
     assert "probe-linear was scored on 1 images it trained on" in text
     assert "probe-linear is underfit: AP50 0.260 at the last layer 12, where the lens" in text and "0.790" in text
     assert "threshold 0.99) saves nothing: 0.995 of 1.000 GFLOPs" in text
-    assert "within noise" in text and "exit 6, the operating point" in text
+    assert "within noise" in text and "exit 6, the operating point" in text  # not exit 12: the full model itself
     assert "only 40 persons" in text
     # and none of them where the results give no reason
     data.results["probe-linear"]["layers"]["12"]["AP50"] = 0.7

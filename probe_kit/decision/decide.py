@@ -197,7 +197,7 @@ def supporting(results: Mapping[str, dict], layer: int, roles: Roles | None = No
         chance = metrics.get(meta["chance"]) if meta["chance"] else None
         for key, label in meta["metrics"]:
             if isinstance(metrics.get(key), (int, float)):
-                parts.append(f"{label} {metrics[key]:.2f}" + (f" (chance {chance:.2f})" if chance is not None else ""))
+                parts.append(f"{label} {metrics[key]:.3f}" + (f" (chance {chance:.3f})" if chance is not None else ""))
     return parts
 
 
@@ -258,8 +258,8 @@ def decide(results: Mapping[str, dict], criteria: Criteria = Criteria(), roles: 
         )
         cost = f"; {row['fraction_of_full']:.0%} of the full model's GFLOPs" if "fraction_of_full" in row else ""
         rationale.append(
-            f"layer {layer}: best AP50 {row['best_AP50']:.3f} ({row['best_readout']}) = {ratio:.2f} of final, "
-            f"bar AP50 {bar:.3f} ({bar / final if final > 0 else 0:.2f} of final) -> "
+            f"layer {layer}: best AP50 {row['best_AP50']:.3f} ({row['best_readout']}) = {ratio:.0%} of final, "
+            f"bar AP50 {bar:.3f} ({bar / final if final > 0 else 0:.0%} of final) -> "
             f"{'passes' if passes else 'fails'}{cost}"
         )
         if passes:

@@ -95,17 +95,21 @@ def _measured_sentence(data: ReportData) -> str | None:
     op, full = ev["operating_point"], ev["full_model"]
     gflops_saved = 1 - op["mean_gflops"] / full["gflops"]
     delta = op["AP50"] - full["AP50"]
+    compute = (
+        f"saves {gflops_saved:.0%} of the GFLOPs" if gflops_saved >= 0 else f"costs {-gflops_saved:.0%} more GFLOPs"
+    )
     text = (
         f"Measured on held-out images: the {ev.get('policy', 'adaptive')} policy at threshold {op['threshold']} "
-        f"reads AP50 {op['AP50']:.3f} ({delta:+.3f} against the full model's {full['AP50']:.3f}) and saves "
-        f"{gflops_saved:.0%} of the GFLOPs"
+        f"reads AP50 {op['AP50']:.3f} ({delta:+.3f} against the full model's {full['AP50']:.3f}) and {compute}"
     )
     ratio = speedup(op)
     if ratio is None:
         return text + "."
     if ratio[1] is False:
         return text + f"; its latency differs from the full model's by no measurable amount ({ratio[0]:.2f}x)."
-    return text + f" and {1 - 1 / ratio[0]:.0%} of the measured latency ({ratio[0]:.2f}x)."
+    saved = 1 - 1 / ratio[0]
+    latency_text = f"saves {saved:.0%} of" if saved >= 0 else f"adds {1 / ratio[0] - 1:.0%} to"
+    return text + f"; it {latency_text} the measured latency ({ratio[0]:.2f}x)."
 
 
 def _design(decision: dict | None) -> str | None:
@@ -142,10 +146,12 @@ def alerts(data: ReportData) -> list[str]:
     """Warnings computed from the results: each names the numbers that raised it."""
     found = []
     ev = data.exits_eval
-    if ev and (ev.get("evaluated_on") == "all images" or ev.get("scored_on_training_images")):
+    trained_on = set(((data.exits_config or {}).get("split") or {}).get("train_image_ids", []))
+    overlap = trained_on & set((ev or {}).get("scored_image_ids", []))
+    if overlap or (ev and ev.get("evaluated_on") == "all images" and "dropped_training_images" not in ev):
         found.append(
-            "Exit heads were scored on images they trained on (evaluated on all images): their AP50 overstates "
-            "what they reach on new images."
+            f"Exit heads were scored on images they trained on ({len(overlap) or 'all'} of them): their AP50 "
+            "overstates what they reach on new images."
         )
     for name in data.by_role("readout"):
         split = data.results[name].get("split") or {}
@@ -168,9 +174,12 @@ def alerts(data: ReportData) -> list[str]:
                 f"The operating point (threshold {op['threshold']}) saves nothing: {op['mean_gflops']:.3f} of "
                 f"{full['gflops']:.3f} GFLOPs per image."
             )
-        noisy = [f"exit {k}" for k, row in ev.get("exits", {}).items() if (speedup(row) or (0, True))[1] is False] + (
-            ["the operating point"] if (speedup(op) or (0, True))[1] is False else []
-        )
+        last = max((int(k) for k in ev.get("exits", {})), default=None)  # the last exit is the full model itself
+        noisy = [
+            f"exit {k}"
+            for k, row in ev.get("exits", {}).items()
+            if int(k) != last and (speedup(row) or (0, True))[1] is False
+        ] + (["the operating point"] if (speedup(op) or (0, True))[1] is False else [])
         if noisy:
             found.append(f"Latency differences within noise (per-round speed-up range holds 1x): {', '.join(noisy)}.")
         elif ev.get("exits") and all(latency(r) and latency(r)[1] is None for r in ev["exits"].values()):

@@ -93,7 +93,8 @@ def example_frames(found: ExitDetections) -> str | None:
                 ax.add_patch(plt.Rectangle((x, y), w, h, fill=False, color=colour, linewidth=1))
             ax.set_xticks([])
             ax.set_yticks([])
-            ax.set_title(f"{column} ({len(boxes)} boxes)", fontsize=8)
+            name = {"ground truth": "ground truth", "full": "full model"}.get(column, f"exit {column}")
+            ax.set_title(f"{name} ({len(boxes)} box{'' if len(boxes) == 1 else 'es'})", fontsize=8)
         difficulty = sample.meta.get("difficulty") or ""
         row[0].set_ylabel(f"{difficulty} #{sample.image_id}".strip(), fontsize=8)
     fig.suptitle(f"Held-out frames: ground truth (green) and each exit's detections with score >= {SCORE_CUT} (red)")
