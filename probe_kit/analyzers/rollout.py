@@ -54,8 +54,15 @@ def run_rollout(cache: FeatureCache, layers: tuple[int, ...], seed: int = 0) -> 
         for token, g in match_final_to_gt(final_boxes[i], sample):
             mask = patches_inside(sample.boxes[g], grid, sample.width, sample.height)
             by_image.setdefault(i, []).append((token, g, mask))
-    if not by_image:
-        raise ValueError(f"{cache.path}: no final-layer detection matches a ground-truth person (IoU >= 0.5)")
+    options = {
+        "head_fusion": cache.options["head_fusion"],
+        "discard_ratio": cache.options["discard_ratio"],
+        "match_iou": MATCH_IOU,
+    }
+    if not by_image:  # e.g. an untrained model: no attention evidence, said in the result instead of ending the study
+        note = f"no final-layer detection matches a ground-truth person (IoU >= {MATCH_IOU}): no attention evidence"
+        per_layer = {layer: {"matched_pairs": 0} for layer in layers}
+        return AnalyzerResult("rollout", options, seed, per_layer, cache.fingerprint, extra={"note": note})
     images = np.array(sorted(by_image))
     chance = [float(mask.mean()) for i in images for _, _, mask in by_image[i]]
     per_layer = {}
@@ -88,10 +95,5 @@ def run_rollout(cache: FeatureCache, layers: tuple[int, ...], seed: int = 0) -> 
         "overlay_boxes": np.stack([samples[i].boxes[g] for i, (_, g, _) in zip(shown, first)]),
         "overlay_paths": np.array([paths.get(samples[i].image_id, "") for i in shown]),
         "overlay_layers": np.array(layers),
-    }
-    options = {
-        "head_fusion": cache.options["head_fusion"],
-        "discard_ratio": cache.options["discard_ratio"],
-        "match_iou": MATCH_IOU,
     }
     return AnalyzerResult("rollout", options, seed, per_layer, cache.fingerprint, arrays=arrays)

@@ -68,6 +68,8 @@ class _ExitKeys:
     policy: str = "confidence"
     timing_images: PositiveInt | None = None  # evaluate-exits latency: images timed per setting (default 16)
     timing_repeats: PositiveInt | None = None  # ... and interleaved rounds (default 15)
+    timing_images: PositiveInt | None = None  # evaluate-exits latency: images timed per setting (default 16)
+    timing_repeats: PositiveInt | None = None  # ... and interleaved rounds (default 15)
 
 
 def load_experiment(path: Path) -> ExperimentConfig:

@@ -11,9 +11,9 @@ import hashlib
 import json
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
 
 from probe_kit.experiment.config import ExperimentConfig
 
@@ -66,7 +66,7 @@ def _cache_stage(cfg: ExperimentConfig, data_text: str, out: Path, say: Callable
         data_spec,
         cfg.layers,
         cfg.tokens,
-        path,  # noqa: E731
+        path,
         batch_size=cfg.batch_size,
         attention=cfg.attention,
     )
@@ -131,7 +131,7 @@ def _exits_stage(
 ) -> None:
     from probe_kit.cache.reader import FeatureCache
     from probe_kit.data.spec import parse_data_spec
-    from probe_kit.heads.evaluate import DEFAULT_THRESHOLDS, evaluate_exits
+    from probe_kit.heads.evaluate import DEFAULT_THRESHOLDS, Timing, evaluate_exits
     from probe_kit.heads.train import ExitTraining, train_exit_heads
     from probe_kit.io import write_json
 
@@ -169,7 +169,15 @@ def _exits_stage(
         else "[exits] evaluating on every image (the split was by image, not by sequence)"
     )
     thresholds = tuple(cfg.exits.get("thresholds", DEFAULT_THRESHOLDS))
-    result = evaluate_exits(out / "exits", data_spec, thresholds, cfg.exits.get("policy", "confidence"))
+    result = evaluate_exits(
+        out / "exits",
+        data_spec,
+        thresholds,
+        cfg.exits.get("policy", "confidence"),
+        device=cfg.device,
+        timing=Timing(**{k: cfg.exits[f"timing_{k}"] for k in ("images", "repeats") if cfg.exits.get(f"timing_{k}")}),
+        detections_dir=out / "exits_eval" / "detections",
+    )
     result["evaluated_on"] = "validation sequences" if options else "all images"
     write_json(eval_path, result)
 
