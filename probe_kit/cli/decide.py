@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import click
@@ -25,18 +26,41 @@ from probe_kit.cli.outputs import check_outputs, file_out
     "{3: 0.30, ...}. Default: the original study's bars, relative to the final layer.",
 )
 @click.option(
+    "--designs",
+    "designs_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="An evaluate-exits result.json with a `designs` comparison: also recommend a design and operating point.",
+)
+@click.option(
+    "--max-ap50-loss",
+    type=float,
+    default=None,
+    help="AP50 you accept to lose for speed, absolute (default 0.01: one point); YAML decision: max_ap50_loss.",
+)
+@click.option(
     "--out", type=click.Path(path_type=Path), default=None, help="decision.json (default RESULTS/decision.json)"
 )
-def command(results_dir: Path, bars: str | None, out: Path | None) -> None:
+def command(
+    results_dir: Path, bars: str | None, designs_path: Path | None, max_ap50_loss: float | None, out: Path | None
+) -> None:
     """Print the recommended exits, the verdict and its rationale; write them as JSON."""
     from probe_kit.analyzers import analyzer_meta
     from probe_kit.decision import Criteria, decide, load_results, parse_bars
-    from probe_kit.io import write_json
+    from probe_kit.decision.design import recommend_design
+    from probe_kit.io import read_json, write_json
 
     criteria = Criteria(bars=parse_bars(bars)) if bars else Criteria()  # errors name --bars (one line)
+    if max_ap50_loss is not None:
+        criteria = dataclasses.replace(criteria, max_ap50_loss=max_ap50_loss)
     check_outputs(file_out(out or results_dir / "decision.json"))  # before any work
     decision = decide(load_results(results_dir), criteria, roles=analyzer_meta())
-    path = write_json(out or results_dir / "decision.json", decision.to_json())
+    data = decision.to_json()
+    if designs_path is not None:
+        data["design"] = recommend_design(read_json(designs_path, "--designs"), criteria.max_ap50_loss)
+    path = write_json(out or results_dir / "decision.json", data)
     click.echo("\n".join(decision.rationale))
     click.echo(decision.summary)
+    if designs_path is not None:
+        click.echo("\n".join(data["design"]["rationale"]))
     click.echo(f"-> {path}")

@@ -37,6 +37,8 @@ class Criteria:
     # the user's bars: (layer, minimum AP50) pairs, absolute, sorted by layer; linear in between and held
     # flat beyond the ends. Empty: the relative default above.
     bars: tuple[tuple[int, float], ...] = ()
+    # exit designs (``decide --designs``): the AP50 the user accepts to lose for speed, absolute (0.01 = 1 point)
+    max_ap50_loss: float = 0.01
 
     def required(self, depth: float) -> float:
         """Fraction of the final AP50 required of an exit at ``depth`` (layer / number of layers), by default."""
@@ -92,7 +94,15 @@ def check_bars(raw: Mapping[Any, Any], where: str) -> tuple[tuple[int, float], .
     return tuple(sorted(bars))
 
 
-_SETTABLE = ("bars", "max_exits", "min_gap_fraction", "early_depth", "hierarchy_tolerance", "min_final_ap50")
+_SETTABLE = (
+    "bars",
+    "max_exits",
+    "min_gap_fraction",
+    "early_depth",
+    "hierarchy_tolerance",
+    "min_final_ap50",
+    "max_ap50_loss",
+)
 
 
 def criteria_from(raw: Mapping[str, Any] | None, where: str = "decision") -> Criteria:

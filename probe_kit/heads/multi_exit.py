@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from probe_kit.heads.dense_exit import DenseExitHeads
 from probe_kit.heads.exits import ExitHeads
 from probe_kit.heads.policies import RULES
 from probe_kit.heads.records import ExitStats, exit_stats
@@ -41,13 +42,16 @@ class Policy:
 
 @dataclass
 class ExitOutput:
-    logits: torch.Tensor  # [B, N, C+1], each image's outputs at its exit
-    pred_boxes: torch.Tensor  # [B, N, 4]
+    """Each image's outputs at its exit."""
+
+    person: torch.Tensor  # [B, N] person score per detection
+    pred_boxes: torch.Tensor  # [B, N, 4] normalised cx, cy, w, h
     exit_layer: torch.Tensor  # [B] long
+    logits: torch.Tensor | None = None  # [B, N, C+1]; None for dense exit heads (they give objectness, not classes)
 
 
 class MultiExitYolos(nn.Module):
-    def __init__(self, model, heads: ExitHeads, person_index: int) -> None:
+    def __init__(self, model, heads: ExitHeads | DenseExitHeads, person_index: int) -> None:
         super().__init__()
         self.model = model
         self.heads = heads
@@ -64,14 +68,25 @@ class MultiExitYolos(nn.Module):
             return torch.full((batch,), layer == policy.layer, dtype=torch.bool)
         return RULES[policy.kind](history, policy.threshold).cpu()
 
+    def tokens(self, layer: int, hidden: torch.Tensor) -> torch.Tensor:
+        """What exit ``layer`` reads of the block output ``hidden [B, T, D]``: det tokens, or a dense exit's patches."""
+        if isinstance(self.heads, DenseExitHeads):
+            return self.heads.tokens(layer, hidden)
+        return hidden[:, -self.model.config.num_detection_tokens :]
+
+    def exit_stats(self, layer: int, tokens: torch.Tensor) -> ExitStats:
+        """``ExitStats`` of exit ``layer`` on the tokens it reads (a dense exit: its NMS-kept patches)."""
+        if isinstance(self.heads, DenseExitHeads):
+            return self.heads.stats(layer, tokens, self.person_index)
+        return exit_stats(*self.heads(layer, tokens), tokens, self.person_index)
+
     def exit_tokens(self, pixel_values: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
-        """``(layer, det tokens [B, N, D])`` at every exit, in order; all blocks run (gradients as the caller sets)."""
+        """``(layer, tokens the exit reads)`` at every exit, in order; all blocks run (gradients as the caller sets)."""
         hidden, mid = embed(self.model, pixel_values)
-        n_det = self.model.config.num_detection_tokens
         for layer, block in enumerate(self.model.vit.encoder.layer, start=1):
             hidden = block(hidden)
             if layer in self.heads.layers:
-                yield layer, hidden[:, -n_det:]
+                yield layer, self.tokens(layer, hidden)
             hidden = next_block_input(self.model, mid, layer, hidden)
 
     def all_exits(self, pixel_values: torch.Tensor) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
@@ -85,25 +100,28 @@ class MultiExitYolos(nn.Module):
             raise ValueError(f"policy {policy.kind}: layer {policy.layer} has no exit head (exits {self.heads.layers})")
         batch = pixel_values.shape[0]
         hidden, mid = embed(self.model, pixel_values)
-        n_det = self.model.config.num_detection_tokens
         active = torch.arange(batch)
-        out_logits = out_boxes = None
+        out: dict[str, torch.Tensor] = {}
+        dense = isinstance(self.heads, DenseExitHeads)
         exit_layer = torch.zeros(batch, dtype=torch.long)
         history: list[ExitStats] = []
         for layer, block in enumerate(self.model.vit.encoder.layer, start=1):
             hidden = block(hidden)
             fixed_elsewhere = policy.kind == "fixed" and layer not in (policy.layer, self.depth)
             if layer in self.heads.layers and not fixed_elsewhere:  # a fixed exit evaluates one head only
-                tokens = hidden[:, -n_det:]
-                logits, boxes = self.heads(layer, tokens)
-                if out_logits is None:
-                    out_logits = logits.new_zeros((batch,) + logits.shape[1:])
-                    out_boxes = boxes.new_zeros((batch,) + boxes.shape[1:])
+                tokens = self.tokens(layer, hidden)
+                logits = None
+                if dense:  # a dense exit's detections are its NMS-kept patches: stats are the output
+                    stats = self.exit_stats(layer, tokens)
+                else:
+                    logits, boxes = self.heads(layer, tokens)
+                    stats = exit_stats(logits, boxes, tokens, self.person_index)
                 if policy.kind != "fixed":  # what a rule decides on (replay computes it too: same cost)
-                    history.append(exit_stats(logits, boxes, tokens, self.person_index))
+                    history.append(stats)
                 leaving = self._exits_now(policy, layer, len(active), history)
-                out_logits[active[leaving]] = logits[leaving]
-                out_boxes[active[leaving]] = boxes[leaving]
+                parts = {"person": stats.person, "pred_boxes": stats.boxes} | ({} if dense else {"logits": logits})
+                for name, value in parts.items():
+                    out.setdefault(name, value.new_zeros((batch,) + value.shape[1:]))[active[leaving]] = value[leaving]
                 exit_layer[active[leaving]] = layer
                 if leaving.all():
                     break
@@ -111,4 +129,4 @@ class MultiExitYolos(nn.Module):
                 active, hidden = active[staying], hidden[staying]
                 history[:] = [stats.select(staying) for stats in history]
             hidden = next_block_input(self.model, mid, layer, hidden)
-        return ExitOutput(out_logits, out_boxes, exit_layer)
+        return ExitOutput(out["person"], out["pred_boxes"], exit_layer, out.get("logits"))

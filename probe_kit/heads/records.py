@@ -11,16 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
+from probe_kit import distributed
 from probe_kit.data.sample import Sample
 from probe_kit.models.predict import detections_from_scores, person_scores
-
-if TYPE_CHECKING:
-    from probe_kit.heads.multi_exit import MultiExitYolos
-
 
 FIELDS = ("person", "top", "boxes", "pooled")  # ExitStats' tensors, in order
 
@@ -78,8 +74,9 @@ class ExitRecords:
         return detections_from_scores(picked.person, picked.boxes, self.image_ids, self.sizes)
 
 
-def record_exits(multi: MultiExitYolos, processor, samples: Sequence[Sample], progress: bool = True) -> ExitRecords:
-    """Run every exit of ``multi`` once per image (batch 1, streamed) and keep each exit's ``ExitStats``."""
+def record_exits(multi: torch.nn.Module, processor, samples: Sequence[Sample], progress: bool = True) -> ExitRecords:
+    """Run every exit of ``multi`` (a ``MultiExitYolos``: not imported here, it imports this module) once per
+    image (batch 1, streamed) and keep each exit's ``ExitStats``."""
     from tqdm import tqdm
 
     device = next(multi.parameters()).device
@@ -89,8 +86,7 @@ def record_exits(multi: MultiExitYolos, processor, samples: Sequence[Sample], pr
         for sample in tqdm(samples, desc="all exits", unit="img", disable=not progress):
             pixels = processor(images=[sample.load_image()], return_tensors="pt")["pixel_values"]
             for layer, tokens in multi.exit_tokens(pixels.to(device=device, dtype=dtype)):
-                logits, boxes = multi.heads(layer, tokens)
-                parts[layer].append(_to_cpu(exit_stats(logits, boxes, tokens, multi.person_index)))
+                parts[layer].append(_to_cpu(multi.exit_stats(layer, tokens)))
     return ExitRecords(
         layers=multi.heads.layers,
         image_ids=tuple(int(s.image_id) for s in samples),
@@ -101,3 +97,21 @@ def record_exits(multi: MultiExitYolos, processor, samples: Sequence[Sample], pr
 
 def _to_cpu(stats: ExitStats) -> ExitStats:
     return ExitStats(*(getattr(stats, f).cpu() for f in FIELDS))
+
+
+def record_exits_sharded(
+    multi: torch.nn.Module, processor, samples: Sequence[Sample], progress: bool = True
+) -> ExitRecords:
+    """``record_exits`` under torchrun: each rank records its contiguous share of ``samples`` and every rank
+    gets all records in image order (``all_gather_object``); one process records everything itself."""
+    lo, hi = distributed.shard_bounds(len(samples), distributed.rank(), distributed.world_size())
+    mine = record_exits(multi, processor, samples[lo:hi], progress and distributed.is_main()) if hi > lo else None
+    parts = [p for p in distributed.all_gather_object(mine) if p is not None]
+    if len(parts) == 1:
+        return parts[0]
+    return ExitRecords(
+        layers=parts[0].layers,
+        image_ids=tuple(i for p in parts for i in p.image_ids),
+        sizes=tuple(s for p in parts for s in p.sizes),
+        stats={k: ExitStats.cat([p.stats[k] for p in parts]) for k in parts[0].layers},
+    )

@@ -19,9 +19,12 @@ from safetensors.torch import load_file, save_file
 
 from probe_kit.cache.reader import FeatureCache
 from probe_kit.data.sample import Sample
+from probe_kit.heads.dense_exit import DenseExitHeads
 from probe_kit.heads.exits import ExitHeads
 from probe_kit.models.record import ModelRecord, load_recorded
 from probe_kit.training.data import Split, cache_record
+
+HEAD_TYPES = {"det": ExitHeads, "dense": DenseExitHeads}  # config.json "head" (absent: det)
 
 
 def exits_provenance(cache: FeatureCache, samples: Sequence[Sample], split: Split) -> dict:
@@ -102,7 +105,10 @@ def load_exits(folder: Path, device: str = "cpu"):
         if bad:
             raise ValueError(f"{folder / 'blocks.safetensors'}: tensors {bad[:3]} do not fit {record.name}")
         model.load_state_dict(blocks, strict=False)
-    heads = ExitHeads.from_model(model, tuple(config["layers"]))
+    kind = config.get("head", "det")
+    if kind not in HEAD_TYPES:
+        raise ValueError(f"{where}: head: expected one of {sorted(HEAD_TYPES)}, got {kind!r}")
+    heads = HEAD_TYPES[kind].from_model(model, tuple(config["layers"]))
     try:
         heads.load_state_dict(heads_state)
     except RuntimeError as err:
