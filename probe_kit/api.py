@@ -99,15 +99,17 @@ def analyze(
 
 
 def decide(results: str | Path | Iterable[AnalyzerResult], **criteria: Any) -> Decision:
-    """Recommended exits from a results folder or a list of analyzer results; ``criteria`` as ``Criteria``."""
-    from probe_kit.decision.decide import Criteria, load_results
+    """Recommended exits from a results folder or a list of analyzer results; ``criteria`` as the YAML ``decision:``
+    key (``bars="3:0.30,6:0.50"`` or ``{3: 0.30}``, ``max_exits``, ...); analyzer roles from the registry."""
+    from probe_kit.analyzers import analyzer_meta
+    from probe_kit.decision.decide import criteria_from, load_results
     from probe_kit.decision.decide import decide as choose
 
     if isinstance(results, (str, Path)):
         evidence = load_results(Path(results))
     else:
         evidence = {result.name: result.to_json() for result in results}
-    return choose(evidence, Criteria(**criteria))
+    return choose(evidence, criteria_from(criteria, "decide"), roles=analyzer_meta())
 
 
 def train_exits(
