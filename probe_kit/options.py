@@ -77,6 +77,8 @@ def describe(hint: Any) -> str:
         return f"a list of {describe(args[0]).removeprefix('a ').removeprefix('an ')}s" if args else "a list"
     if dataclasses.is_dataclass(base):
         return f"a mapping with keys {[f.name for f in dataclasses.fields(base)]}"
+    if origin is dict:
+        return "a mapping"
     names = {bool: "true or false", int: "an integer", float: "a finite number", str: "a text", dict: "a mapping"}
     return names.get(base, getattr(base, "__name__", str(base))) + bounds
 

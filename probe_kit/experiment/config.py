@@ -45,7 +45,7 @@ class ExperimentConfig:
     min_visibility: Annotated[float, Range(0, 1)] | None = None
     stride: PositiveInt | None = None
     val_sequences: tuple[str, ...] = ()
-    layers: str | int = "all"
+    layers: str | int | tuple[int, ...] = "all"  # "all", "3,6,9,12", "1-4", 12 or [3, 6, 9, 12]
     tokens: tuple[Literal["det", "patch", "cls"], ...] = ("det", "patch")
     attention: bool = False  # cache rollout/attention maps (for the rollout analyzer)
     batch_size: PositiveInt = 16
@@ -66,8 +66,6 @@ class _ExitKeys:
     candidates: str | int | None = None
     thresholds: tuple[float, ...] = ()  # finite; their range depends on the policy
     policy: str = "confidence"
-    timing_images: PositiveInt | None = None  # evaluate-exits latency: images timed per setting (default 16)
-    timing_repeats: PositiveInt | None = None  # ... and interleaved rounds (default 15)
     timing_images: PositiveInt | None = None  # evaluate-exits latency: images timed per setting (default 16)
     timing_repeats: PositiveInt | None = None  # ... and interleaved rounds (default 15)
 
@@ -122,10 +120,12 @@ def _check_scene_size(path: Path, size: int) -> None:
         raise UserError(f"{path}: synth.size: {str(err).split(': ', 1)[-1]}") from None
 
 
-def _layers(key: str, selection: str | int) -> str:
+def _layers(key: str, selection: str | int | tuple[int, ...]) -> str:
     """A layer selection's syntax (lists, ranges, ``all``); indices beyond the model are refused when it loads."""
     from probe_kit.models.layers import resolve_layers
 
+    if isinstance(selection, tuple):
+        selection = ",".join(map(str, selection))
     try:
         resolve_layers(str(selection), 10_000)
     except ValueError as err:
@@ -173,7 +173,9 @@ def _analyzer_settings(path: Path, name: str, settings: Any) -> dict[str, Any]:
     options = {k: v for k, v in settings.items() if k != "layers"}
     checked = check_options(info, options, where=f"{key}.")
     if "layers" in settings:
-        checked["layers"] = _layers(f"{key}.layers", check_value(f"{key}.layers", settings["layers"], str | int))
+        checked["layers"] = _layers(
+            f"{key}.layers", check_value(f"{key}.layers", settings["layers"], str | int | tuple[int, ...])
+        )
     return checked
 
 
