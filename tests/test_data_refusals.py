@@ -113,6 +113,7 @@ CASES = [
     ("thresholds-abc", lambda f: [*_files(f, _gt(), _dets()), "--thresholds", "abc"], ["--thresholds", "abc"]),
     ("thresholds-nan", lambda f: [*_files(f, _gt(), _dets()), "--thresholds", "0.5,nan"], ["--thresholds"]),
     ("thresholds-above-1", lambda f: [*_files(f, _gt(), _dets()), "--thresholds", "1.5"], ["--thresholds"]),
+    ("stride-with-files", lambda f: [*_files(f, _gt(), _dets()), "--stride", "2"], ["--stride", "--data"]),
     ("gt-without-detections", lambda f: _files(f, _gt()), ["--gt and --detections"]),
     ("evaluate-nothing", lambda f: _files(f), ["--cache", "--model", "--data", "--gt", "--detections"]),
     ("out-is-the-gt", lambda f: [*_files(f, _gt(), _dets())[:-2], "--out", str(f / "gt.json")], ["--out", "input"]),

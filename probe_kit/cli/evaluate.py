@@ -66,6 +66,11 @@ def command(
     from probe_kit.io import write_json
 
     source = _source(cache_path, gt, detections, data)
+    narrowing = {"--sequences": sequences, "--split": split, "--min-visibility": min_visibility, "--stride": stride}
+    ignored = [name for name, value in narrowing.items() if value is not None]
+    if ignored and source != "model":
+        given = "--cache" if source == "cache" else "--gt/--detections"
+        raise click.UsageError(f"{', '.join(ignored)}: narrow --data only; {given} is scored whole")
     dets_path = None
     if source != "files":
         dets_path = detections_out or out.with_name(out.stem + "_detections.json")

@@ -181,7 +181,8 @@ def clip_to_image(boxes: list, width: int, height: int) -> np.ndarray:
 def check_image_size(path: Path, width: int, height: int, declared_by: str) -> None:
     """Refuse an image whose header size differs from what ``declared_by`` says (PIL reads the header only).
 
-    0.3-0.7 ms per frame on MOT17's JPEGs, against ~23 ms to decode one, so every frame is checked.
+    Measured on the real MOT17 excerpt: 1.3 ms for all 31 frames (0.04 ms each, warm file cache) against
+    25-75 ms to decode one frame, so every frame is checked, not a sample.
     """
     from PIL import Image
 

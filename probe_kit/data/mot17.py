@@ -79,7 +79,7 @@ def read_seqinfo(seq_dir: Path) -> SequenceInfo:
 
     def number(key: str) -> int:
         if key not in section:
-            raise InputError(f"{path}: [Sequence] {key}", "a value, but the key is missing")
+            raise InputError(f"{path}: [Sequence] {key}", "a positive integer", "nothing (the key is missing)")
         return int(parse_number(section[key], f"{path}: [Sequence] {key}", lo=1, hi=_MAX_VALUE, integer=True))
 
     image_dir, image_ext = section.get("imDir", "img1"), section.get("imExt", ".jpg")
