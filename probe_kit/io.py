@@ -47,6 +47,8 @@ def read_json(path: Path, what: str = "JSON") -> Any:
         raise UserError(f"{path}: not a {what} file (not UTF-8 text)") from None
     except json.JSONDecodeError as err:
         raise UserError(f"{path}: not valid {what} ({err})") from None
+    except RecursionError:  # json.loads of "[[[[..." thousands deep
+        raise UserError(f"{path}: not valid {what} (nested too deeply)") from None
 
 
 def read_result(path: Path) -> dict:

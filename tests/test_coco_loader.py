@@ -32,7 +32,7 @@ def test_mmpose_excerpt_and_spec_with_image_dir():
 def test_bad_json_and_missing_fields(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
-    with pytest.raises(ValueError, match="bad.json: expected a readable COCO annotations JSON"):
+    with pytest.raises(ValueError, match="bad.json: not valid COCO annotations"):
         load_coco(bad)
     partial = tmp_path / "partial.json"
     partial.write_text(json.dumps({"images": [], "categories": []}))

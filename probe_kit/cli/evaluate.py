@@ -131,12 +131,12 @@ def _refuse_clashes(out: Path, dets_path: Path | None, *inputs: Path | None) -> 
 
 def _score_files(gt: Path, detections: Path, thresholds: tuple[float, ...]) -> tuple[dict, None, dict]:
     """Re-score a COCO ground-truth file and a COCO results file (both validated, errors name the file)."""
-    from probe_kit.data.coco import read_json_file
+    from probe_kit.io import read_json
     from probe_kit.metrics.coco import evaluate
 
     metrics = evaluate(
-        read_json_file(gt, "COCO ground-truth"),
-        read_json_file(detections, "COCO detections"),
+        read_json(gt, "COCO ground-truth"),
+        read_json(detections, "COCO detections"),
         thresholds,
         names=(str(gt), str(detections)),
     )

@@ -10,7 +10,6 @@ else is refused with one line naming the file and the field, e.g. ``gt.json: ima
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ from probe_kit.data.checks import (
     short,
 )
 from probe_kit.data.sample import Sample
+from probe_kit.io import read_json
 
 MAX_SIDE = 100_000  # pixels; larger "images" are a unit mistake
 
@@ -39,17 +39,6 @@ MAX_SIDE = 100_000  # pixels; larger "images" are a unit mistake
 def _default_image_dir(annotations: Path) -> Path:
     beside = annotations.parent
     return beside / "images" if (beside / "images").is_dir() else beside
-
-
-def read_json_file(path: Path, what: str) -> Any:
-    """Parsed JSON; an unreadable or malformed file is one line naming it."""
-    path = Path(path)
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such {what} file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
-        raise InputError(str(path), f"a readable {what} JSON file", short(str(err).splitlines()[0])) from None
 
 
 def check_coco(data: Any, where: str) -> dict:
@@ -159,7 +148,7 @@ def load_coco(
 ) -> list[Sample]:
     """Samples of a COCO JSON; boxes of ``categories`` only (absolute xywh, clipped to the image)."""
     annotations = Path(annotations)
-    coco = check_coco(read_json_file(annotations, "COCO annotations"), str(annotations))
+    coco = check_coco(read_json(annotations, "COCO annotations"), str(annotations))
     wanted = {c["id"] for c in coco["categories"] if c.get("name") in categories}
     if not wanted:
         names = sorted(str(c.get("name")) for c in coco["categories"])
