@@ -277,3 +277,32 @@ def test_ddp_reference_training_matches_one_process(tmp_path):
     for a, b in zip(ddp, one):
         for key in ("loss", "loss_ce", "loss_bbox", "loss_giou", "loss_dense", "AP"):
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-7), (key, a[key], b[key])
+
+
+def test_distributed_evaluate_exits_scores_like_one_process(runs, synth_dir, tmp_path):
+    """Held-out images recorded by 2 torchrun processes, gathered, scored and timed on rank 0, vs one process."""
+    from probe_kit.data.spec import parse_data_spec
+    from probe_kit.heads.evaluate import Timing, evaluate_exits
+
+    exits = tmp_path / "exits"
+    trained = CliRunner().invoke(
+        cli, ["train-exits", "--cache", str(runs["single"]), "--layers", "2", "--out", str(exits), "--epochs", "2"]
+    )
+    assert trained.exit_code == 0, trained.output
+    timing = ["--timing-images", "2", "--timing-repeats", "3", "--thresholds", "0.6,0.9"]
+    spec = ["--exits", str(exits), "--data", f"synth:{synth_dir}", *timing]
+    done = torchrun("evaluate-exits", *spec, "--out", str(tmp_path / "ddp"), cwd=tmp_path)
+    assert done.stdout.count("operating point") == 1  # rank 0 alone reports
+    got = json.loads((tmp_path / "ddp" / "result.json").read_text())
+    one = evaluate_exits(
+        exits, parse_data_spec(f"synth:{synth_dir}"), (0.6, 0.9), progress=False, timing=Timing(images=2, repeats=3)
+    )
+    assert got["timing"]["processes"] == 2 and one["timing"]["processes"] == 1
+    assert got["scored_image_ids"] == one["scored_image_ids"] and len(one["scored_image_ids"]) >= 2
+    for layer in one["exits"]:
+        for key in ("AP", "AP50", "AP75", "mean_gflops"):
+            assert got["exits"][layer][key] == pytest.approx(one["exits"][layer][key], abs=1e-9), (layer, key)
+    for a, b in zip(got["sweep"], one["sweep"]):
+        assert a["exit_histogram"] == b["exit_histogram"]
+        assert a["AP"] == pytest.approx(b["AP"], abs=1e-9)
+    assert got["operating_point"]["threshold"] == one["operating_point"]["threshold"]

@@ -174,9 +174,7 @@ def test_pareto_front_is_the_undominated_set_without_bounds():
     expected = [
         i
         for i, a in enumerate(designs[:-1])
-        if not any(
-            b["AP50"] >= a["AP50"] and b["mean_gflops"] <= a["mean_gflops"] and b is not a for b in designs[:-1]
-        )
+        if not any(b["AP50"] >= a["AP50"] and b["mean_gflops"] <= a["mean_gflops"] and b is not a for b in designs[:-1])
     ]
     assert sorted(front) == expected
     assert [designs[i]["mean_gflops"] for i in front] == sorted(designs[i]["mean_gflops"] for i in front)
@@ -300,7 +298,9 @@ def test_a_dense_exit_at_layer_k_runs_k_blocks_and_is_the_head_on_cached_tokens(
         cached = torch.from_numpy(cache.read(2, "patch", images))
     live = parse_data_spec(f"synth:{synth_dir}").load()
     calls = []
-    hooks = [b.register_forward_hook(lambda m, a, o, i=i: calls.append(i)) for i, b in enumerate(model.vit.encoder.layer)]
+    hooks = [
+        b.register_forward_hook(lambda m, a, o, i=i: calls.append(i)) for i, b in enumerate(model.vit.encoder.layer)
+    ]
     try:
         for i in images:
             pixels = processor(images=[live[i].load_image()], return_tensors="pt")["pixel_values"]
@@ -346,3 +346,49 @@ def test_dense_stats_decode_as_the_dense_probe(dense_exits, patch_cache):
         centre = stats.boxes[i][kept].numpy() * np.array([sample.width, sample.height] * 2)
         expected = np.array([[x + w / 2, y + h / 2, w, h] for x, y, w, h in (d["bbox"] for d in ours)])
         np.testing.assert_allclose(centre, expected, atol=0.01)
+
+
+def test_cli_trains_dense_exits_and_compares_designs(patch_cache, det_exits, synth_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from probe_kit.cli.main import cli
+
+    runner = CliRunner()
+    dense = tmp_path / "dense"
+    trained = runner.invoke(
+        cli,
+        [
+            "train-exits",
+            "--cache",
+            str(patch_cache),
+            "--layers",
+            "2",
+            "--head",
+            "dense",
+            "--out",
+            str(dense),
+            "--epochs",
+            "1",
+        ],
+    )
+    assert trained.exit_code == 0, trained.output
+    assert json.loads((dense / "config.json").read_text())["head"] == "dense"
+    args = ["evaluate-exits", "--exits", str(det_exits), "--exits", str(dense), "--data", f"synth:{synth_dir}"]
+    args += [
+        "--out",
+        str(tmp_path / "eval"),
+        "--thresholds",
+        "0.5,0.9",
+        "--timing-images",
+        "2",
+        "--timing-repeats",
+        "3",
+    ]
+    evaluated = runner.invoke(cli, args)
+    assert evaluated.exit_code == 0, evaluated.output
+    assert "Pareto front" in evaluated.output and "oracle bound (not a result)" in evaluated.output
+    result = json.loads((tmp_path / "eval/result.json").read_text())
+    assert {d["head"] for d in result["designs"]} == {"det", "dense"}
+    assert {d["threshold"] for d in result["designs"] if d["policy"] == "learned"} == {0.5, 0.9}
+    bad = runner.invoke(cli, [*args[:-4], "--policies", "confidence,greedy"])
+    assert bad.exit_code != 0 and "--policies" in bad.output and "Traceback" not in bad.output

@@ -54,6 +54,14 @@ from probe_kit.cli.outputs import check_outputs, dir_out
 @click.option("--finetune-lr", type=float, default=1e-5, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="Where the model runs (block fine-tuning).")
+@click.option(
+    "--head",
+    type=click.Choice(["det", "dense"]),
+    default="det",
+    show_default=True,
+    help="det: heads on det tokens, from the pretrained head; dense: per-patch objectness + box on patch tokens "
+    "(NMS), the last layer keeps the model's head. Dense needs a cache with patch tokens.",
+)
 def train_exits(
     cache_path,
     layers,
@@ -69,8 +77,9 @@ def train_exits(
     finetune_lr,
     seed,
     device,
+    head,
 ) -> None:
-    """Train exit heads (initialised from the pretrained head) on cached det tokens."""
+    """Train exit heads on cached tokens: det heads (from the pretrained head) or dense heads on patch tokens."""
     from probe_kit import distributed
     from probe_kit.cache.reader import FeatureCache
     from probe_kit.heads.train import ExitTraining, train_exit_heads
@@ -93,7 +102,10 @@ def train_exits(
     )
     # Under torchrun heads train on the cache on rank 0 alone; with --finetune-blocks every rank trains (the
     # cheap head stage identically, the blocks data-parallel) and rank 0 saves.
-    train = lambda: train_exit_heads(cache_path, chosen, out, seed, opts, device=device)  # noqa: E731
+    from probe_kit.heads.dense_train import train_dense_exits
+
+    trainer = train_dense_exits if head == "dense" else train_exit_heads
+    train = lambda: trainer(cache_path, chosen, out, seed, opts, device=device)
     path = train() if finetune_blocks > 0 else distributed.on_rank_zero(train)
     if distributed.is_main():
         click.echo(f"exit heads -> {path}")
@@ -101,7 +113,12 @@ def train_exits(
 
 @click.command("evaluate-exits")
 @click.option(
-    "--exits", "exits_dir", type=click.Path(path_type=Path), required=True, help="Exit-heads folder (from train-exits)."
+    "--exits",
+    "exits_dirs",
+    type=click.Path(path_type=Path),
+    required=True,
+    multiple=True,
+    help="Exit-heads folder (from train-exits); repeat to compare designs.",
 )
 @data_options
 @click.option(
@@ -111,12 +128,25 @@ def train_exits(
     "--policy", default="confidence", show_default=True, help="confidence, patience or a registered policy plug-in."
 )
 @click.option("--thresholds", default=None, help="Policy thresholds to sweep, comma-separated.")
+@click.option(
+    "--policies",
+    default=None,
+    help="Compare designs: a subset of confidence,patience,learned,oracle, over every --exits folder on the same "
+    "held-out images -> result.json `designs`, Pareto front, latency check (oracle: a bound).",
+)
+@click.option(
+    "--max-ap50-loss",
+    type=float,
+    default=0.01,
+    show_default=True,
+    help="With --policies: each policy's cheapest setting within this AP50 loss is timed.",
+)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--timing-images", type=int, default=16, show_default=True, help="Held-out images timed per setting.")
 @click.option("--timing-repeats", type=int, default=15, show_default=True, help="Interleaved timing rounds.")
 @click.option("--threads", type=int, default=1, show_default=True, help="Torch threads while timing (recorded).")
 def evaluate_exits(
-    exits_dir,
+    exits_dirs,
     data,
     sequences,
     split,
@@ -125,12 +155,15 @@ def evaluate_exits(
     out,
     policy,
     thresholds,
+    policies,
+    max_ap50_loss,
     device,
     timing_images,
     timing_repeats,
     threads,
 ) -> None:
     """Held-out images only: static exits, the policy sweep (AP vs GFLOPs) from one pass, measured latency."""
+    from probe_kit import distributed
     from probe_kit.heads.evaluate import DEFAULT_THRESHOLDS, Timing, summary_lines
     from probe_kit.heads.evaluate import evaluate_exits as run
     from probe_kit.io import write_json
@@ -139,10 +172,34 @@ def evaluate_exits(
     data_spec = build_data_spec(data, sequences, split, min_visibility, stride)
     cuts = tuple(float(t) for t in thresholds.split(",")) if thresholds else DEFAULT_THRESHOLDS
     timing = Timing(images=timing_images, repeats=timing_repeats, threads=threads)
-    result = run(
-        exits_dir, data_spec, cuts, policy, device=device, timing=timing, detections_dir=Path(out) / "detections"
-    )
+    if policies or len(exits_dirs) > 1:  # the design comparison (one process: it times settings side by side)
+        from probe_kit.heads.designs import THRESHOLDS, compare_designs, design_lines, parse_policies
+
+        chosen = parse_policies(policies or ",".join(THRESHOLDS))
+        result = compare_designs(
+            exits_dirs,
+            data_spec,
+            chosen,
+            {p: cuts for p in chosen} if thresholds else THRESHOLDS,
+            max_ap50_loss=max_ap50_loss,
+            device=device,
+            timing=timing,
+        )
+        lines = design_lines(result)
+    else:
+        result = run(
+            exits_dirs[0],
+            data_spec,
+            cuts,
+            policy,
+            device=device,
+            timing=timing,
+            detections_dir=Path(out) / "detections",
+        )
+        lines = summary_lines(result)
+    if not distributed.is_main():  # under torchrun every rank holds rank 0's result; rank 0 writes it
+        return
     path = write_json(Path(out) / "result.json", result)
-    for line in summary_lines(result):
+    for line in lines:
         click.echo(line)
     click.echo(f"-> {path}")
