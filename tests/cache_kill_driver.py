@@ -104,11 +104,12 @@ def plan(model: str, synth: str, work: Path, seed: int, n_random: int) -> None:
     if status != 0:
         raise SystemExit(f"reference run failed: {(work / 'reference.err').read_text()}")
     events = json.loads(log_file.read_text())
-    # Building the partial file (up to os.replace): its first three calls and every 10th. After it: every
-    # open, flush, close and in-place attribute update, and every 6th dataset write.
+    # Building the partial file (up to os.replace), where every kill leaves the same state: its first
+    # three calls, the middle one and the move. After it: every open, flush, close and in-place
+    # attribute update, and every 12th dataset write (two per batch).
     moved = events.index("os.replace")
-    chosen = [k for k in range(moved + 1) if k < 3 or k % 10 == 0 or k == moved]
-    chosen += [k for k in range(moved + 1, len(events)) if events[k] not in _REPEATED or k % 6 == 0]
+    chosen = [0, 1, 2, moved // 2, moved]
+    chosen += [k for k in range(moved + 1, len(events)) if events[k] not in _REPEATED or k % 12 == 0]
     rng = np.random.default_rng(seed)
     tries = [("event", k, f"{k}:{events[k]}") for k in chosen]
     tries += [("delay", float(d), f"after {d:.3f}s") for d in rng.uniform(0, duration, n_random)]

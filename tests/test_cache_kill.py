@@ -57,20 +57,20 @@ def _env() -> dict:
 
 def test_kill_anywhere_then_rerun_gives_the_uninterrupted_cache(tiny_model, synth_dir, tmp_path):
     subprocess.run(
-        [sys.executable, str(DRIVER), "plan", str(tiny_model), str(synth_dir), str(tmp_path), "0", "4"],
+        [sys.executable, str(DRIVER), "plan", str(tiny_model), str(synth_dir), str(tmp_path), "0", "3"],
         check=True,
         env=_env(),
         timeout=300,
     )
     report = json.loads((tmp_path / "results.json").read_text())
     tries = report["tries"]
-    assert len(tries) >= 30 and report["events"] > 100  # creation, three batches, final attributes
+    assert len(tries) >= 20 and report["events"] > 100  # creation, three batches, final attributes
     for t in tries:
         assert t["resume_status"] == 0, f"kill {t['label']}: rerun failed:\n{t['error']}"
         if t["label"][0].isdigit():
             assert t["killed"], t["label"]  # a kill before a watched call always happens
         assert_same_cache(tmp_path / "reference.h5", tmp_path / t["file"])
-    assert sum(t["killed"] for t in tries) >= 30
+    assert sum(t["killed"] for t in tries) >= 20
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
     assert leftovers == []  # no .partial file, no lock file
 
