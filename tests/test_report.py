@@ -36,7 +36,13 @@ def study(tiny_model, tmp_path_factory):
                 "synth": {"frames": 12, "seed": 4, "size": 128},
                 "model": str(tiny_model),
                 "analyzers": {"flops": {}, "lens": {}, "probe-mlp": {"epochs": 2, "layers": "2,4"}},
-                "exits": {"layers": "2", "epochs": 2, "thresholds": [0.6, 0.9]},
+                "exits": {
+                    "layers": "2",
+                    "epochs": 2,
+                    "thresholds": [0.6, 0.9],
+                    "timing_images": 3,
+                    "timing_repeats": 5,
+                },
             }
         )
     )
