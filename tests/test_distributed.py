@@ -306,3 +306,31 @@ def test_distributed_evaluate_exits_scores_like_one_process(runs, synth_dir, tmp
         assert a["exit_histogram"] == b["exit_histogram"]
         assert a["AP"] == pytest.approx(b["AP"], abs=1e-9)
     assert got["operating_point"]["threshold"] == one["operating_point"]["threshold"]
+
+
+def test_probe_kit_run_under_torchrun_shards_the_cache_and_runs_the_rest_on_rank_zero(tiny_model, tmp_path):
+    """A small study by 2 torchrun processes: same cache datasets and decision as one process, one report."""
+    import yaml
+
+    from probe_kit.experiment import load_experiment, run_experiment
+
+    settings = {
+        "name": "t",
+        "synth": {"frames": 12, "seed": 4, "size": 128, "frames_per_sequence": 4},
+        "model": str(tiny_model),
+        "batch_size": 2,
+        "analyzers": {"flops": {}, "lens": {}},
+    }
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(settings))
+    done = torchrun("run", "exp.yaml", "--out", "ddp", cwd=tmp_path)
+    assert done.stdout.count("report.html") == 1
+    one = run_experiment(load_experiment(tmp_path / "exp.yaml"), tmp_path / "one", say=lambda _: None)
+    got, want = datasets(tmp_path / "ddp" / "cache.h5"), datasets(tmp_path / "one" / "cache.h5")
+    assert sorted(got) == sorted(want)
+    for name in want:
+        if not isinstance(want[name], list):
+            np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    with h5py.File(tmp_path / "ddp" / "cache.h5", "r") as handle:
+        assert len(json.loads(handle.attrs["shards"])) == 2
+    assert json.loads((tmp_path / "ddp" / "results" / "decision.json").read_text())["exits"] == one["exits"]
+    assert (tmp_path / "ddp" / "report.html").is_file()

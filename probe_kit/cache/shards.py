@@ -55,6 +55,15 @@ def cache_dataset(out: Path, progress: bool = True, **write_options) -> Path:
     return out
 
 
+def remove_cache(out: Path) -> None:
+    """Delete the cache ``out`` to rebuild it; under torchrun each rank deletes its own shard, rank 0 the joined file."""
+    out = Path(out)
+    if distributed.active():
+        shard_path(out, distributed.rank(), distributed.world_size()).unlink(missing_ok=True)
+    if distributed.is_main():
+        out.unlink(missing_ok=True)
+
+
 def _is_joined(path: Path) -> bool:
     with h5py.File(path, "r") as handle:
         return "shards" in handle.attrs

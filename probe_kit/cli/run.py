@@ -15,6 +15,7 @@ from probe_kit.cli.outputs import check_outputs, dir_out
 @click.option("--open", "open_browser", is_flag=True, help="Open the report in the default browser.")
 def run(config: Path, out: Path | None, open_browser: bool) -> None:
     """Run a whole study from a YAML file, skipping stages that are up to date."""
+    from probe_kit import distributed
     from probe_kit.experiment import load_experiment, run_experiment
 
     if not config.is_file() and config.name == "demo.yaml":
@@ -22,7 +23,9 @@ def run(config: Path, out: Path | None, open_browser: bool) -> None:
     cfg = load_experiment(config)  # every config error surfaces here, before any work
     target = out or Path("runs") / cfg.name
     check_outputs(dir_out(target))  # before any work
-    decision = run_experiment(cfg, target)
+    decision = run_experiment(cfg, target)  # under torchrun: the cache sharded over the processes
+    if not distributed.is_main():
+        return
     click.echo(f"{decision['verdict']}: exits {decision['exits']} -> {target / 'report.html'}")
     if open_browser:
         click.launch(str((target / "report.html").resolve()))
@@ -35,10 +38,13 @@ def run(config: Path, out: Path | None, open_browser: bool) -> None:
 @click.option("--open", "open_browser", is_flag=True, help="Open the report in the default browser.")
 def demo(out: Path, open_browser: bool) -> None:
     """Offline: synthetic scenes + the shipped reference model -> the whole study -> OUT/report.html."""
+    from probe_kit import distributed
     from probe_kit.experiment import DEMO_CONFIG, load_experiment, run_experiment
 
     check_outputs(dir_out(out))  # before any work
     decision = run_experiment(load_experiment(DEMO_CONFIG), out)
+    if not distributed.is_main():
+        return
     click.echo(f"{decision['verdict']}: exits {decision['exits']} -> {out / 'report.html'}")
     if open_browser:
         click.launch(str((out / "report.html").resolve()))

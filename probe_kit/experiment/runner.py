@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
+from probe_kit import distributed
 from probe_kit.experiment.config import ExperimentConfig
 
 
@@ -47,7 +48,8 @@ def _synth_stage(cfg: ExperimentConfig, out: Path, say: Callable[[str], None]) -
 
 
 def _cache_stage(cfg: ExperimentConfig, data_text: str, out: Path, say: Callable[[str], None]) -> Path:
-    from probe_kit.cache.writer import write_cache
+    """The cache; under torchrun each process writes its shard and rank 0 joins them (``cache/shards.py``)."""
+    from probe_kit.cache.shards import cache_dataset, remove_cache
     from probe_kit.data.spec import parse_data_spec
     from probe_kit.models.loading import ModelSpec
 
@@ -61,12 +63,12 @@ def _cache_stage(cfg: ExperimentConfig, data_text: str, out: Path, say: Callable
     )
     model_spec = ModelSpec(cfg.model, cfg.revision, cfg.device, shortest_edge=cfg.shortest_edge)
     say(f"[cache] {cfg.model} over {data_text} -> {path}")
-    write = lambda: write_cache(
-        model_spec,
-        data_spec,
-        cfg.layers,
-        cfg.tokens,
+    write = lambda: cache_dataset(
         path,
+        model_spec=model_spec,
+        data_spec=data_spec,
+        layers=cfg.layers,
+        tokens=cfg.tokens,
         batch_size=cfg.batch_size,
         attention=cfg.attention,
     )
@@ -76,7 +78,7 @@ def _cache_stage(cfg: ExperimentConfig, data_text: str, out: Path, say: Callable
         if "refusing to append" not in str(err):
             raise
         say(f"[cache] inputs changed ({err}); rebuilding")
-        path.unlink()
+        remove_cache(path)
         write()
     return path
 
@@ -184,15 +186,25 @@ def _exits_stage(
 
 def run_experiment(cfg: ExperimentConfig, out: Path, say: Callable[[str], None] = _say) -> dict:
     """Run every stage of ``cfg`` into ``out``; returns the decision as JSON."""
+    from probe_kit.io import write_json
+
+    out = Path(out)
+    if not distributed.is_main():  # under torchrun rank 0 alone reports
+        say = lambda _: None
+    out.mkdir(parents=True, exist_ok=True)
+    distributed.on_rank_zero(lambda: write_json(out / "experiment.json", asdict(cfg)))
+    data_text = distributed.on_rank_zero(lambda: _synth_stage(cfg, out, say)) if cfg.synth else cfg.data
+    cache_path = _cache_stage(cfg, data_text, out, say)  # under torchrun: one shard per process
+    # Every later stage reads the cache or trains on it, and runs on rank 0 alone (the others wait).
+    return distributed.on_rank_zero(lambda: _after_cache(cfg, data_text, cache_path, out, say))
+
+
+def _after_cache(cfg: ExperimentConfig, data_text: str, cache_path: Path, out: Path, say: Callable[[str], None]):
+    """Analyzers -> decision -> exit heads -> report; returns the decision as JSON."""
     from probe_kit.analyzers import analyzer_meta
     from probe_kit.decision import criteria_from, decide, load_results
     from probe_kit.io import write_json
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "experiment.json", asdict(cfg))
-    data_text = _synth_stage(cfg, out, say) if cfg.synth else cfg.data
-    cache_path = _cache_stage(cfg, data_text, out, say)
     _analyzer_stage(cfg, cache_path, out, say)
     decision = decide(load_results(out / "results"), criteria_from(cfg.decision), roles=analyzer_meta()).to_json()
     write_json(out / "results" / "decision.json", decision)
