@@ -30,7 +30,7 @@ DISTRIBUTED_COMMANDS = ("cache", "evaluate", "evaluate-exits", "train-exits", "r
 
 
 class ProbeGroup(click.Group):
-    """Turns library ``ValueError``s raised anywhere below it into one-line CLI errors (exit 1);
+    """The error boundary (see the module docstring): user errors below it become one line on stderr;
     opens the process group when launched by torchrun."""
 
     def invoke(self, ctx: click.Context):
