@@ -230,7 +230,7 @@ def det_exits(patch_cache, tmp_path_factory):
 
 def test_designs_compare_folders_on_the_same_held_out_images(det_exits, synth_dir):
     from probe_kit.data.spec import parse_data_spec
-    from probe_kit.heads.designs import compare_designs
+    from probe_kit.heads.designs import MAX_TIMED_FRONT, compare_designs
     from probe_kit.heads.evaluate import Timing
 
     result = compare_designs(
@@ -252,7 +252,9 @@ def test_designs_compare_folders_on_the_same_held_out_images(det_exits, synth_di
     assert all(sum(d["exit_histogram"].values()) == len(scored) for d in result["designs"])
     front = result["pareto_front"]
     assert front and not any(result["designs"][i]["bound"] for i in front)
-    assert all("latency" in result["designs"][i] for i in front)
+    timed_front = [i for i in front if "latency" in result["designs"][i]]
+    assert timed_front[0] == front[0] and timed_front[-1] == front[-1]
+    assert len(timed_front) == min(len(front), MAX_TIMED_FRONT)
     assert not any("latency" in d for d in result["designs"] if d["bound"])
     # the learned gate's evaluations cost GFLOPs: at threshold 0.9 vs a policy exiting at the same layers
     learned = [d for d in result["designs"] if d["policy"] == "learned"]
@@ -392,3 +394,31 @@ def test_cli_trains_dense_exits_and_compares_designs(patch_cache, det_exits, syn
     assert {d["threshold"] for d in result["designs"] if d["policy"] == "learned"} == {0.5, 0.9}
     bad = runner.invoke(cli, [*args[:-4], "--policies", "confidence,greedy"])
     assert bad.exit_code != 0 and "--policies" in bad.output and "Traceback" not in bad.output
+
+
+def test_a_study_runs_the_design_comparison_and_recommends(tmp_path, tiny_model):
+    import yaml
+
+    from probe_kit.experiment import load_experiment, run_experiment
+
+    designs = {"heads": ["det", "dense"], "finetune_blocks": [0, 1], "epochs": 1, "finetune_epochs": 1}
+    settings = {
+        "name": "t",
+        "synth": {"frames": 12, "seed": 4, "size": 128, "frames_per_sequence": 4},
+        "model": str(tiny_model),
+        "analyzers": {"flops": {}, "lens": {}},
+        "exits": {"layers": "2", "epochs": 1, "thresholds": [0.9], "timing_images": 1, "timing_repeats": 3},
+        "decision": {"max_ap50_loss": 0.05},
+    }
+    settings["exits"]["designs"] = {**designs, "timing_images": 1, "timing_repeats": 3}
+    path = tmp_path / "t.yaml"
+    path.write_text(yaml.safe_dump(settings))
+    messages: list[str] = []
+    decision = run_experiment(load_experiment(path), tmp_path / "out", say=messages.append)
+    result = json.loads((tmp_path / "out/designs/result.json").read_text())
+    assert len(result["folders"]) == 4 and result["max_ap50_loss"] == 0.05
+    heads = {(f["head"], len(f["finetuned_blocks"]) > 0) for f in result["folders"]}
+    assert heads == {("det", False), ("det", True), ("dense", False), ("dense", True)}
+    assert decision["design"]["verdict"] in ("early exit pays", "not viable")
+    assert json.loads((tmp_path / "out/results/decision.json").read_text())["design"] == decision["design"]
+    assert any("[designs] verdict:" in m for m in messages)

@@ -67,7 +67,8 @@ class _ExitKeys:
     thresholds: tuple[float, ...] = ()  # finite; their range depends on the policy
     policy: str = "confidence"
     timing_images: PositiveInt | None = None  # evaluate-exits latency: images timed per setting (default 16)
-    timing_repeats: PositiveInt | None = None  # ... and interleaved rounds (default 15)
+    timing_repeats: Annotated[int, Range(min=3)] | None = None  # ... and interleaved rounds (default 15)
+    designs: dict[str, Any] | None = None  # the exit-design comparison (experiment/designs_stage.py)
 
 
 def load_experiment(path: Path) -> ExperimentConfig:
@@ -194,6 +195,10 @@ def _exit_settings(path: Path, settings: dict[str, Any]) -> dict[str, Any]:
     for key in ("layers", "candidates"):
         if checked.get(key) not in (None, "decision"):
             checked[key] = _layer_list(f"{path}: exits.{key}", checked[key])
+    if checked.get("designs") is not None:
+        from probe_kit.experiment.designs_stage import DesignsConfig
+
+        DesignsConfig.from_yaml(checked["designs"], f"{path}: exits.designs")
     return checked
 
 

@@ -210,6 +210,12 @@ def _after_cache(cfg: ExperimentConfig, data_text: str, cache_path: Path, out: P
     write_json(out / "results" / "decision.json", decision)
     say("[decide] " + "\n[decide] ".join(decision["rationale"]))
     _exits_stage(cfg, cache_path, data_text, decision, out, say)
+    from probe_kit.experiment.designs_stage import designs_stage
+
+    design = designs_stage(cfg, cache_path, data_text, out, say)  # exits: designs: (the exit-design comparison)
+    if design is not None:
+        decision["design"] = design
+        write_json(out / "results" / "decision.json", decision)
     from probe_kit.report import build_report
 
     report = build_report(out, out / "report.html")

@@ -14,10 +14,11 @@ come from those records. Policies:
   over the F1 cut: a **bound**, flagged ``"bound": true``, kept off the Pareto front and never timed.
 
 The Pareto front is over (AP50 up, mean GFLOPs down) of every non-bound setting. Latency is then
-measured for the unmodified model, every front point and every (folder, policy)'s cheapest setting
-within ``max_ap50_loss`` of the full model, all interleaved in one ``interleaved_latency`` run
-(``models/timing.py``); the *latency check* says, per timed front point, whether its measured
-speed-up is measurable and on the side its FLOPs predict.
+measured for the unmodified model, up to ``MAX_TIMED_FRONT`` front points (evenly spaced along it,
+both ends included) and every (folder, policy)'s cheapest setting within ``max_ap50_loss`` of the
+full model, all interleaved in one ``interleaved_latency`` run (``models/timing.py``); the *latency
+check* says, per timed front point, whether its measured speed-up is measurable and on the side
+its FLOPs predict.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from probe_kit.models.runner import input_size
 from probe_kit.models.timing import interleaved_latency, speedup
 
 POLICY_CHOICES = ("confidence", "patience", "learned", "oracle")
+MAX_TIMED_FRONT = 8  # front points timed (evenly spaced along it): timing every point would dominate the run
 THRESHOLDS = {
     "confidence": (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99),
     "patience": (0.3, 0.5, 0.7, 0.8, 0.9, 0.95),
@@ -221,7 +223,7 @@ def compare_designs(
     for d in designs:  # against the unmodified model, whichever folder it came with
         d["flops_speedup"] = reference.profile.full / d["mean_gflops"]
     front = pareto_front(designs)
-    timed = set(front)
+    timed = set(_spread(front, MAX_TIMED_FRONT))
     for key in {(d["exits_dir"], d["policy"]) for d in designs if not d["bound"] and d["policy"] != "static"}:
         within = [
             i
@@ -284,6 +286,13 @@ def _time(reference: _Folder, samples, plans: dict, timing: Timing, device: str,
             chosen = [Policy("replay", layer=int(layers[i])) for i in picks]
         settings[key] = runner(folder, chosen)
     return interleaved_latency(settings, len(picks), timing.repeats, timing.warmup, timing.threads, progress)
+
+
+def _spread(indices: Sequence[int], most: int) -> list[int]:
+    """At most ``most`` of ``indices``, evenly spaced along them, both ends kept."""
+    if len(indices) <= most:
+        return list(indices)
+    return [indices[j] for j in sorted({round(i * (len(indices) - 1) / (most - 1)) for i in range(most)})]
 
 
 def pareto_front(designs: Sequence[dict]) -> list[int]:

@@ -1,0 +1,116 @@
+"""The exit-design comparison stage of ``probe-kit run``: YAML ``exits: designs:``.
+
+Trains one exits folder per (head type, fine-tuned blocks) at the study's exit layers (the det /
+frozen folder is the ``exits`` stage's own), compares them with every policy on the same held-out
+images (``heads/designs.py``) and recommends a design within the YAML ``decision: max_ap50_loss``
+(``decision/design.py``). Writes ``designs/result.json`` and ``designs/recommendation.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from probe_kit.errors import UserError
+from probe_kit.options import NonNegativeInt, PositiveInt, check_fields
+
+HEADS = ("det", "dense")
+
+
+@dataclass(frozen=True)
+class DesignsConfig:
+    """``exits: designs:`` in an experiment YAML."""
+
+    heads: tuple[Literal["det", "dense"], ...] = HEADS
+    finetune_blocks: tuple[NonNegativeInt, ...] = (0, 2)  # 0 = frozen backbone (heads only, from the cache)
+    finetune_epochs: PositiveInt = 2
+    epochs: PositiveInt | None = None  # head epochs of the added folders (default: the exits stage's)
+    policies: tuple[Literal["confidence", "patience", "learned", "oracle"], ...] = (
+        "confidence",
+        "patience",
+        "learned",
+        "oracle",
+    )
+    timing_images: PositiveInt = 16
+    timing_repeats: PositiveInt = 15
+
+    @classmethod
+    def from_yaml(cls, raw: Any, where: str) -> DesignsConfig:
+        """Validated from the YAML mapping; errors name ``where.key`` (one line)."""
+        if not isinstance(raw, dict):
+            raise UserError(f"{where}: expected a mapping with keys from {[f.name for f in fields(cls)]}")
+        config = cls(**check_fields(cls, raw, prefix=f"{where}.", noun="key"))
+        if 0 not in config.finetune_blocks or not config.heads or not config.policies:
+            raise UserError(f"{where}: expected heads and policies, and finetune_blocks including 0 (frozen)")
+        return config
+
+
+def designs_stage(cfg, cache_path: Path, data_text: str, out: Path, say: Callable[[str], None]) -> dict | None:
+    """Run the comparison for ``cfg.exits["designs"]``; returns the recommendation (None: no ``designs`` key, or
+    no exits folder from the ``exits`` stage). Folders are retrained only when their inputs changed."""
+    from probe_kit.cache.reader import FeatureCache
+    from probe_kit.data.spec import parse_data_spec
+    from probe_kit.decision import criteria_from
+    from probe_kit.decision.design import recommend_design
+    from probe_kit.heads.dense_train import train_dense_exits
+    from probe_kit.heads.designs import compare_designs
+    from probe_kit.heads.evaluate import Timing
+    from probe_kit.heads.train import ExitTraining, train_exit_heads
+    from probe_kit.io import write_json
+
+    base = out / "exits"
+    if "designs" not in cfg.exits or not (base / "config.json").is_file():
+        return None
+    spec = DesignsConfig.from_yaml(cfg.exits["designs"], "exits.designs")
+    base_config = json.loads((base / "config.json").read_text())
+    layers = tuple(base_config["layers"])
+    opts = ExitTraining(**{**base_config["training"], "val_sequences": tuple(base_config["training"]["val_sequences"])})
+    with FeatureCache(cache_path) as cache:
+        fingerprint = cache.fingerprint
+    folders = []
+    for head in spec.heads:
+        for k in spec.finetune_blocks:
+            if head == "det" and k == 0:
+                folders.append(base)
+                continue
+            folder = out / "designs" / f"{head}-{'frozen' if k == 0 else f'finetune{k}'}"
+            training = replace(
+                opts, epochs=spec.epochs or opts.epochs, finetune_blocks=k, finetune_epochs=spec.finetune_epochs
+            )
+            text = json.dumps(
+                [fingerprint, head, list(layers), asdict(training), cfg.seed], sort_keys=True, default=list
+            )
+            key = hashlib.sha256(text.encode()).hexdigest()[:16]
+            config_path = folder / "config.json"
+            if config_path.is_file() and json.loads(config_path.read_text()).get("inputs_key") == key:
+                say(f"[designs] {folder.name}: up to date")
+            else:
+                say(f"[designs] training {head} exits at layers {list(layers)}, {k} fine-tuned blocks -> {folder}")
+                train = train_dense_exits if head == "dense" else train_exit_heads
+                train(cache_path, layers, folder, cfg.seed, training, device=cfg.device)
+                config = json.loads(config_path.read_text())
+                config["inputs_key"] = key
+                config_path.write_text(json.dumps(config, indent=2))
+            folders.append(folder)
+    criteria = criteria_from(cfg.decision, "decision")
+    data_spec = parse_data_spec(data_text, stride=cfg.stride, min_visibility=cfg.min_visibility)
+    say(f"[designs] comparing {len(folders)} exits folders x {list(spec.policies)} on held-out images")
+    result = compare_designs(
+        folders,
+        data_spec,
+        spec.policies,
+        max_ap50_loss=criteria.max_ap50_loss,
+        seed=cfg.seed,
+        device=cfg.device,
+        timing=Timing(images=spec.timing_images, repeats=spec.timing_repeats),
+    )
+    result["command"] = f"probe-kit run (experiment {cfg.name!r}, exits.designs)"
+    write_json(out / "designs" / "result.json", result)
+    recommendation = recommend_design(result, criteria.max_ap50_loss)
+    write_json(out / "designs" / "recommendation.json", recommendation)
+    say("[designs] " + "\n[designs] ".join(recommendation["rationale"]))
+    return recommendation
