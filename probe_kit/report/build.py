@@ -99,26 +99,18 @@ def _answer_table(card: dict) -> dict:
 
 
 def _layer_table(data: ReportData) -> dict | None:
-    columns = data.columns()
     rows = data.table()
     if not rows:
         return None
-    headers, formats = ["layer"], [str]
-    for col in columns:
-        headers.append(col.label)
-        formats.append(_pct if col.percent else _num)
-        if col.chance:
-            headers.append(f"{col.label}: chance")
-            formats.append(_num)
-    raw = []
-    for row in rows:
-        values: list[Any] = [row["layer"]]
-        for col in columns:
-            values.append(row[col.key])
-            if col.chance:
-                values.append(row[f"{col.analyzer}:{col.chance}"])
-        raw.append(values)
-    return _table("per-layer", headers, raw, formats)
+    shown: list[tuple[str, Callable[[Any], str], str]] = [("layer", str, "layer")]  # header, format, row key
+    columns = data.columns()
+    for index, col in enumerate(columns):
+        shown.append((col.label, _pct if col.percent else _num, col.key))
+        last_of_analyzer = index + 1 == len(columns) or columns[index + 1].analyzer != col.analyzer
+        if col.chance and last_of_analyzer:  # one chance column per analyzer, after its metrics
+            shown.append((f"{col.analyzer}: chance", _num, f"{col.analyzer}:{col.chance}"))
+    raw = [[row[key] for _, _, key in shown] for row in rows]
+    return _table("per-layer", [h for h, _, _ in shown], raw, [f for _, f, _ in shown])
 
 
 def _summary_table(summaries: dict[str, dict]) -> dict | None:
