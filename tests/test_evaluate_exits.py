@@ -67,7 +67,7 @@ def test_recorded_sweep_equals_running_each_setting_live(tiny_model, processor, 
         assert records.detections(layers) == live_detections
         reference = evaluate(gt, live_detections)  # the former implementation: pycocotools on the live detections
         mixed = chooser.score(dict(zip(records.image_ids, live_layers)))
-        assert mixed == {k: reference[k] for k in ("AP", "AP50", "AP75")}
+        assert mixed == {k: v for k, v in reference.items() if k not in ("num_images", "num_gt", "num_detections")}
         seen |= set(live_layers)
     assert len(seen) >= 2  # the sweep really mixed exits
 

@@ -34,7 +34,7 @@ from probe_kit.heads.policies import POLICIES, RULES, static_exit
 from probe_kit.heads.records import record_exits_sharded
 from probe_kit.heads.store import load_exits
 from probe_kit.io import write_json
-from probe_kit.metrics.coco import evaluate, ground_truth_dict
+from probe_kit.metrics.coco import ground_truth_dict
 from probe_kit.metrics.per_image import PerImageChoice
 from probe_kit.models.flops import FlopProfile, measure_flops
 from probe_kit.models.loading import person_label_index
@@ -128,17 +128,17 @@ def evaluate_exits(
     gt = ground_truth_dict(samples)
 
     static_detections = {k: records.detections(static_exit(records, k)) for k in exits}
+    chooser = PerImageChoice(gt, static_detections)  # one COCO evaluation per exit serves every setting
     static = {}
     for k in exits:
         gflops = _gflops(profile, exits, static_exit(records, k), static=True)
         static[str(k)] = {
-            **_metrics(gt, static_detections[k]),
+            **_metrics(chooser, records, static_exit(records, k), ("AP", "AP50", "AP75", "pr_curve_iou50")),
             "mean_gflops": gflops,
             "flops_speedup": profile.full / gflops,
         }
     full = static[str(exits[-1])]
 
-    chooser = PerImageChoice(gt, static_detections)
     sweep_layers = {t: POLICIES[policy_kind](records, t) for t in thresholds}
     sweep = []
     for t, layers in sweep_layers.items():
@@ -146,7 +146,7 @@ def evaluate_exits(
         sweep.append(
             {
                 "threshold": t,
-                **chooser.score(dict(zip(records.image_ids, layers.tolist()))),
+                **_metrics(chooser, records, layers, ("AP", "AP50", "AP75")),
                 "mean_gflops": gflops,
                 "flops_speedup": profile.full / gflops,
                 "exit_histogram": {str(k): c for k, c in sorted(Counter(layers.tolist()).items())},
@@ -254,9 +254,10 @@ def summary_lines(result: dict) -> list[str]:
     return lines
 
 
-def _metrics(gt: dict, detections: list[dict]) -> dict:
-    metrics = evaluate(gt, detections)
-    return {k: metrics[k] for k in ("AP", "AP50", "AP75", "pr_curve_iou50")}
+def _metrics(chooser: PerImageChoice, records, layers: torch.Tensor, keys: tuple[str, ...]) -> dict:
+    """COCO metrics ``keys`` of every image at its exit ``layers`` [I]."""
+    metrics = chooser.score(dict(zip(records.image_ids, layers.tolist())))
+    return {k: metrics[k] for k in keys}
 
 
 def _timed(latency: dict[str, Latency], name: str) -> dict:

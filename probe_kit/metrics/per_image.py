@@ -18,7 +18,7 @@ from collections.abc import Hashable, Mapping, Sequence
 
 from pycocotools.cocoeval import COCOeval
 
-from probe_kit.metrics.coco import PERSON_CATEGORY_ID, _load_coco
+from probe_kit.metrics.coco import PERSON_CATEGORY_ID, _load_coco, summary
 
 
 class PerImageChoice:
@@ -26,6 +26,7 @@ class PerImageChoice:
 
     def __init__(self, gt: dict, sets: Mapping[Hashable, Sequence[dict]]) -> None:
         coco_gt = _load_coco(gt)
+        self._num_gt = sum(1 for a in gt["annotations"] if a["category_id"] == PERSON_CATEGORY_ID and not a["iscrowd"])
         self._evals: dict[Hashable, COCOeval] = {}
         with contextlib.redirect_stdout(io.StringIO()):
             for key, detections in sets.items():
@@ -38,8 +39,9 @@ class PerImageChoice:
         self._first = next(iter(self._evals.values()))
         self.image_ids = list(self._first.params.imgIds)
 
-    def score(self, choice: Mapping[int, Hashable]) -> dict:
-        """``{AP, AP50, AP75}`` when image ``i`` takes set ``choice[i]`` (every image id of the ground truth)."""
+    def score(self, choice: Mapping[int, Hashable], thresholds: Sequence[float] = (0.3, 0.5, 0.7)) -> dict:
+        """``evaluate``'s metrics (AP, AP50, ..., ``at_threshold``, ``pr_curve_iou50``) when image ``i`` takes
+        set ``choice[i]`` (every image id of the ground truth)."""
         missing = [i for i in self.image_ids if i not in choice]
         if missing:
             raise ValueError(f"per-image choice: no set chosen for images {missing[:5]}")
@@ -53,4 +55,4 @@ class PerImageChoice:
         with contextlib.redirect_stdout(io.StringIO()):
             evaluator.accumulate()
             evaluator.summarize()
-        return {"AP": float(evaluator.stats[0]), "AP50": float(evaluator.stats[1]), "AP75": float(evaluator.stats[2])}
+        return summary(evaluator, thresholds, self._num_gt)
