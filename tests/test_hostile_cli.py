@@ -222,6 +222,12 @@ CASES = [
         "epochs: expected an integer >= 1",
         1,
     ),
+    (
+        "evaluate-exits-thresholds-text",
+        lambda ws, c: ["evaluate-exits", "--exits", ws / "adir", "--data", c["synth"], "--thresholds", "0.5,abc"],
+        "--thresholds",
+        2,
+    ),
     # experiment YAML: every value typed and range-checked, naming the key, before any work
     (
         "yaml-analyzer-not-mapping",

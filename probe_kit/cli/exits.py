@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from probe_kit.cli.options import build_data_spec, data_options
+from probe_kit.cli.options import FloatList, build_data_spec, data_options
 from probe_kit.cli.outputs import check_outputs, dir_out
 
 
@@ -127,7 +127,7 @@ def train_exits(
 @click.option(
     "--policy", default="confidence", show_default=True, help="confidence, patience or a registered policy plug-in."
 )
-@click.option("--thresholds", default=None, help="Policy thresholds to sweep, comma-separated.")
+@click.option("--thresholds", type=FloatList(), default=None, help="Policy thresholds to sweep, comma-separated.")
 @click.option(
     "--policies",
     default=None,
@@ -170,7 +170,7 @@ def evaluate_exits(
 
     check_outputs(dir_out(out))  # before any work
     data_spec = build_data_spec(data, sequences, split, min_visibility, stride)
-    cuts = tuple(float(t) for t in thresholds.split(",")) if thresholds else DEFAULT_THRESHOLDS
+    cuts = thresholds or DEFAULT_THRESHOLDS  # finite numbers, or refused naming --thresholds
     timing = Timing(images=timing_images, repeats=timing_repeats, threads=threads)
     if policies or len(exits_dirs) > 1:  # the design comparison (one process: it times settings side by side)
         from probe_kit.heads.designs import THRESHOLDS, compare_designs, design_lines, parse_policies
