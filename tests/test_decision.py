@@ -157,3 +157,14 @@ def test_evidence_analyzers_are_cited_with_chance():
     }
     lines = decide(results).rationale
     assert "layer 3 supporting evidence: raw-attention in-box mass 0.580 (chance 0.100)" in lines
+
+
+def test_experiment_yaml_decision_key_is_validated(tmp_path):
+    from probe_kit.experiment import load_experiment
+
+    path = tmp_path / "exp.yaml"
+    path.write_text("name: x\nsynth: {frames: 4}\ndecision: {bars: '3:0.3,6:0.5'}\n")
+    assert criteria_from(load_experiment(path).decision).bars == ((3, 0.3), (6, 0.5))
+    path.write_text("name: x\nsynth: {frames: 4}\ndecision: {bars: {3: 1.3}}\n")
+    with pytest.raises(ValueError, match=r"exp.yaml: decision.bars: bar 1.3 at layer 3 is not an AP50"):
+        load_experiment(path)

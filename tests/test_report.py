@@ -36,6 +36,7 @@ def study(tiny_model, tmp_path_factory):
                 "synth": {"frames": 12, "seed": 4, "size": 128},
                 "model": str(tiny_model),
                 "analyzers": {"flops": {}, "lens": {}, "probe-mlp": {"epochs": 2, "layers": "2,4"}},
+                "decision": {"bars": {2: 0.01}},  # the user's bar, carried from YAML through the runner
                 "exits": {
                     "layers": "2",
                     "epochs": 2,
@@ -102,6 +103,8 @@ def test_answer_card_states_the_verdict_and_one_row_per_exit(study, html):
     assert float(body[0][2]) == pytest.approx(max(values.values()))
     assert values[body[0][1]] == max(values.values())  # the named readout is one that reached it
     evidence = decision["evidence"]["2"]
+    assert decision["criteria"]["bars"] == [[2, 0.01]] and evidence["bar_AP50"] == pytest.approx(0.01)
+    assert "minimum AP50 an exit there must reach (yours)" in answer
     assert float(body[0][4]) == pytest.approx(evidence["bar_AP50"])
     assert body[0][5] == ("pass" if evidence["passes"] else "fail")
     exits_eval = json.loads((study / "exits_eval/result.json").read_text())
