@@ -2,6 +2,7 @@
 
 import itertools
 import json
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -250,6 +251,11 @@ def test_designs_compare_folders_on_the_same_held_out_images(det_exits, synth_di
     keys = {"exits_dir", "head", "finetuned_blocks", "policy", "threshold", "AP", "AP50", "mean_gflops"}
     assert all(keys | {"exit_histogram"} <= set(d) for d in result["designs"])
     assert all(sum(d["exit_histogram"].values()) == len(scored) for d in result["designs"])
+    for d in result["designs"]:  # the same exits, split by the scenes' difficulty labels
+        by_difficulty = Counter()
+        for counts in d["exit_by_difficulty"].values():
+            by_difficulty.update(counts)
+        assert dict(by_difficulty) == d["exit_histogram"]
     front = result["pareto_front"]
     assert front and not any(result["designs"][i]["bound"] for i in front)
     timed_front = [i for i in front if "latency" in result["designs"][i]]

@@ -174,6 +174,7 @@ def compare_designs(
             "--exits: give at least one folder without fine-tuned blocks (its last exit is the full model)"
         )
     gt = ground_truth_dict(samples)
+    difficulty = [s.meta.get("difficulty", "all") for s in samples]
     size = max({input_size(folders[0].processor, s) for s in samples}, key=lambda s: s[0] * s[1])
     designs, plans = [], {}
     for index, folder in enumerate(folders):
@@ -205,6 +206,7 @@ def compare_designs(
                 **chooser.score(dict(zip(records.image_ids, layers.tolist()))),
                 "mean_gflops": gflops,
                 "exit_histogram": {str(k): c for k, c in sorted(Counter(layers.tolist()).items())},
+                "exit_by_difficulty": _by_difficulty(difficulty, layers),
                 "bound": policy == "oracle",
             }
             if policy == "learned":
@@ -255,6 +257,14 @@ def compare_designs(
         "against the final layer's (it looks at every exit, so no policy can run it)",
         "timing": {"images": min(timing.images, len(samples)), "repeats": timing.repeats, "threads": timing.threads},
     }
+
+
+def _by_difficulty(difficulty: Sequence[str], layers: torch.Tensor) -> dict[str, dict[str, int]]:
+    """Images per exit layer for each difficulty label (``all`` where the data have none)."""
+    counts: dict[str, Counter] = {}
+    for label, layer in zip(difficulty, layers.tolist()):
+        counts.setdefault(label, Counter())[layer] += 1
+    return {d: {str(k): c for k, c in sorted(cnt.items())} for d, cnt in sorted(counts.items())}
 
 
 def _time(reference: _Folder, samples, plans: dict, timing: Timing, device: str, progress: bool) -> dict:
