@@ -334,3 +334,14 @@ def test_probe_kit_run_under_torchrun_shards_the_cache_and_runs_the_rest_on_rank
         assert len(json.loads(handle.attrs["shards"])) == 2
     assert json.loads((tmp_path / "ddp" / "results" / "decision.json").read_text())["exits"] == one["exits"]
     assert (tmp_path / "ddp" / "report.html").is_file()
+
+
+def test_a_cache_based_command_under_torchrun_runs_on_rank_zero(runs, tmp_path):
+    """``analyze`` does not split its work: under torchrun rank 0 runs it alone, the same as one process."""
+    args = ["analyze", "probe-linear", "--cache", str(runs["single"]), "--layers", "2", "-o", "epochs=2"]
+    done = torchrun(*args, "--out", str(tmp_path / "ddp"), cwd=tmp_path)
+    one = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "one")])
+    assert one.exit_code == 0, one.output
+    assert done.stdout.count("result.json") == one.output.count("result.json") == 1
+    got, want = (json.loads((tmp_path / run / "result.json").read_text()) for run in ("ddp", "one"))
+    assert got["layers"] == want["layers"]
