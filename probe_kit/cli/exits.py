@@ -142,8 +142,8 @@ def train_exits(
     help="With --policies: each policy's cheapest setting within this AP50 loss is timed.",
 )
 @click.option("--device", default="cpu", show_default=True)
-@click.option("--timing-images", type=int, default=16, show_default=True, help="Held-out images timed per setting.")
-@click.option("--timing-repeats", type=int, default=15, show_default=True, help="Interleaved timing rounds.")
+@click.option("--timing-images", type=int, default=4, show_default=True, help="Held-out images timed per setting.")
+@click.option("--timing-repeats", type=int, default=11, show_default=True, help="Interleaved timing rounds.")
 @click.option("--threads", type=int, default=1, show_default=True, help="Torch threads while timing (recorded).")
 def evaluate_exits(
     exits_dirs,
