@@ -29,10 +29,9 @@ __all__ = [
 
 def run_analyzer(name: str, cache_path: Path, layers: str, seed: int = 0, **options) -> AnalyzerResult:
     """Run analyzer ``name`` on the ``layers`` selection of a cache (all, lists, ranges, negatives)."""
+    from probe_kit.analyzers._options import check_options
     from probe_kit.cache.reader import FeatureCache
     from probe_kit.models.layers import resolve_layers
-
-    from probe_kit.analyzers._options import check_options
 
     info = get_analyzer(name)
     options = check_options(info, options, where=f"analyzer {name}: ")  # before the cache is opened
