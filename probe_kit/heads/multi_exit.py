@@ -26,8 +26,10 @@ CONTROL = ("fixed", "replay")  # policy kinds of MultiExitYolos itself; every ot
 class Policy:
     """When an image may leave: ``fixed`` at ``layer`` (only that exit's head runs); ``replay`` at
     ``layer`` with every exit head up to it run as an adaptive policy runs them (to time a recorded
-    sweep setting); otherwise the online rule registered as ``kind`` (``probe_kit.heads.policies``:
-    ``confidence``, ``patience``, plug-ins) at ``threshold``."""
+    sweep setting); otherwise the online rule registered as ``kind`` (``probe_kit.heads.policies``)
+    at ``threshold``: ``confidence`` leaves when no det token is undecided (every token's person
+    probability <= 1 - threshold or >= threshold), ``patience`` when this exit's kept detections
+    agree with the previous exit's (same tokens, IoU >= threshold), or a plug-in."""
 
     kind: str = "confidence"
     threshold: float = 0.9
