@@ -204,10 +204,12 @@ def supporting(results: Mapping[str, dict], layer: int, roles: Roles | None = No
     for name, result in by_role(results, "evidence", roles).items():
         meta = role_of(name, result, roles)
         metrics = result.get("layers", {}).get(str(layer), {})
+        cited = [
+            f"{label} {metrics[k]:.3f}" for k, label in meta["metrics"] if isinstance(metrics.get(k), (int, float))
+        ]
         chance = metrics.get(meta["chance"]) if meta["chance"] else None
-        for key, label in meta["metrics"]:
-            if isinstance(metrics.get(key), (int, float)):
-                parts.append(f"{label} {metrics[key]:.3f}" + (f" (chance {chance:.3f})" if chance is not None else ""))
+        if cited:
+            parts.append(", ".join(cited) + (f" (chance {chance:.3f})" if chance is not None else ""))
     return parts
 
 
