@@ -159,10 +159,12 @@ def test_merge_copies_a_sharded_cache_into_one_file_and_the_folder_can_move(runs
         virtual = []
         handle.visititems(lambda name, obj: virtual.append(name) if getattr(obj, "is_virtual", False) else None)
         assert virtual == []
-    for index in range(2):  # the merged file needs no shard
+    for index in range(2):  # the merged file needs no shard; the joined one refuses to read zeros
         shard_path(moved / "cache.h5", index, 2).unlink()
     with FeatureCache(merged) as cache:
         assert cache.read(4, "patch").shape == (12, 16, 32)
+    with pytest.raises(ValueError, match="cache-shard-00000-of-00002.h5 is missing"):
+        FeatureCache(moved / "cache.h5")
     again = runner.invoke(cli, ["cache", "merge", str(runs["single"]), "--out", str(tmp_path / "x.h5")])
     assert again.exit_code == 1 and "not a sharded cache" in again.output
     assert not (tmp_path / "x.h5").exists()

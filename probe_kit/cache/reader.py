@@ -27,6 +27,16 @@ class FeatureCache:
     def __init__(self, path: Path, allow_incomplete: bool = False) -> None:
         self.path = Path(path)
         self._h5 = open_cache_file(self.path, "r")
+        if "shards" in self._h5.attrs:  # HDF5 reads a missing virtual-dataset source as zeros, silently
+            from probe_kit.cache.shards import shard_files
+
+            missing = [p for p in shard_files(self._h5, self.path) if not p.is_file()]
+            if missing:
+                self._h5.close()
+                raise ValueError(
+                    f"{self.path}: shard {missing[0]} is missing; a sharded cache reads its shards beside it "
+                    "(keep the folder together, or `probe-kit cache merge` it into one file)"
+                )
         if not allow_incomplete and not self._h5.attrs["complete"]:
             written, total = self.num_images, self.num_images_total
             self._h5.close()
