@@ -64,7 +64,7 @@ class RecipeConfig:
     eval_every: int = 250
 
     @classmethod
-    def from_yaml(cls, path: Path) -> "RecipeConfig":
+    def from_yaml(cls, path: Path) -> RecipeConfig:
         raw = yaml.safe_load(Path(path).read_text()) or {}
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(raw) - known)
