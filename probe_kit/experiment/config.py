@@ -67,7 +67,8 @@ class _ExitKeys:
     thresholds: tuple[float, ...] = ()  # finite; their range depends on the policy
     policy: str = "confidence"
     timing_images: PositiveInt | None = None  # evaluate-exits latency: images timed per setting (default 16)
-    timing_repeats: Annotated[int, Range(min=3)] | None = None  # ... and interleaved rounds (default 15)
+    timing_repeats: Annotated[int, Range(min=3)] | None = None  # ... interleaved rounds (default 15)
+    timing_warmup: NonNegativeInt | None = None  # ... and untimed rounds first (default 2)
     designs: dict[str, Any] | None = None  # the exit-design comparison (experiment/designs_stage.py)
 
 

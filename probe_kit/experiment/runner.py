@@ -113,6 +113,9 @@ def _analyzer_stage(cfg: ExperimentConfig, cache_path: Path, out: Path, say: Cal
         write_result(result, result_path.parent)
 
 
+_TIMING = ("images", "repeats", "warmup")  # exits.timing_<key> in the YAML -> heads.evaluate.Timing
+
+
 def _exit_layers(cfg: ExperimentConfig, decision: dict, say: Callable[[str], None]) -> tuple[int, ...]:
     """The decision's exits; where it recommends none, the config's ``candidates`` (if any), said aloud."""
     chosen = cfg.exits.get("layers", "decision")
@@ -177,7 +180,7 @@ def _exits_stage(
         thresholds,
         cfg.exits.get("policy", "confidence"),
         device=cfg.device,
-        timing=Timing(**{k: cfg.exits[f"timing_{k}"] for k in ("images", "repeats") if cfg.exits.get(f"timing_{k}")}),
+        timing=Timing(**{k: cfg.exits[f"timing_{k}"] for k in _TIMING if cfg.exits.get(f"timing_{k}") is not None}),
         detections_dir=out / "exits_eval" / "detections",
     )
     result["evaluated_on"] = "validation sequences" if options else "all images"
