@@ -422,3 +422,24 @@ def test_options_are_typed_by_their_declaration(cache, tmp_path):
     assert result.exit_code == 0, result.output
     saved = json.loads((out / "result.json").read_text())
     assert saved["options"]["val_fraction"] == 0.4 and isinstance(saved["options"]["val_fraction"], float)
+
+
+def test_guarded_outputs_remove_what_a_failed_run_created_and_nothing_else(tmp_path):
+    """A failure (or Ctrl-C) inside ``guarded`` removes the outputs and folders the run created, and only those."""
+    from probe_kit.cli.outputs import dir_out, file_out, guarded
+
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "old.json").write_text("{}")
+    new_dir, new_file = tmp_path / "new" / "deeper" / "out", kept / "m.json"
+    with pytest.raises(KeyboardInterrupt), guarded(dir_out(new_dir), file_out(new_file), file_out(kept / "old.json")):
+        new_dir.mkdir(parents=True)
+        (new_dir / "partial.npz").write_bytes(b"x")
+        new_file.write_text("half")
+        (kept / "old.json").write_text('{"changed": 1}')  # existed before: the run's own business
+        raise KeyboardInterrupt
+    assert not (tmp_path / "new").exists() and not new_file.exists()
+    assert sorted(p.name for p in kept.iterdir()) == ["old.json"]
+    with guarded(dir_out(new_dir)):
+        new_dir.mkdir(parents=True)
+    assert new_dir.is_dir()  # success keeps everything
