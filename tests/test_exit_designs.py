@@ -263,6 +263,10 @@ def test_designs_compare_folders_on_the_same_held_out_images(det_exits, synth_di
     assert len(timed_front) == min(len(front), MAX_TIMED_FRONT)
     assert not any("latency" in d for d in result["designs"] if d["bound"])
     # the learned gate's evaluations cost GFLOPs: at threshold 0.9 vs a policy exiting at the same layers
+    from probe_kit.report import figures
+    from probe_kit.report.collect import ReportData
+
+    assert figures.design_pareto(ReportData(folder=det_exits, designs=result))  # the report's Pareto figure
     learned = [d for d in result["designs"] if d["policy"] == "learned"]
     assert all(min(d["gate"]["gflops_per_evaluation"].values()) > 0 for d in learned)
 

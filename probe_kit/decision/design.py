@@ -96,8 +96,14 @@ def recommend_design(result: dict, max_ap50_loss: float | None = None) -> dict:
             f"{designs[b]['AP50']:.3f} ({designs[b]['exits_dir']})"
         )
     rationale.append(f"verdict: {verdict}")
+    summary = (
+        f"{_name(designs[chosen])}: {_numbers(designs[chosen], full)}"
+        if chosen is not None
+        else f"{verdict}: no setting within {tolerance} AP50 of the full model is measurably faster"
+    )
     return {
         "verdict": verdict,
+        "summary": summary,
         "max_ap50_loss": tolerance,
         "design": None if chosen is None else {"index": chosen, **designs[chosen]},
         "rationale": rationale,

@@ -166,6 +166,15 @@ def _figures(data: ReportData) -> list[dict]:
             figures.ap_vs_gflops(data),
             "Static exits, the adaptive policy's threshold sweep, the best readout per layer, and the Pareto front.",
         ),
+        (
+            "designs",
+            "Exit designs: Pareto front",
+            figures.design_pareto(data),
+            (
+                "Every (exits folder, policy, threshold) on the same held-out images; dotted: the AP50 tolerance, grey "
+                "line: the full model; hollow: the oracle, a bound no policy can run (designs/result.json)."
+            ),
+        ),
         ("pr", "Precision-recall per exit (AP50)", figures.pr_curves(data), "COCO interpolated precision at IoU 0.5."),
         (
             "exits-by-difficulty",

@@ -42,6 +42,7 @@ class ReportData:
     arrays: dict[str, dict] = field(default_factory=dict)  # analyzer -> arrays.npz contents
     decision: dict | None = None
     exits_eval: dict | None = None
+    designs: dict | None = None  # designs/result.json: the exit-design comparison (heads/designs.py)
     exits_config: dict | None = None
     experiment: dict | None = None
     cache_info: dict | None = None
@@ -209,6 +210,7 @@ def collect(folder: Path) -> ReportData:
     data.roles = _roles(data.results)
     data.decision = _read(results_dir / "decision.json")
     data.exits_eval = _read(folder / "exits_eval" / "result.json")
+    data.designs = _read(folder / "designs" / "result.json")
     data.exits_config = _read(folder / "exits" / "config.json")
     data.experiment = _read(folder / "experiment.json")
     if not data.results and data.exits_eval is None:

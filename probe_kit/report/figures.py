@@ -189,6 +189,46 @@ def compare_ap_vs_gflops(runs: list[ReportData], labels: list[str]) -> str | Non
     return png(fig)
 
 
+def design_pareto(data: ReportData) -> str | None:
+    """Every exit design's settings: AP50 against mean GFLOPs (left) and against measured latency (right, timed
+    settings); one colour per exits folder, the Pareto front, the oracle drawn hollow as a bound."""
+    if not data.designs:
+        return None
+    designs, front = data.designs["designs"], data.designs["pareto_front"]
+    full = data.designs["full_model"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for colour, folder in zip(PALETTE, data.designs["folders"]):
+        label = f"{folder['head']}, {'fine-tuned' if folder['finetuned_blocks'] else 'frozen'}"
+        mine = [d for d in designs if d["exits_dir"] == folder["exits_dir"]]
+        real, bound = [d for d in mine if not d["bound"]], [d for d in mine if d["bound"]]
+        left.scatter([d["mean_gflops"] for d in real], [d["AP50"] for d in real], s=14, color=colour, label=label)
+        left.scatter(
+            [d["mean_gflops"] for d in bound], [d["AP50"] for d in bound], s=22, facecolors="none", edgecolors=colour
+        )
+        timed = [d for d in real if "latency" in d]
+        right.scatter(
+            [d["latency"]["median_ms"] for d in timed], [d["AP50"] for d in timed], s=14, color=colour, label=label
+        )
+    left.plot(
+        [designs[i]["mean_gflops"] for i in front],
+        [designs[i]["AP50"] for i in front],
+        "--",
+        color="crimson",
+        linewidth=1,
+        label="Pareto front",
+    )
+    left.scatter([], [], s=22, facecolors="none", edgecolors="grey", label="oracle (bound, not a result)")
+    for ax, x in ((left, full["gflops"]), (right, full["latency"]["median_ms"])):
+        ax.axhline(full["AP50"] - data.designs["max_ap50_loss"], color="grey", linewidth=0.8, linestyle=":")
+        ax.axvline(x, color="grey", linewidth=0.8)
+    left.set(xlabel="mean GFLOPs per image (2 x multiply-adds)", ylabel="COCO AP50 (0-1)", ylim=(0, 1))
+    right.set(xlabel="measured latency per image, median (ms, batch 1)", ylabel="COCO AP50 (0-1)", ylim=(0, 1))
+    left.set_title("Exit designs: AP50 against compute", fontsize=10)
+    right.set_title("Timed settings: AP50 against latency", fontsize=10)
+    left.legend(fontsize=7)
+    return png(fig)
+
+
 def pr_curves(data: ReportData) -> str | None:
     if not data.exits_eval:
         return None
