@@ -1,6 +1,7 @@
 """The exits folder: ``config.json`` + ``heads.safetensors`` (+ ``blocks.safetensors``), saved and loaded.
 
-``config.json`` records the exit layers, the base model's record (``base_model``: checkpoint,
+``config.json`` records the exit layers, the head type (``head``: ``det``, the default when absent,
+or ``dense``: ``heads/dense_exit.py``), the base model's record (``base_model``: checkpoint,
 weights fingerprint, dtype, image processor class and config, see ``models/record.py``), the cache,
 which images trained and early-stopped the heads (``train_image_ids``, ``holdout_image_ids``), the
 training options and per-epoch losses. ``load_exits`` rebuilds the base model from that record, so
