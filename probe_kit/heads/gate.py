@@ -14,7 +14,9 @@ right", so it needs no ground truth and the same definition serves the ``oracle`
 
 **Classifier.** Per intermediate exit, scikit-learn's ``LogisticRegression`` (C = ``GATE_C``) on
 standardised features, trained on *training images only* (the caller passes their records),
-then copied into tensors so it runs inside ``MultiExitYolos``. Where the training images hold only
+then copied into tensors so it runs inside ``MultiExitYolos``. (The heads also trained on those
+images, so exits look better there than on new images: a gate learns a slightly optimistic target;
+the scored numbers, on images that trained nothing, show what that costs.) Where the training images hold only
 one answer for an exit (every image meets the target there, or none does), the gate is that
 constant. A gate's probability >= the swept threshold lets the image leave.
 
