@@ -15,6 +15,12 @@ def test_import_is_lazy_and_fast():
     assert out.strip() == "[]"
 
 
+def test_cli_help_does_not_import_torch():
+    code = "import sys; from probe_kit.cli.main import cli; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
 def test_unknown_attribute_is_an_attribute_error():
     try:
         probe_kit.no_such_thing  # noqa: B018

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import click
 
-from probe_kit.models.loading import REFERENCE_NAME
+from probe_kit.models import REFERENCE_NAME
 
 
 class FiniteFloat(click.ParamType):

@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 
 from probe_kit.distributed import local_device
+from probe_kit.models import REFERENCE_NAME
 
-REFERENCE_NAME = "reference"
 REFERENCE_DIR = Path(__file__).resolve().parent.parent / "reference" / "weights"
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
