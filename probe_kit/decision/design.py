@@ -67,10 +67,12 @@ def recommend_design(result: dict, max_ap50_loss: float | None = None) -> dict:
         rationale.append(f"recommended: {_name(designs[chosen])}: {_numbers(designs[chosen], full)}")
     else:
         verdict = VERDICTS[1]
-        if within:
-            cheapest = min(within, key=lambda i: designs[i]["mean_gflops"])
+        depth = max((d["layer"] for d in designs if d["policy"] == "static"), default=None)
+        others = [i for i in within if not (designs[i]["policy"] == "static" and designs[i]["layer"] == depth)]
+        if others:  # the full model itself is always within: name the cheapest of the rest
+            cheapest = min(others, key=lambda i: designs[i]["mean_gflops"])
             rationale.append(
-                f"no setting within tolerance is measurably faster; the cheapest within it: "
+                f"no setting within tolerance is measurably faster; the cheapest within it besides the full model: "
                 f"{_name(designs[cheapest])}: {_numbers(designs[cheapest], full)}"
             )
         faster = [
