@@ -18,9 +18,9 @@ from probe_kit.analyzers._registry import AnalyzerResult, register
 from probe_kit.cache.reader import FeatureCache
 from probe_kit.models.heads import DetectionHead
 from probe_kit.models.layers import forward_to_layer
+from probe_kit.models.record import load_recorded
 from probe_kit.ops.matching import match_final_to_gt
 from probe_kit.options import PositiveInt
-from probe_kit.models.record import load_recorded
 from probe_kit.training.data import cache_record, options_json
 
 
