@@ -70,7 +70,8 @@ class ModelRecord:
         missing = [k for k in _FIELDS if k not in data]
         if missing:
             raise ValueError(
-                f"{where}: model record lacks {missing} (made before model records existed?); retrain from a new cache"
+                f"{where}: model record lacks {missing} (made before model records existed?); "
+                "make it again with this probe_kit"
             )
         return cls(**{k: data[k] for k in _FIELDS})
 
