@@ -128,8 +128,16 @@ def answer(data: ReportData) -> dict[str, Any]:
         f"{decision['verdict']}: exits {', '.join(map(str, decision['exits']))}" if decision else None
     )
     full = (data.exits_eval or {}).get("full_model")
+    trained = sorted(int(k) for k in ((data.exits_eval or {}).get("exits") or {}))
+    candidates = None
+    if trained and decision and trained != sorted(decision.get("exits", [])):
+        candidates = (
+            f"Exit heads were trained at the candidate layers {', '.join(map(str, trained))} to measure what heads "
+            "reach there; they are not the decision's recommendation."
+        )
     return {
         "sentence": sentence,
+        "candidates": candidates,
         "measured": _measured_sentence(data),
         "design": _design(data.decision),
         "rows": [_row(data, k, final) for k in considered_exits(data)],

@@ -17,7 +17,7 @@ from urllib.parse import quote
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 import probe_kit
-from probe_kit.report import figures
+import probe_kit.report.figures as figures  # noqa: PLR0402 - the module, not the package (no cycle via __init__)
 from probe_kit.report.answer import alerts, answer
 from probe_kit.report.collect import ReportData, collect
 from probe_kit.report.frames import coco_summaries, example_frames, load_detections
