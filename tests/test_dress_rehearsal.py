@@ -4,7 +4,7 @@ A checkpoint folder with hustvl/yolos-small's exact architecture (random weights
 processor (800 px shortest edge) runs the shipped YAML (512 px) on the real MOT17 excerpt. Only what keeps
 CI short is changed in a temporary copy: the local model folder, ``device: cpu``, fewer frames (three
 sequences, every fourth frame: 4 images) and epochs, three timing rounds of one image. Every stage must
-see the cache's input size. Measured: 953 s wall at load average 13-17 on 2 cores, 264 CPU-seconds.
+see the cache's input size. Measured on 2 cores: 276 s wall at load average 4-5 (953 s at 13-17), 223 CPU-s.
 """
 
 from __future__ import annotations
