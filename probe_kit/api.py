@@ -113,17 +113,30 @@ def decide(results: str | Path | Iterable[AnalyzerResult], **criteria: Any) -> D
 
 
 def train_exits(
-    cache: str | Path | FeatureCache, layers: str | Sequence[int], out: str | Path, seed: int = 0, **training
-):
-    """Train exit heads for ``layers`` on a cache into the exits folder ``out``; ``training`` as ``ExitTraining``."""
+    cache: str | Path | FeatureCache,
+    layers: str | Sequence[int],
+    out: str | Path,
+    seed: int = 0,
+    head: str = "det",
+    device: str = "cpu",
+    **training: Any,
+) -> Path:
+    """Train ``head`` exit heads (``det`` or ``dense``) for ``layers`` on a cache into the exits folder ``out``.
+
+    ``training`` as ``ExitTraining`` (epochs, lr, val_sequences, finetune_blocks, ...).
+    """
     from probe_kit.cache.reader import FeatureCache
+    from probe_kit.heads.dense_train import train_dense_exits
     from probe_kit.heads.train import ExitTraining, train_exit_heads
     from probe_kit.models.layers import resolve_layers
 
+    trainers = {"det": train_exit_heads, "dense": train_dense_exits}
+    if head not in trainers:
+        raise ValueError(f"head: expected one of {sorted(trainers)}, got {head!r}")
     path = _cache_path(cache)
     with FeatureCache(path) as opened:
         chosen = resolve_layers(layers, opened.model["config"]["num_hidden_layers"])
-    return train_exit_heads(path, chosen, Path(out), seed, ExitTraining(**training))
+    return trainers[head](path, chosen, Path(out), seed, ExitTraining(**training), device=device)
 
 
 def evaluate_exits(exits: str | Path, data: str, out: str | Path | None = None, **options: Any) -> dict:

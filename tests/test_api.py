@@ -51,3 +51,28 @@ def test_study_in_python(tiny_model, synth_dir, tmp_path):
     assert "lens" in probe_kit.list_analyzers()
     report = probe_kit.build_report(tmp_path / "study")
     assert report == tmp_path / "study" / "report.html" and report.stat().st_size > 0
+
+
+def test_the_cli_goes_through_the_front_door(tmp_path, monkeypatch):
+    """``analyze`` and ``report`` call ``probe_kit.api``, so the CLI and the Python API cannot drift apart."""
+    from click.testing import CliRunner
+
+    from probe_kit import api
+    from probe_kit.cli.main import cli
+
+    calls = []
+
+    def spy(name):
+        def called(*args, **kwargs):
+            calls.append(name)
+            raise ValueError(f"{name} reached")
+
+        return called
+
+    monkeypatch.setattr(api, "analyze", spy("api.analyze"))
+    monkeypatch.setattr(api, "build_report", spy("api.build_report"))
+    runner = CliRunner()
+    analyzed = runner.invoke(cli, ["analyze", "lens", "--cache", str(tmp_path / "c.h5"), "--out", str(tmp_path / "r")])
+    (tmp_path / "study").mkdir()
+    reported = runner.invoke(cli, ["report", "--results", str(tmp_path / "study"), "--out", str(tmp_path / "r.html")])
+    assert calls == ["api.analyze", "api.build_report"], (analyzed.output, reported.output)

@@ -393,12 +393,12 @@ def test_hostile_input_is_one_line_naming_the_culprit(case, workspace, cache, ti
 
 def test_programming_errors_keep_their_traceback(workspace, monkeypatch):
     """Only the user's errors become one line: a TypeError (a bug) escapes with its traceback."""
-    import probe_kit.report
+    import probe_kit.api
 
     def broken(*args, **kwargs):
         raise TypeError("a bug")
 
-    monkeypatch.setattr(probe_kit.report, "build_report", broken)
+    monkeypatch.setattr(probe_kit.api, "build_report", broken)
     result = CliRunner().invoke(cli, ["report", "--results", str(workspace / "study"), "--out", "r.html"])
     assert isinstance(result.exception, TypeError) and result.exit_code == 1
 

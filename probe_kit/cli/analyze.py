@@ -29,7 +29,8 @@ import click
 )
 def command(name, show_list, cache_path, layers, out, seed, val_sequences, device, extra) -> None:
     """Run one analyzer on one layer set of a cache; writes OUT/result.json."""
-    from probe_kit.analyzers import get_analyzer, list_analyzers, run_analyzer, write_result
+    from probe_kit import api
+    from probe_kit.analyzers import get_analyzer, list_analyzers, write_result
 
     if show_list:
         for info in list_analyzers():
@@ -50,7 +51,7 @@ def command(name, show_list, cache_path, layers, out, seed, val_sequences, devic
     options = check_options(get_analyzer(name), options, where="-o ", text=True)  # typed and in range
     out = out or Path("runs") / name
     check_outputs(dir_out(out))  # before any work
-    result = run_analyzer(name, cache_path, layers, seed, **options)
+    result = api.analyze(name, cache_path, layers, seed=seed, **options)
     result.extra["command"] = shlex.join(
         ["probe-kit", "analyze", name, "--cache", str(cache_path), "--layers", layers, "--seed", str(seed)]
         + [arg for item in extra for arg in ("-o", item)]

@@ -80,16 +80,16 @@ def train_exits(
     head,
 ) -> None:
     """Train exit heads on cached tokens: det heads (from the pretrained head) or dense heads on patch tokens."""
-    from probe_kit import distributed
+    from probe_kit import api, distributed
     from probe_kit.cache.reader import FeatureCache
-    from probe_kit.heads.train import ExitTraining, train_exit_heads
+    from probe_kit.heads.train import ExitTraining
     from probe_kit.models.layers import resolve_layers
     from probe_kit.training.data import SPLIT_GAP
 
     check_outputs(dir_out(out))  # before any training
     with FeatureCache(cache_path) as cache:
-        chosen = resolve_layers(layers, cache.model["config"]["num_hidden_layers"])
-    opts = ExitTraining(
+        resolve_layers(layers, cache.model["config"]["num_hidden_layers"])  # a bad selection fails before any work
+    training = dict(
         epochs=epochs,
         lr=lr,
         set_weight=set_weight,
@@ -100,12 +100,10 @@ def train_exits(
         finetune_lr=finetune_lr,
         split_gap=SPLIT_GAP if split_gap is None else split_gap,
     )
+    ExitTraining(**training)  # options checked before any work
     # Under torchrun heads train on the cache on rank 0 alone; with --finetune-blocks every rank trains (the
     # cheap head stage identically, the blocks data-parallel) and rank 0 saves.
-    from probe_kit.heads.dense_train import train_dense_exits
-
-    trainer = train_dense_exits if head == "dense" else train_exit_heads
-    train = lambda: trainer(cache_path, chosen, out, seed, opts, device=device)
+    train = lambda: api.train_exits(cache_path, layers, out, seed, head=head, device=device, **training)  # noqa: E731
     path = train() if finetune_blocks > 0 else distributed.on_rank_zero(train)
     if distributed.is_main():
         click.echo(f"exit heads -> {path}")

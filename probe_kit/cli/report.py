@@ -34,7 +34,8 @@ def command(
     results_dir: Path | None, compare: bool, runs: tuple[Path, ...], out: Path | None, open_browser: bool
 ) -> None:
     """Render a single self-contained HTML feasibility report (or a comparison of studies)."""
-    from probe_kit.report import build_comparison, build_report
+    from probe_kit import api
+    from probe_kit.report import build_comparison
 
     if compare:
         if results_dir is not None:
@@ -50,7 +51,7 @@ def command(
         if results_dir is None:
             raise ValueError("--results: missing; give a study folder (or --compare DIR DIR ...)")
         target = checked(file_out(out or Path("reports") / f"{results_dir.resolve().name}.html"))  # before any work
-        path = build_report(results_dir, target)
+        path = api.build_report(results_dir, target)
     click.echo(f"report written to {path.resolve()}")
     if open_browser:
         import webbrowser
