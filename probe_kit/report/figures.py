@@ -315,6 +315,9 @@ def evidence_per_layer(data: ReportData) -> str | None:
         chance = [(k, v) for k in data.layers if (v := data.value(name, k, data.roles[name]["chance"])) is not None]
         if chance:
             ax.plot(*zip(*chance), linestyle=":", color="grey", label=f"chance ({name}: share of patches in box)")
+    if not ax.lines:  # no layer measured any of them (e.g. no detection matched a person): no figure
+        plt.close(fig)
+        return None
     ax.set(
         xlabel="layer (block index)",
         ylabel="share (0-1)",
