@@ -7,8 +7,7 @@ from pathlib import Path
 import torch
 
 from probe_kit.cache.reader import FeatureCache
-from probe_kit.metrics.coco import evaluate, ground_truth_dict
-from probe_kit.models.predict import detections_from_outputs
+from probe_kit.models.predict import score_outputs
 
 
 def evaluate_cache(path: Path, thresholds: tuple[float, ...] = (0.3, 0.5, 0.7)) -> tuple[dict, list[dict]]:
@@ -17,11 +16,4 @@ def evaluate_cache(path: Path, thresholds: tuple[float, ...] = (0.3, 0.5, 0.7)) 
         samples = cache.samples()
         logits, boxes = cache.final_outputs()
         person = cache.person_index()
-    detections = detections_from_outputs(
-        torch.from_numpy(logits),
-        torch.from_numpy(boxes),
-        [s.image_id for s in samples],
-        [(s.width, s.height) for s in samples],
-        person,
-    )
-    return evaluate(ground_truth_dict(samples), detections, thresholds), detections
+    return score_outputs(torch.from_numpy(logits), torch.from_numpy(boxes), samples, person, thresholds)

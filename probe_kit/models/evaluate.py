@@ -6,7 +6,7 @@ from probe_kit import distributed
 from probe_kit.data.spec import DataSpec
 from probe_kit.metrics.coco import evaluate, ground_truth_dict
 from probe_kit.models.loading import ModelSpec, load_yolos, person_label_index
-from probe_kit.models.predict import detections_from_outputs
+from probe_kit.models.predict import sample_detections
 from probe_kit.models.runner import run_batches
 
 
@@ -29,13 +29,7 @@ def evaluate_model(
     detections: list[dict] = []
     with tqdm(total=hi - lo, desc="evaluate", unit="img", disable=not progress or not distributed.is_main()) as bar:
         for batch in run_batches(model, processor, samples[lo:hi], batch_size):
-            detections += detections_from_outputs(
-                batch.outputs.logits,
-                batch.outputs.pred_boxes,
-                [s.image_id for s in batch.samples],
-                [(s.width, s.height) for s in batch.samples],
-                person,
-            )
+            detections += sample_detections(batch.outputs.logits, batch.outputs.pred_boxes, batch.samples, person)
             bar.update(len(batch.samples))
     detections = [d for part in distributed.all_gather_object(detections) for d in part]
     metrics = distributed.on_rank_zero(lambda: evaluate(ground_truth_dict(samples), detections, thresholds))

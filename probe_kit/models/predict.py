@@ -6,6 +6,8 @@ from typing import Sequence
 
 import torch
 
+from probe_kit.data.sample import Sample
+from probe_kit.metrics.coco import evaluate, ground_truth_dict
 from probe_kit.ops.boxes import cxcywh_norm_to_xywh
 
 
@@ -56,3 +58,24 @@ def detections_from_scores(
                 }
             )
     return detections
+
+
+def sample_detections(
+    logits: torch.Tensor, pred_boxes: torch.Tensor, samples: Sequence[Sample], person_index: int
+) -> list[dict]:
+    """``detections_from_outputs`` for the images ``samples`` (their ids and original sizes), in order."""
+    return detections_from_outputs(
+        logits, pred_boxes, [s.image_id for s in samples], [(s.width, s.height) for s in samples], person_index
+    )
+
+
+def score_outputs(
+    logits: torch.Tensor,
+    pred_boxes: torch.Tensor,
+    samples: Sequence[Sample],
+    person_index: int,
+    thresholds: tuple[float, ...] = (0.3, 0.5, 0.7),
+) -> tuple[dict, list[dict]]:
+    """``(COCO metrics, detections)`` of per-image outputs ``[n, N, C+1]``, ``[n, N, 4]`` against ``samples``."""
+    detections = sample_detections(logits, pred_boxes, samples, person_index)
+    return evaluate(ground_truth_dict(samples), detections, thresholds), detections

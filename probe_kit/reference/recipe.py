@@ -26,7 +26,7 @@ from probe_kit import distributed
 from probe_kit.data.synth import SceneSpec, render_scene, scene_to_sample
 from probe_kit.metrics.coco import evaluate, ground_truth_dict
 from probe_kit.models.loading import seed_token_embeddings
-from probe_kit.models.predict import detections_from_outputs
+from probe_kit.models.predict import sample_detections
 from probe_kit.ops.boxes import xywh_to_cxcywh_norm
 from probe_kit.ops.dense import DENSE_WEIGHTS, DenseHead, dense_loss, dense_normalisers, dense_targets
 from probe_kit.ops.set_loss import SetCriterion
@@ -161,13 +161,7 @@ def evaluate_pool(model, pool: _Pool, batch_size: int = 64) -> dict:
         for start in range(0, len(pool.samples), batch_size):
             batch = pool.samples[start : start + batch_size]
             out = model(pixel_values=pool.pixels[start : start + batch_size].float().to(device))
-            detections += detections_from_outputs(
-                out.logits.cpu(),
-                out.pred_boxes.cpu(),
-                [s.image_id for s in batch],
-                [(s.width, s.height) for s in batch],
-                0,
-            )
+            detections += sample_detections(out.logits.cpu(), out.pred_boxes.cpu(), batch, 0)
     model.train()
     return evaluate(ground_truth_dict(pool.samples), detections)
 

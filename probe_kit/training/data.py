@@ -13,8 +13,7 @@ import torch
 from probe_kit.cache.reader import FeatureCache
 from probe_kit.data.mot17 import sequence_matches
 from probe_kit.data.sample import Sample
-from probe_kit.metrics.coco import evaluate, ground_truth_dict
-from probe_kit.models.predict import detections_from_outputs
+from probe_kit.models.predict import score_outputs
 from probe_kit.models.record import ModelRecord, load_recorded
 from probe_kit.ops.boxes import xywh_to_cxcywh_norm
 
@@ -160,10 +159,7 @@ def apply_in_chunks(module, cache: FeatureCache, layer: int, role: str, indices:
 
 def score(logits: torch.Tensor, boxes: torch.Tensor, samples: Sequence[Sample], person_index: int) -> dict:
     """COCO metrics of per-image ``logits [n, N, C+1]`` and ``boxes [n, N, 4]`` for ``samples``."""
-    detections = detections_from_outputs(
-        logits, boxes, [s.image_id for s in samples], [(s.width, s.height) for s in samples], person_index
-    )
-    return evaluate(ground_truth_dict(samples), detections)
+    return score_outputs(logits, boxes, samples, person_index)[0]
 
 
 def headline(metrics: dict) -> dict:
