@@ -91,8 +91,13 @@ def session() -> Iterator[None]:
     dist.init_process_group(backend, timeout=timedelta(minutes=minutes))
     try:
         yield
-    finally:
-        dist.destroy_process_group()
+    except BaseException:
+        dist.destroy_process_group()  # no barrier: the other ranks may be waiting elsewhere
+        raise
+    # On success the ranks tear down together: one that destroys its Gloo pairs while a peer is still in its
+    # last collective can abort the peer at exit ("terminate called without an active exception").
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 def active() -> bool:
