@@ -21,7 +21,7 @@ from probe_kit.heads.dense_exit import DENSE_KIND, DenseExitHeads, all_exit_outp
 from probe_kit.heads.finetune import blocks_before_exits
 from probe_kit.heads.policies import KEEP_SCORE
 from probe_kit.heads.store import exits_provenance, save_exits
-from probe_kit.heads.train import ExitTraining
+from probe_kit.heads.train import ExitTraining, live_dataset
 from probe_kit.models.predict import person_scores
 from probe_kit.models.record import load_recorded
 from probe_kit.ops.boxes import xywh_to_cxcywh_norm
@@ -94,9 +94,7 @@ def train_dense_exits(
             )
         finetuned, finetune_history = [], []
         if opts.finetune_blocks > 0:
-            live = cache.load_dataset()  # refused, naming the first changed file, if the data changed
-            if [s.image_id for s in live] != [s.image_id for s in samples]:
-                raise ValueError(f"{cache.path}: the dataset on disk no longer matches the cache; cannot fine-tune")
+            live = live_dataset(cache, samples)
             final = tuple(torch.from_numpy(a).to(device) for a in cache.final_outputs())
             targets = [{k: v.to(device) for k, v in t.items()} for t in box_targets(samples, person)]
             joint = _Joint(model, heads).to(device)

@@ -16,6 +16,7 @@ import torch
 
 from probe_kit import distributed
 from probe_kit.cache.reader import FeatureCache
+from probe_kit.data.sample import Sample
 from probe_kit.heads.exits import ExitHeads
 from probe_kit.heads.finetune import finetune_blocks
 from probe_kit.heads.multi_exit import MultiExitYolos
@@ -121,9 +122,7 @@ def train_exit_heads(
             )
         finetuned, finetune_history = [], []
         if opts.finetune_blocks > 0:
-            live = cache.load_dataset()  # refused, naming the first changed file, if the data changed
-            if [s.image_id for s in live] != [s.image_id for s in samples]:
-                raise ValueError(f"{cache.path}: the dataset on disk no longer matches the cache; cannot fine-tune")
+            live = live_dataset(cache, samples)
             multi = MultiExitYolos(model, heads, person).to(device)
             finetuned, finetune_history = finetune_blocks(
                 multi,
@@ -160,3 +159,11 @@ def train_exit_heads(
     }
     # Under torchrun with --finetune-blocks every rank holds the same all-reduced weights; rank 0 saves them.
     return distributed.on_rank_zero(lambda: save_exits(heads, config, out, blocks))
+
+
+def live_dataset(cache: FeatureCache, samples: list[Sample]) -> list[Sample]:
+    """The cache's images reloaded for live fine-tuning; refused, naming the first changed file, if the data changed."""
+    live = cache.load_dataset()
+    if [s.image_id for s in live] != [s.image_id for s in samples]:
+        raise ValueError(f"{cache.path}: the dataset on disk no longer matches the cache; cannot fine-tune")
+    return live
