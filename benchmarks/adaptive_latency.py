@@ -3,8 +3,10 @@
 Each run is one ``evaluate_exits`` (held-out images only): the full model, every static exit and
 the operating point are timed in interleaved rounds with ``torch.utils.benchmark`` (median and IQR
 per image, see ``probe_kit/models/timing.py``). Printed per setting: both runs' medians and their
-difference (target: within 15%), and each static exit's measured speed-up over the FLOPs-predicted
-one (target: within 25%). A speed-up whose per-round IQR holds 1 is printed as no measurable difference.
+difference (target: within 15%), both runs' measured speed-ups (ratios of medians timed in the
+same rounds, so a change of the host's speed between the runs cancels out) and each static exit's
+measured speed-up over the FLOPs-predicted one (target: within 25%). A speed-up whose per-round IQR
+holds 1 is printed as no measurable difference.
 
     python benchmarks/adaptive_latency.py --exits runs/demo/exits --data synth:runs/demo/data [--threads 1]
 """
@@ -42,6 +44,10 @@ def main() -> None:
     for name in first:
         a, b = first[name]["latency"]["median_ms"], second[name]["latency"]["median_ms"]
         print(f"{name:<16} run 1 {a:8.2f} ms  run 2 {b:8.2f} ms  difference {abs(a - b) / min(a, b):6.1%}")
+    print("\nrun-to-run agreement of the measured speed-ups over the full model")
+    for name in list(first)[1:]:
+        a, b = (row[name]["measured_speedup"]["ratio"] for row in (first, second))
+        print(f"{name:<16} run 1 {a:6.2f}x  run 2 {b:6.2f}x  difference {abs(a - b) / min(a, b):6.1%}")
     print("\nstatic exits: measured speed-up / FLOPs-predicted (target: within 25% of 1)")
     for run, result in enumerate(runs, start=1):
         for layer, row in result["exits"].items():

@@ -190,7 +190,8 @@ class RankFailed(ValueError):
 def on_rank_zero(work: Callable[[], T]) -> T:
     """Rank 0 runs ``work`` while the others wait; every rank returns its result.
 
-    Inside ``work`` the helpers see one process (rank 0 of 1), so nested calls run whole. A failure on rank 0 is re-raised there and, as one line, on every other rank, so no rank is
+    Inside ``work`` the helpers see one process (rank 0 of 1), so nested calls run whole. A failure on
+    rank 0 is re-raised there and, as one line, on every other rank, so no rank is
     left waiting at a barrier until the timeout.
     """
     global _solo

@@ -239,6 +239,20 @@ def test_forward_to_layer_is_hidden_states(tiny_model):
             torch.testing.assert_close(forward_to_layer(model, pixels, layer), states[layer])
 
 
+def test_embed_interpolates_only_the_mid_position_embeddings_the_blocks_need(tiny_model):
+    from probe_kit.models.layers import embed
+
+    model, _ = load_yolos(ModelSpec(str(tiny_model)))
+    pixels = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        every = model.vit.encoder.interpolation((64, 96))  # what the model's own forward adds
+        assert torch.equal(embed(model, pixels)[1], every)
+        for blocks in range(1, 5):
+            mid = embed(model, pixels, blocks=blocks)[1]
+            assert mid.shape[0] == blocks - 1  # one block: none
+            assert blocks == 1 or torch.equal(mid, every[: blocks - 1])  # bit for bit
+
+
 def test_attribution_completeness_with_enough_steps(tiny_cache):
     """Integrated Gradients' completeness: attributions sum to F(x) - F(baseline) as steps grow."""
     coarse = run_analyzer("attribution", tiny_cache, "2", images=1, steps=4)

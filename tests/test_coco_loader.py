@@ -67,7 +67,8 @@ def test_declared_size_must_match_the_image_header(tmp_path):
     wrong.write_text(json.dumps(data))
     with pytest.raises(
         ValueError,
-        match=rf"000000128372\.jpg: expected the size 320x427 that .*annotations\.json: images\[{index}\] declares, got 640x427",
+        match=rf"000000128372\.jpg: expected the size 320x427 that .*annotations\.json: images\[{index}\] "
+        "declares, got 640x427",
     ):
         load_coco(wrong, ann.parent / "images")
 

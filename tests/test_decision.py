@@ -51,6 +51,9 @@ def test_not_viable_and_weak_final_layer():
     weak = decide(_results({3: 0.1, 6: 0.1, 12: 0.1}))
     assert weak.verdict == "not viable" and weak.exits == (12,)
     assert any("does not detect" in line for line in weak.rationale)
+    dead = decide(_results({3: 0.0, 6: 0.0, 12: 0.0}))  # every bar is 0.000: no layer may "pass" it
+    assert not any(row["passes"] for row in dead.evidence.values() if "passes" in row)
+    assert not any("-> passes" in line for line in dead.rationale)
 
 
 def test_hierarchy_violation_is_reported_and_gap_respected():

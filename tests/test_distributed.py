@@ -170,6 +170,22 @@ def test_merge_copies_a_sharded_cache_into_one_file_and_the_folder_can_move(runs
     assert not (tmp_path / "x.h5").exists()
 
 
+def test_joining_removes_the_shards_of_a_run_with_another_process_count(runs, tmp_path):
+    from probe_kit.cache.shards import join_shards
+
+    folder = tmp_path / "rerun"
+    shutil.copytree(runs["sharded"].parent, folder)
+    out = folder / "cache.h5"
+    stale = [shard_path(out, i, 3) for i in range(3)]  # as left by an earlier run with 3 processes
+    for path in stale:
+        shutil.copy(shard_path(out, 0, 2), path)
+    (folder / "cache-shard-notes.txt").write_text("not a shard")
+    join_shards([shard_path(out, i, 2) for i in range(2)], out)
+    assert not any(path.exists() for path in stale)
+    assert (folder / "cache-shard-notes.txt").exists()
+    assert_same_cache(out, runs["single"])
+
+
 def test_on_rank_zero_without_torchrun_just_runs():
     assert on_rank_zero(lambda: 41 + 1) == 42
 

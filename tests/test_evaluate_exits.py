@@ -18,7 +18,7 @@ from probe_kit.metrics.coco import evaluate, ground_truth_dict
 from probe_kit.metrics.per_image import PerImageChoice
 from probe_kit.models.loading import ModelSpec, load_yolos
 from probe_kit.models.predict import detections_from_outputs
-from probe_kit.models.timing import Latency, describe_speedup, speedup
+from probe_kit.models.timing import Latency, describe_speedup, interleaved_latency, speedup
 
 
 def _four_exits(tiny_model, scale: float) -> MultiExitYolos:
@@ -49,7 +49,7 @@ def processor(tiny_model):
 )
 def test_recorded_sweep_equals_running_each_setting_live(tiny_model, processor, samples, kind, scale, thresholds):
     multi = _four_exits(tiny_model, scale)
-    records = record_exits(multi, processor, samples, progress=False)
+    records = record_exits(multi, processor, samples, progress=False, batch_size=1)  # bit for bit like a live run
     gt = ground_truth_dict(samples)
     chooser = PerImageChoice(gt, {k: records.detections(static_exit(records, k)) for k in records.layers})
     seen = set()
@@ -72,18 +72,30 @@ def test_recorded_sweep_equals_running_each_setting_live(tiny_model, processor, 
     assert len(seen) >= 2  # the sweep really mixed exits
 
 
-def test_recording_streams_images_one_at_a_time(tiny_model, processor, samples):
+def test_recording_streams_images_a_batch_at_a_time(tiny_model, processor, samples):
     multi = _four_exits(tiny_model, 0.0)
     events = []
     streamed = [
-        dataclasses.replace(s, _loader=lambda load=s.load_image: events.append("load") or load()) for s in samples[:3]
+        dataclasses.replace(s, _loader=lambda load=s.load_image: events.append("load") or load()) for s in samples[:5]
     ]
     handle = multi.model.vit.encoder.layer[0].register_forward_hook(lambda *a: events.append("forward"))
     try:
-        record_exits(multi, processor, streamed, progress=False)
+        record_exits(multi, processor, streamed, progress=False, batch_size=2)
     finally:
         handle.remove()
-    assert events == ["load", "forward"] * 3
+    assert events == ["load", "load", "forward"] * 2 + ["load", "forward"]
+
+
+def test_batched_recording_equals_batch_one_to_float_rounding(tiny_model, processor, samples):
+    multi = _four_exits(tiny_model, 0.1)
+    one = record_exits(multi, processor, samples, progress=False, batch_size=1)
+    batched = record_exits(multi, processor, samples, progress=False, batch_size=4)
+    assert batched.image_ids == one.image_ids and batched.layers == one.layers
+    for layer in one.layers:
+        for field in ("person", "top", "boxes", "pooled"):
+            torch.testing.assert_close(
+                getattr(batched.stats[layer], field), getattr(one.stats[layer], field), atol=1e-5, rtol=1e-5
+            )
 
 
 def _stats(person: list[list[float]]) -> ExitStats:
@@ -120,6 +132,30 @@ def test_speedup_spread_straddling_one_is_no_measurable_difference():
     assert not same["measurable"] and same["ratio"] == pytest.approx(10.0 / 10.1)
     assert describe_speedup(same).startswith("no measurable difference")
     assert Latency((1.0, 2.0, 3.0, 4.0, 5.0)).to_json() == {"median_ms": 3.0, "iqr_ms": 2.0, "repeats": 5}
+
+
+def test_interleaved_latency_runs_each_setting_warmup_plus_repeats_times_in_rotated_rounds():
+    import time
+
+    calls, threads = [], []
+
+    def setting(name: str, seconds: float):
+        def run() -> None:
+            calls.append(name)
+            threads.append(torch.get_num_threads())
+            time.sleep(seconds)
+
+        return run
+
+    before = torch.get_num_threads()
+    latency = interleaved_latency(
+        {"slow": setting("slow", 0.02), "fast": setting("fast", 0.005)}, images=2, repeats=4, warmup=1, threads=1
+    )
+    assert calls == ["slow", "fast"] + ["slow", "fast", "fast", "slow"] * 2  # 1 warm-up round, then rotated rounds
+    assert set(threads) == {1} and torch.get_num_threads() == before
+    assert latency["slow"].to_json()["repeats"] == latency["fast"].to_json()["repeats"] == 4
+    assert latency["slow"].median_ms >= 10.0 and latency["fast"].median_ms >= 2.5  # per image: sleep / 2 images
+    assert latency["slow"].median_ms > latency["fast"].median_ms
 
 
 @pytest.fixture(scope="module")

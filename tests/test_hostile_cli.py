@@ -219,7 +219,7 @@ CASES = [
     (
         "train-exits-epochs-0",
         lambda ws, c: ["train-exits", "--cache", c["cache"], "--layers", "2", "--epochs", 0, "--out", ws / "ex"],
-        "epochs: expected an integer >= 1",
+        "--epochs: expected an integer >= 1",
         1,
     ),
     (

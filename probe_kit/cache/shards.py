@@ -56,7 +56,7 @@ def cache_dataset(out: Path, progress: bool = True, **write_options) -> Path:
 
 
 def remove_cache(out: Path) -> None:
-    """Delete the cache ``out`` to rebuild it; under torchrun each rank deletes its own shard, rank 0 the joined file."""
+    """Delete the cache ``out`` to rebuild it; under torchrun each rank deletes its shard, rank 0 the joined file."""
     out = Path(out)
     if distributed.active():
         shard_path(out, distributed.rank(), distributed.world_size()).unlink(missing_ok=True)
@@ -105,7 +105,16 @@ def join_shards(shards: list[Path], out: Path) -> Path:
     finally:
         for handle in handles:
             handle.close()
+    _remove_stale_shards(out, shards)
     return out
+
+
+def _remove_stale_shards(out: Path, kept: list[Path]) -> None:
+    """Delete shards of ``out`` written by a run with another process count (the joined file no longer maps them)."""
+    suffix = out.suffix or ".h5"
+    for path in out.parent.glob(f"{out.stem}-shard-[0-9]*-of-[0-9]*{suffix}"):
+        if path not in kept:
+            path.unlink(missing_ok=True)
 
 
 def _virtual(joined: h5py.File, name: str, parts, shards: list[Path], stops: list[dict], total: int) -> None:

@@ -134,8 +134,8 @@ def prepare_extraction(
 ) -> Extraction:
     """Load the dataset (hashing its files) and the model, and check every option against them."""
     samples = data_spec.load()
+    model, processor = load_yolos(model_spec)  # a refused model ends the run before the hashing bar starts
     data = identify(data_spec, samples, progress=progress)
-    model, processor = load_yolos(model_spec)
     opts = CacheOptions(resolve_layers(layers, model.config.num_hidden_layers), tuple(tokens), **options)
     fuse_heads(torch.zeros(1, 1, 1, 1), opts.head_fusion)  # validates the settings before any work
     rollout_layers([torch.eye(1)[None, None]], opts.head_fusion, opts.discard_ratio)

@@ -1,4 +1,4 @@
-"""``probe-kit cache``: extract hidden states to HDF5; ``probe-kit cache info FILE``, ``probe-kit cache verify FILE``."""
+"""``probe-kit cache``: extract hidden states to HDF5; ``cache info FILE``, ``cache verify FILE``."""
 
 from __future__ import annotations
 

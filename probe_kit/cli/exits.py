@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from probe_kit.cli.options import FloatList, build_data_spec, data_options
-from probe_kit.cli.outputs import check_outputs, dir_out
+from probe_kit.cli.options import FloatList, build_data_spec, check_flags, data_options
+from probe_kit.cli.outputs import check_outputs, dir_out, guarded
 
 
 @click.command("train-exits")
@@ -100,7 +100,7 @@ def train_exits(
         finetune_lr=finetune_lr,
         split_gap=SPLIT_GAP if split_gap is None else split_gap,
     )
-    ExitTraining(**training)  # options checked before any work
+    check_flags(ExitTraining, training)  # before any work
     # Under torchrun heads train on the cache on rank 0 alone; with --finetune-blocks every rank trains (the
     # cheap head stage identically, the blocks data-parallel) and rank 0 saves.
     train = lambda: api.train_exits(cache_path, layers, out, seed, head=head, device=device, **training)  # noqa: E731
@@ -166,38 +166,40 @@ def evaluate_exits(
     from probe_kit.heads.evaluate import evaluate_exits as run
     from probe_kit.io import write_json
 
-    check_outputs(dir_out(out))  # before any work
-    data_spec = build_data_spec(data, sequences, split, min_visibility, stride)
-    cuts = thresholds or DEFAULT_THRESHOLDS  # finite numbers, or refused naming --thresholds
-    timing = Timing(images=timing_images, repeats=timing_repeats, threads=threads)
-    if policies or len(exits_dirs) > 1:  # the design comparison (one process: it times settings side by side)
-        from probe_kit.heads.designs import THRESHOLDS, compare_designs, design_lines, parse_policies
+    with guarded(dir_out(out)):  # checked before any work; a failed run leaves no folder it created
+        data_spec = build_data_spec(data, sequences, split, min_visibility, stride)
+        cuts = thresholds or DEFAULT_THRESHOLDS  # finite numbers, or refused naming --thresholds
+        timing = Timing(images=timing_images, repeats=timing_repeats, threads=threads)
+        if policies or len(exits_dirs) > 1:  # the design comparison: rank 0 alone (it times settings side by side)
+            from probe_kit.heads.designs import THRESHOLDS, compare_designs, design_lines, parse_policies
 
-        chosen = parse_policies(policies or ",".join(THRESHOLDS))
-        result = compare_designs(
-            exits_dirs,
-            data_spec,
-            chosen,
-            {p: cuts for p in chosen} if thresholds else THRESHOLDS,
-            max_ap50_loss=max_ap50_loss,
-            device=device,
-            timing=timing,
-        )
-        lines = design_lines(result)
-    else:
-        result = run(
-            exits_dirs[0],
-            data_spec,
-            cuts,
-            policy,
-            device=device,
-            timing=timing,
-            detections_dir=Path(out) / "detections",
-        )
-        lines = summary_lines(result)
-    if not distributed.is_main():  # under torchrun every rank holds rank 0's result; rank 0 writes it
-        return
-    path = write_json(Path(out) / "result.json", result)
+            chosen = parse_policies(policies or ",".join(THRESHOLDS))
+            result = distributed.on_rank_zero(
+                lambda: compare_designs(
+                    exits_dirs,
+                    data_spec,
+                    chosen,
+                    {p: cuts for p in chosen} if thresholds else THRESHOLDS,
+                    max_ap50_loss=max_ap50_loss,
+                    device=device,
+                    timing=timing,
+                )
+            )
+            lines = design_lines(result)
+        else:
+            result = run(
+                exits_dirs[0],
+                data_spec,
+                cuts,
+                policy,
+                device=device,
+                timing=timing,
+                detections_dir=Path(out) / "detections",
+            )
+            lines = summary_lines(result)
+        if not distributed.is_main():  # under torchrun every rank holds rank 0's result; rank 0 writes it
+            return
+        path = write_json(Path(out) / "result.json", result)
     for line in lines:
         click.echo(line)
     click.echo(f"-> {path}")

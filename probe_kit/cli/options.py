@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import click
 
@@ -37,6 +38,16 @@ class FloatList(FiniteFloat):
     def convert(self, value, param, ctx) -> tuple[float, ...]:
         items = value if isinstance(value, (tuple, list)) else [item.strip() for item in str(value).split(",")]
         return tuple(self._one(item, param, ctx) for item in items)
+
+
+def check_flags(owner: Any, values: dict[str, Any]) -> None:
+    """``values`` (parameter name -> value) checked against ``owner``'s declared fields, errors naming the flag
+    (``--split-gap: expected ...``) rather than the field."""
+    from probe_kit.options import check_value, field_hints
+
+    hints = field_hints(owner)
+    for key, value in values.items():
+        check_value("--" + key.replace("_", "-"), value, hints[key])
 
 
 def data_options(func: Callable) -> Callable:

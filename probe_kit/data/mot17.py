@@ -106,7 +106,7 @@ def _base_name(name: str) -> str:
 
 
 def sequence_matches(name: str, token: str) -> bool:
-    """Whether ``token`` names sequence ``name``: in full (``MOT17-02-FRCNN``), base (``MOT17-02``) or number (``02``)."""
+    """Whether ``token`` names sequence ``name``: in full (``MOT17-02-FRCNN``), base (``MOT17-02``) or number."""
     base = _base_name(name)
     return token in (name, base) or base.endswith(f"-{token}")
 

@@ -254,12 +254,13 @@ def decide(results: Mapping[str, dict], criteria: Criteria = Criteria(), roles: 
     rationale = [f"final layer {depth}: AP50 {final:.3f} (reference for every exit)"]
     if final < criteria.min_final_ap50:
         rationale.append(f"final AP50 {final:.3f} < {criteria.min_final_ap50:.2f}: the model itself does not detect")
+    detects = final >= criteria.min_final_ap50  # else no layer passes: there is nothing to exit from
     passing = []
     for layer in sorted(k for k in evidence if 0 < k < depth):
         row = evidence[layer]
         bar = criteria.bar(layer, depth, final)
         ratio = row["best_AP50"] / final if final > 0 else 0.0
-        passes = row["best_AP50"] >= bar
+        passes = detects and row["best_AP50"] >= bar
         row.update(
             {
                 "relative_AP50": ratio,
@@ -272,7 +273,7 @@ def decide(results: Mapping[str, dict], criteria: Criteria = Criteria(), roles: 
         rationale.append(
             f"layer {layer}: best AP50 {row['best_AP50']:.3f} ({row['best_readout']}) = {ratio:.0%} of final, "
             f"bar AP50 {bar:.3f} ({bar / final if final > 0 else 0:.0%} of final) -> "
-            f"{'passes' if passes else 'fails'}{cost}"
+            f"{'passes' if passes else 'fails' if detects else 'fails (the final layer does not detect)'}{cost}"
         )
         if passes:
             passing.append(layer)

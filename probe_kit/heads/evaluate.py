@@ -218,7 +218,8 @@ def evaluate_exits(
             "images": len(picks),
             "timed_image_ids": [records.image_ids[i] for i in picks],
             "device": str(next(model.parameters()).device),
-            "method": "torch.utils.benchmark.Timer.timeit per round, settings interleaved in rotated order, batch 1",
+            "method": "one timeit call per setting and round (torch.utils.benchmark clock, synchronised), settings "
+            "interleaved in rotated order, batch 1",
         },
         "flops": profile.to_json(),
     }
@@ -229,7 +230,8 @@ def summary_lines(result: dict) -> list[str]:
     """What ``evaluate-exits`` and ``benchmarks/adaptive_latency.py`` print: AP, GFLOPs, latency, speed-ups."""
 
     def latency(row: dict) -> str:
-        return f"{row['latency']['median_ms']:.2f} ms (IQR {row['latency']['iqr_ms']:.2f}, {row['latency']['repeats']} rounds)"
+        timed = row["latency"]
+        return f"{timed['median_ms']:.2f} ms (IQR {timed['iqr_ms']:.2f}, {timed['repeats']} rounds)"
 
     full, point, timing = result["full_model"], result["operating_point"], result["timing"]
     lines = [
@@ -249,12 +251,14 @@ def summary_lines(result: dict) -> list[str]:
     for row in result["sweep"]:
         lines.append(
             f"{result['policy']} {row['threshold']:<6} AP {row['AP']:.4f}  AP50 {row['AP50']:.4f}  "
-            f"{row['mean_gflops']:.3f} GFLOPs (FLOPs speed-up {row['flops_speedup']:.2f}x)  exits {row['exit_histogram']}"
+            f"{row['mean_gflops']:.3f} GFLOPs (FLOPs speed-up {row['flops_speedup']:.2f}x)  "
+            f"exits {row['exit_histogram']}"
         )
     lines.append(
         f"operating point: threshold {point['threshold']}  AP {point['AP']:.4f} (within {point['tolerance_AP']} of the "
         f"full model: {point['within_tolerance']})  {latency(point)}  speed-up: FLOPs {point['flops_speedup']:.2f}x "
-        f"(on the timed images {point['timed_flops_speedup']:.2f}x), measured {describe_speedup(point['measured_speedup'])}"
+        f"(on the timed images {point['timed_flops_speedup']:.2f}x), "
+        f"measured {describe_speedup(point['measured_speedup'])}"
     )
     return lines
 

@@ -148,6 +148,6 @@ def train_gates(records: ExitRecords, cut: float = TARGET_F1, seed: int = 0) -> 
 
 
 def gate_gflops(num_tokens: int, hidden: int) -> float:
-    """GFLOPs of evaluating one gate: pooling ``num_tokens x hidden`` adds, score statistics, standardised linear map."""
+    """GFLOPs of one gate: pooling ``num_tokens x hidden`` adds, score statistics, standardised linear map."""
     features = TOP_SCORES + 3 + hidden
     return (num_tokens * hidden + 4 * num_tokens + 4 * features) / 1e9

@@ -164,7 +164,8 @@ def evaluate(
 
 
 def summary(evaluator: COCOeval, thresholds: Sequence[float], num_gt: int) -> dict:
-    """``evaluate``'s metrics, ``at_threshold`` and ``pr_curve_iou50`` of an evaluated, accumulated, summarized COCOeval."""
+    """``evaluate``'s metrics, ``at_threshold`` and ``pr_curve_iou50`` of an evaluated, accumulated, summarized
+    COCOeval."""
     result = {k: float(v) for k, v in zip(METRIC_KEYS, evaluator.stats[: len(METRIC_KEYS)])}
     result["at_threshold"] = _at_thresholds(evaluator, thresholds, num_gt)
     # interpolated precision at IoU 0.5 on COCO's 101 recall points (area "all", 100 detections)

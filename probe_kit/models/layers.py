@@ -9,15 +9,35 @@ for every caller that steps through the blocks itself (attribution, multi-exit i
 from __future__ import annotations
 
 from collections.abc import Sequence
+from types import SimpleNamespace
 
 import torch
 
 
-def embed(model, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``(hidden_states[0], mid position embeddings or None)`` for ``pixel_values`` [B, 3, H, W]."""
+def embed(model, pixel_values: torch.Tensor, blocks: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(hidden_states[0], mid position embeddings or None)`` for ``pixel_values`` [B, 3, H, W].
+
+    ``blocks``: only that many blocks will run, so only the mid position embeddings they receive are
+    interpolated (the model interpolates all of them on every forward, ~12% of yolos' time at 128 px;
+    FLOP counts do not see it, and a static exit at block k has no use for the later ones). The slice
+    goes through transformers' own ``InterpolateMidPositionEmbeddings.forward``: bicubic
+    interpolation is per channel plane, so each layer's embedding equals the all-layer call's bit for bit.
+    """
     vit = model.vit
     height, width = pixel_values.shape[-2:]
-    mid = vit.encoder.interpolation((height, width)) if model.config.use_mid_position_embeddings else None
+    mid = None
+    if model.config.use_mid_position_embeddings:
+        interpolation = vit.encoder.interpolation
+        needed = model.config.num_hidden_layers - 1 if blocks is None else max(blocks - 1, 0)
+        if needed >= model.config.num_hidden_layers - 1:
+            mid = interpolation((height, width))
+        elif needed > 0:
+            first = SimpleNamespace(
+                config=interpolation.config, mid_position_embeddings=interpolation.mid_position_embeddings[:needed]
+            )
+            mid = type(interpolation).forward(first, (height, width))
+        else:  # one block: none is needed, and indexing this empty one fails loudly
+            mid = interpolation.mid_position_embeddings[:0]
     return vit.embeddings(pixel_values), mid
 
 
@@ -30,7 +50,7 @@ def next_block_input(model, mid: torch.Tensor | None, layer: int, output: torch.
 
 def forward_to_layer(model, pixel_values: torch.Tensor, layer: int) -> torch.Tensor:
     """``hidden_states[layer]`` [B, T, D] (0 = embeddings); blocks after ``layer`` are skipped."""
-    hidden, mid = embed(model, pixel_values)
+    hidden, mid = embed(model, pixel_values, blocks=layer)
     for index, block in enumerate(model.vit.encoder.layer[:layer]):
         if index > 0:
             hidden = next_block_input(model, mid, index, hidden)

@@ -1,11 +1,14 @@
-"""Latency as benchmarks measure it: ``torch.utils.benchmark``, warm-up, interleaved repeats, medians with spread.
+"""Latency as benchmarks measure it: warm-up, interleaved repeats, a fixed thread count, medians with spread.
 
 Each setting is a callable that runs one fixed list of images (batch 1, one call per image). Every
-round times every setting once with ``torch.utils.benchmark.Timer.timeit(1)`` (which synchronises
-CUDA before reading the clock and runs at a fixed thread count), in a rotated order, so load drift
-and thermal changes hit all settings alike. One call covers the whole image list, many
-milliseconds, so timer overhead is negligible; ``blocked_autorange`` is not used because it times
-one setting for a stretch before the next, which is exactly what lets drift bias a comparison.
+round times every setting once, in a rotated order, so load drift and thermal changes hit all
+settings alike. The clock is ``torch.utils.benchmark``'s (``timer``: it synchronises the
+accelerator before reading ``timeit.default_timer``), read through ``timeit.Timer`` (garbage
+collection off while timing) at the thread count given. ``torch.utils.benchmark.Timer`` itself is
+not used: its ``timeit`` runs two untimed warm-up calls before every measurement, which would
+triple the cost of interleaved rounds, and ``blocked_autorange`` times one setting for a stretch
+before the next, which is exactly what lets drift bias a comparison. One call covers the whole
+image list, many milliseconds, so timer overhead is negligible.
 
 A latency is ``{"median_ms", "iqr_ms", "repeats"}`` per image. A speed-up is the ratio of two
 medians; its spread is the interquartile range of the per-round ratios (the two were timed in the
@@ -40,7 +43,7 @@ class Latency:
 
 
 def speedup(baseline: Latency, setting: Latency) -> dict:
-    """``baseline`` over ``setting``: ratio of medians, the IQR of the per-round ratios, and whether it is measurable."""
+    """``baseline`` over ``setting``: ratio of medians, IQR of the per-round ratios, and whether it is measurable."""
     ratios = np.asarray(baseline.samples_ms) / np.asarray(setting.samples_ms)
     low, high = (float(v) for v in np.percentile(ratios, [25, 75]))
     return {
@@ -65,19 +68,28 @@ def interleaved_latency(
     threads: int = 1,
     progress: bool = False,
 ) -> dict[str, Latency]:
-    """Per-image latency of each setting (a callable that runs ``images`` images) over ``repeats`` interleaved rounds."""
-    from torch.utils.benchmark import Timer
+    """Per-image latency of each setting (a callable that runs ``images`` images) over ``repeats`` interleaved
+    rounds, after ``warmup`` untimed rounds; every setting runs exactly ``warmup + repeats`` times."""
+    import timeit
+
+    import torch
+    from torch.utils.benchmark.utils.timer import timer
     from tqdm import tqdm
 
     if repeats < 3 or images < 1:
         raise ValueError(f"latency: expected repeats >= 3 and images >= 1, got {repeats} and {images}")
     names = list(settings)
-    timers = {n: Timer(stmt="run()", globals={"run": settings[n]}, num_threads=threads) for n in names}
-    for _ in range(warmup):
-        for name in names:
-            timers[name].timeit(1)
+    timers = {n: timeit.Timer(stmt=settings[n], timer=timer) for n in names}
     samples: dict[str, list[float]] = {n: [] for n in names}
-    for r in tqdm(range(repeats), desc="latency", unit="round", disable=not progress):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            samples[name].append(1000 * timers[name].timeit(1).median / images)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for _ in range(warmup):
+            for name in names:
+                settings[name]()
+        for r in tqdm(range(repeats), desc="latency", unit="round", disable=not progress):
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                samples[name].append(1000 * timers[name].timeit(1) / images)
+    finally:
+        torch.set_num_threads(previous)
     return {n: Latency(tuple(v)) for n, v in samples.items()}

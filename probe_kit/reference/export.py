@@ -20,19 +20,22 @@ METRICS_FILE = "heldout_metrics.json"
 TEST_SEED = 17
 
 
-def write_heldout_set(folder: Path, seed: int = TEST_SEED, cfg: RecipeConfig = RecipeConfig()) -> Path:
-    """Held-out scenes at ``seed`` with the generator's default difficulty mix."""
+def write_heldout_set(folder: Path, seed: int = TEST_SEED, cfg: RecipeConfig | None = None) -> Path:
+    """Held-out scenes at ``seed`` with the generator's default difficulty mix (``cfg``: the recipe's, default)."""
+    cfg = cfg or RecipeConfig()
     if not (Path(folder) / "train").is_dir():
         write_synth_dataset(Path(folder), cfg.heldout_frames, seed, SceneSpec(cfg.scene_size, cfg.scene_size))
     return Path(folder)
 
 
-def export_reference(run_dir: Path, heldout_dir: Path, cfg: RecipeConfig = RecipeConfig()) -> dict:
+def export_reference(run_dir: Path, heldout_dir: Path, cfg: RecipeConfig | None = None) -> dict:
     """Copy ``run_dir/best`` into the package and write its held-out metrics next to it.
 
     Scored on two synthetic sets through the real evaluate path: the test seed (never seen in
     training or selection; the number the model card and its test quote) and the selection seed.
+    ``cfg``: the recipe (default: ``RecipeConfig()``).
     """
+    cfg = cfg or RecipeConfig()
     best = Path(run_dir) / "best"
     missing = [name for name in SHIPPED_FILES if not (best / name).is_file()]
     if missing:

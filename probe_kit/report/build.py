@@ -192,7 +192,8 @@ def _figures(data: ReportData) -> list[dict]:
             "rollout",
             "Attention rollout overlays",
             figures.rollout_overlays(data),
-            "Where a detection token's rolled-out attention goes at the exits studied; one colour scale for all panels.",
+            "Where a detection token's rolled-out attention goes at the exits studied; "
+            "one colour scale for all panels.",
         ),
         ("pca", "PCA of patch tokens", figures.clustering_scatter(data, "pca"), "Person patches vs background."),
         ("umap", "UMAP of patch tokens", figures.clustering_scatter(data, "umap"), "Person patches vs background."),
