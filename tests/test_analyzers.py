@@ -239,18 +239,23 @@ def test_forward_to_layer_is_hidden_states(tiny_model):
             torch.testing.assert_close(forward_to_layer(model, pixels, layer), states[layer])
 
 
-def test_embed_interpolates_only_the_mid_position_embeddings_the_blocks_need(tiny_model):
+def test_mid_position_embeddings_are_interpolated_up_to_the_next_stop_only_and_bit_for_bit(tiny_model):
     from probe_kit.models.layers import embed
 
-    model, _ = load_yolos(ModelSpec(str(tiny_model)))
+    model, _ = load_yolos(ModelSpec(str(tiny_model)))  # 4 blocks: rows 0..2 feed blocks 2..4
     pixels = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         every = model.vit.encoder.interpolation((64, 96))  # what the model's own forward adds
-        assert torch.equal(embed(model, pixels)[1], every)
-        for blocks in range(1, 5):
-            mid = embed(model, pixels, blocks=blocks)[1]
-            assert mid.shape[0] == blocks - 1  # one block: none
-            assert blocks == 1 or torch.equal(mid, every[: blocks - 1])  # bit for bit
+        whole = embed(model, pixels)[1]
+        assert all(torch.equal(whole[row], every[row]) for row in range(3)) and whole.done == 3
+        mid = embed(model, pixels, stops=(2, 3))[1]  # images may leave after blocks 2 and 3
+        assert mid.done == 0  # nothing before a block needs it
+        assert torch.equal(mid[0], every[0]) and mid.done == 1  # up to the stop at block 2
+        assert torch.equal(mid[1], every[1]) and mid.done == 2
+        assert torch.equal(mid[2], every[2]) and mid.done == 3
+        assert torch.equal(mid[0], every[0])  # earlier slices stay readable
+        with pytest.raises(IndexError):
+            mid[3]
 
 
 def test_attribution_completeness_with_enough_steps(tiny_cache):

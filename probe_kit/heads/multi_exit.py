@@ -101,7 +101,7 @@ class MultiExitYolos(nn.Module):
         if policy.kind in CONTROL and policy.layer not in self.heads.layers:
             raise ValueError(f"policy {policy.kind}: layer {policy.layer} has no exit head (exits {self.heads.layers})")
         batch = pixel_values.shape[0]
-        hidden, mid = embed(self.model, pixel_values, blocks=policy.layer if policy.kind in CONTROL else None)
+        hidden, mid = embed(self.model, pixel_values, (policy.layer,) if policy.kind in CONTROL else self.heads.layers)
         active = torch.arange(batch)
         out: dict[str, torch.Tensor] = {}
         dense = isinstance(self.heads, DenseExitHeads)

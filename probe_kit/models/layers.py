@@ -14,34 +14,50 @@ from types import SimpleNamespace
 import torch
 
 
-def embed(model, pixel_values: torch.Tensor, blocks: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+class MidPositions:
+    """yolos' mid position embeddings at one input size, interpolated a slice at a time on first use.
+
+    Row ``i`` is added to block ``i + 1``'s output. The model interpolates all rows on every forward
+    (~12% of yolos' time at 128 px; FLOP counts do not see it), though an image that leaves at block
+    k needs rows ``< k - 1`` only. Rows are interpolated up to the next of ``stops`` (the blocks where
+    images may leave) when first read, each slice through transformers' own
+    ``InterpolateMidPositionEmbeddings.forward``: bicubic interpolation is per channel plane, so every
+    row equals the all-row call's bit for bit (tested).
+    """
+
+    def __init__(self, model, size: tuple[int, int], stops: Sequence[int] = ()) -> None:
+        self.interpolation = model.vit.encoder.interpolation
+        self.size = size
+        self.rows = model.config.num_hidden_layers - 1
+        self.stops = sorted({min(max(int(s) - 1, 1), self.rows) for s in stops} | {self.rows})
+        self.slices: list[tuple[int, torch.Tensor]] = []  # (first row, rows [first, next first)) in order
+        self.done = 0  # rows interpolated so far
+
+    def __getitem__(self, row: int) -> torch.Tensor:
+        if not 0 <= row < self.rows:
+            raise IndexError(f"mid position embedding row {row}: expected 0..{self.rows - 1}")
+        while row >= self.done:
+            stop = next(s for s in self.stops if s > self.done)
+            part = self.interpolation.mid_position_embeddings[self.done : stop]
+            layer_slice = SimpleNamespace(config=self.interpolation.config, mid_position_embeddings=part)
+            self.slices.append((self.done, type(self.interpolation).forward(layer_slice, self.size)))
+            self.done = stop
+        first, rows = next((first, rows) for first, rows in reversed(self.slices) if first <= row)
+        return rows[row - first]
+
+
+def embed(model, pixel_values: torch.Tensor, stops: Sequence[int] = ()) -> tuple[torch.Tensor, MidPositions | None]:
     """``(hidden_states[0], mid position embeddings or None)`` for ``pixel_values`` [B, 3, H, W].
 
-    ``blocks``: only that many blocks will run, so only the mid position embeddings they receive are
-    interpolated (the model interpolates all of them on every forward, ~12% of yolos' time at 128 px;
-    FLOP counts do not see it, and a static exit at block k has no use for the later ones). The slice
-    goes through transformers' own ``InterpolateMidPositionEmbeddings.forward``: bicubic
-    interpolation is per channel plane, so each layer's embedding equals the all-layer call's bit for bit.
+    ``stops``: blocks after which images may leave (an exit's layers, or the one block a static exit
+    runs to); the mid position embeddings are interpolated up to each only when reached (``MidPositions``).
     """
-    vit = model.vit
     height, width = pixel_values.shape[-2:]
-    mid = None
-    if model.config.use_mid_position_embeddings:
-        interpolation = vit.encoder.interpolation
-        needed = model.config.num_hidden_layers - 1 if blocks is None else max(blocks - 1, 0)
-        if needed >= model.config.num_hidden_layers - 1:
-            mid = interpolation((height, width))
-        elif needed > 0:
-            first = SimpleNamespace(
-                config=interpolation.config, mid_position_embeddings=interpolation.mid_position_embeddings[:needed]
-            )
-            mid = type(interpolation).forward(first, (height, width))
-        else:  # one block: none is needed, and indexing this empty one fails loudly
-            mid = interpolation.mid_position_embeddings[:0]
-    return vit.embeddings(pixel_values), mid
+    mid = MidPositions(model, (height, width), stops) if model.config.use_mid_position_embeddings else None
+    return model.vit.embeddings(pixel_values), mid
 
 
-def next_block_input(model, mid: torch.Tensor | None, layer: int, output: torch.Tensor) -> torch.Tensor:
+def next_block_input(model, mid: MidPositions | None, layer: int, output: torch.Tensor) -> torch.Tensor:
     """What block ``layer + 1`` receives from block ``layer``'s raw ``output``."""
     if mid is None or layer >= model.config.num_hidden_layers:
         return output
@@ -50,7 +66,7 @@ def next_block_input(model, mid: torch.Tensor | None, layer: int, output: torch.
 
 def forward_to_layer(model, pixel_values: torch.Tensor, layer: int) -> torch.Tensor:
     """``hidden_states[layer]`` [B, T, D] (0 = embeddings); blocks after ``layer`` are skipped."""
-    hidden, mid = embed(model, pixel_values, blocks=layer)
+    hidden, mid = embed(model, pixel_values, stops=(layer,))
     for index, block in enumerate(model.vit.encoder.layer[:layer]):
         if index > 0:
             hidden = next_block_input(model, mid, index, hidden)
