@@ -171,7 +171,8 @@ def _exits_stage(
     say(
         f"[exits] evaluating static exits and the adaptive policy on {split['val_images']} validation images"
         if options
-        else "[exits] evaluating on every image (the split was by image, not by sequence)"
+        else "[exits] evaluating on the images that trained nothing (split by image: the heads' training and "
+        "early-stopping images are dropped)"
     )
     thresholds = tuple(cfg.exits.get("thresholds", DEFAULT_THRESHOLDS))
     result = evaluate_exits(
@@ -183,7 +184,7 @@ def _exits_stage(
         timing=Timing(**{k: cfg.exits[f"timing_{k}"] for k in _TIMING if cfg.exits.get(f"timing_{k}") is not None}),
         detections_dir=out / "exits_eval" / "detections",
     )
-    result["evaluated_on"] = "validation sequences" if options else "all images"
+    result["evaluated_on"] = "validation sequences" if options else "images that trained nothing"
     write_json(eval_path, result)
 
 
