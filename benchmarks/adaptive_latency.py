@@ -19,6 +19,7 @@ import argparse
 def main() -> None:
     from probe_kit.data.spec import parse_data_spec
     from probe_kit.heads.evaluate import Timing, evaluate_exits, summary_lines
+    from probe_kit.models.timing import describe_speedup
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--exits", required=True)
@@ -52,11 +53,9 @@ def main() -> None:
     for run, result in enumerate(runs, start=1):
         for layer, row in result["exits"].items():
             measured = row["measured_speedup"]
-            verdict = "" if measured["measurable"] else "  (no measurable difference from the full model)"
             print(
-                f"run {run} exit {layer:>2}: FLOPs {row['flops_speedup']:.2f}x  measured {measured['ratio']:.2f}x "
-                f"(per-round IQR {measured['round_ratio_iqr'][0]:.2f}-{measured['round_ratio_iqr'][1]:.2f})  "
-                f"measured/predicted {measured['ratio'] / row['flops_speedup']:.2f}{verdict}"
+                f"run {run} exit {layer:>2}: FLOPs {row['flops_speedup']:.2f}x  measured {describe_speedup(measured)}  "
+                f"measured/predicted {measured['ratio'] / row['flops_speedup']:.2f}"
             )
 
 

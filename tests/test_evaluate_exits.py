@@ -130,6 +130,7 @@ def test_speedup_spread_straddling_one_is_no_measurable_difference():
     assert speedup(full, Latency((5.0, 5.1, 4.9, 5.0, 5.2)))["measurable"]
     same = speedup(full, Latency((10.4, 9.6, 10.1, 9.9, 10.3)))
     assert not same["measurable"] and same["ratio"] == pytest.approx(10.0 / 10.1)
+    assert same["round_ratio_median"] == pytest.approx(10.0 / 10.4)  # the middle of 0.94, 0.95, 0.96, 1.03, 1.09
     assert describe_speedup(same).startswith("no measurable difference")
     assert Latency((1.0, 2.0, 3.0, 4.0, 5.0)).to_json() == {"median_ms": 3.0, "iqr_ms": 2.0, "repeats": 5}
 

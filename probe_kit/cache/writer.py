@@ -132,7 +132,7 @@ def prepare_extraction(
     options: dict,
     progress: bool = True,
 ) -> Extraction:
-    """Load the dataset (hashing its files) and the model, and check every option against them."""
+    """Load the dataset and the model, hash the dataset's files, and check every option against them."""
     samples = data_spec.load()
     model, processor = load_yolos(model_spec)  # a refused model ends the run before the hashing bar starts
     data = identify(data_spec, samples, progress=progress)

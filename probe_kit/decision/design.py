@@ -17,7 +17,8 @@ VERDICTS = ("early exit pays", "not viable")
 
 
 def _name(d: dict) -> str:
-    blocks = f"{len(d['finetuned_blocks'])} fine-tuned blocks" if d["finetuned_blocks"] else "frozen"
+    tuned = d["finetuned_blocks"]  # 0-based block indices; named 1-based, as layer k is block k's output
+    blocks = f"blocks {','.join(str(i + 1) for i in tuned)} fine-tuned" if tuned else "frozen"
     setting = f"exit {d['layer']}" if d["policy"] == "static" else f"{d['policy']} at {d['threshold']}"
     return f"{d['head']} heads, {blocks}, {setting} ({d['exits_dir']})"
 
