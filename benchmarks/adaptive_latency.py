@@ -54,7 +54,8 @@ def main() -> None:
         for layer, row in result["exits"].items():
             measured = row["measured_speedup"]
             print(
-                f"run {run} exit {layer:>2}: FLOPs {row['flops_speedup']:.2f}x  measured {describe_speedup(measured)}  "
+                f"run {run} exit {layer:>2}: FLOPs {row['flops_speedup']:.2f}x  "
+                f"measured: {describe_speedup(measured)}  "
                 f"measured/predicted {measured['ratio'] / row['flops_speedup']:.2f}"
             )
 

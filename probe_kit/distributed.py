@@ -56,6 +56,30 @@ def local_device(device: str) -> str:
     return f"cuda:{local_rank()}" if launched() and device == "cuda" else device
 
 
+def check_device(device: str, source: str = "--device") -> str:
+    """``device`` if torch can run on it here, else a one-line ``UserError`` naming ``source``: not a torch
+    device name, or an accelerator this machine does not have (checked before any work, not deep in a forward)."""
+    import torch
+
+    from probe_kit.errors import UserError
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UserError(f"{source} {device!r}: not a torch device; expected cpu, cuda, cuda:N or mps") from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UserError(f"{source} {device}: no CUDA device on this machine (torch {torch.__version__})")
+        if parsed.index is not None and parsed.index >= count:
+            raise UserError(f"{source} {device}: this machine has {count} CUDA device(s), numbered from 0")
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"{source} {device}: no MPS device on this machine")
+    elif parsed.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"{source} {device}: device type {parsed.type!r} is not supported; use cpu, cuda or mps")
+    return device
+
+
 def shard_bounds(n: int, index: int, count: int, align: int = 1) -> tuple[int, int]:
     """Contiguous ``[lo, hi)`` of ``n`` items for shard ``index`` of ``count``; cuts fall on multiples of ``align``.
 

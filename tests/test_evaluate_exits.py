@@ -235,3 +235,25 @@ def test_replay_leaves_at_its_layer_after_running_every_head_on_the_way(tiny_mod
     assert called_replay == [1, 2, 3] and called == [3]
     assert replay.exit_layer.tolist() == fixed.exit_layer.tolist() == [3]
     torch.testing.assert_close(replay.logits, fixed.logits)
+
+
+@pytest.mark.parametrize("ids", [None, "x", ["a"], [], [True]])
+def test_damaged_training_ids_are_refused_naming_the_field(exits_dir, synth_dir, tmp_path, ids):
+    import shutil
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(exits_dir, damaged)
+    config = json.loads((damaged / "config.json").read_text())
+    config["train_image_ids"] = ids
+    (damaged / "config.json").write_text(json.dumps(config))
+    args = ["evaluate-exits", "--exits", str(damaged), "--data", f"synth:{synth_dir}", "--out", str(tmp_path / "o")]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert result.stderr.count("\n") == 1 and "config.json: train_image_ids: expected a non-empty list" in result.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_the_same_exits_folder_twice_is_refused(exits_dir, synth_dir, tmp_path):
+    args = ["evaluate-exits", "--exits", str(exits_dir), "--exits", str(exits_dir), "--policies", "confidence"]
+    result = CliRunner().invoke(cli, [*args, "--data", f"synth:{synth_dir}", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1 and "given twice" in result.stderr and not (tmp_path / "o").exists()

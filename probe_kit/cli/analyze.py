@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from probe_kit.cli.options import Device
+
 
 @click.command("analyze")
 @click.argument("name", required=False)
@@ -18,7 +20,12 @@ import click
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Result folder (default runs/NAME).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--val-sequences", default=None, help="Validation sequences, comma-separated (default: last 30%).")
-@click.option("--device", default=None, help="Where the model runs, for analyzers that run it (attribution, flops).")
+@click.option(
+    "--device",
+    type=Device(),
+    default=None,
+    help="Where the model runs, for analyzers that run it (attribution, flops).",
+)
 @click.option(
     "--option",
     "-o",

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from probe_kit.cli.options import FloatList, build_data_spec, check_flags, data_options
+from probe_kit.cli.options import Device, FloatList, build_data_spec, check_flags, data_options
 from probe_kit.cli.outputs import check_outputs, dir_out, guarded
 
 
@@ -52,8 +52,10 @@ from probe_kit.cli.outputs import check_outputs, dir_out, guarded
 )
 @click.option("--finetune-epochs", type=int, default=3, show_default=True)
 @click.option("--finetune-lr", type=float, default=1e-5, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="cpu", show_default=True, help="Where the model runs (block fine-tuning).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option(
+    "--device", type=Device(), default="cpu", show_default=True, help="Where the model runs (block fine-tuning)."
+)
 @click.option(
     "--head",
     type=click.Choice(["det", "dense"]),
@@ -125,7 +127,12 @@ def train_exits(
 @click.option(
     "--policy", default="confidence", show_default=True, help="confidence, patience or a registered policy plug-in."
 )
-@click.option("--thresholds", type=FloatList(), default=None, help="Policy thresholds to sweep, comma-separated.")
+@click.option(
+    "--thresholds",
+    type=FloatList(0.0, 1.0),
+    default=None,
+    help="Policy thresholds to sweep, comma-separated, in [0, 1].",
+)
 @click.option(
     "--policies",
     default=None,
@@ -135,14 +142,27 @@ def train_exits(
 @click.option(
     "--max-ap50-loss",
     type=float,
-    default=0.01,
-    show_default=True,
-    help="With --policies: each policy's cheapest setting within this AP50 loss is timed.",
+    default=None,
+    help="With --policies: each policy's cheapest setting within this AP50 loss is timed [default: 0.01].",
 )
-@click.option("--device", default="cpu", show_default=True)
-@click.option("--timing-images", type=int, default=4, show_default=True, help="Held-out images timed per setting.")
-@click.option("--timing-repeats", type=int, default=11, show_default=True, help="Interleaved timing rounds.")
-@click.option("--threads", type=int, default=1, show_default=True, help="Torch threads while timing (recorded).")
+@click.option("--device", type=Device(), default="cpu", show_default=True)
+@click.option(
+    "--timing-images",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="Held-out images timed per setting.",
+)
+@click.option(
+    "--timing-repeats",
+    type=click.IntRange(min=3),
+    default=11,
+    show_default=True,
+    help="Interleaved timing rounds (at least 3), after one warm-up round.",
+)
+@click.option(
+    "--threads", type=click.IntRange(min=1), default=1, show_default=True, help="Torch threads while timing (recorded)."
+)
 def evaluate_exits(
     exits_dirs,
     data,
@@ -170,23 +190,25 @@ def evaluate_exits(
         data_spec = build_data_spec(data, sequences, split, min_visibility, stride)
         cuts = thresholds or DEFAULT_THRESHOLDS  # finite numbers, or refused naming --thresholds
         timing = Timing(images=timing_images, repeats=timing_repeats, threads=threads)
-        if policies or len(exits_dirs) > 1:  # the design comparison: rank 0 alone (it times settings side by side)
+        if policies is not None or len(exits_dirs) > 1:  # the design comparison: rank 0 alone (it times side by side)
             from probe_kit.heads.designs import THRESHOLDS, compare_designs, design_lines, parse_policies
 
-            chosen = parse_policies(policies or ",".join(THRESHOLDS))
+            chosen = parse_policies(",".join(THRESHOLDS) if policies is None else policies)
             result = distributed.on_rank_zero(
                 lambda: compare_designs(
                     exits_dirs,
                     data_spec,
                     chosen,
                     {p: cuts for p in chosen} if thresholds else THRESHOLDS,
-                    max_ap50_loss=max_ap50_loss,
+                    max_ap50_loss=0.01 if max_ap50_loss is None else max_ap50_loss,
                     device=device,
                     timing=timing,
                 )
             )
             lines = design_lines(result)
         else:
+            if max_ap50_loss is not None:
+                raise click.UsageError("--max-ap50-loss applies to the design comparison: add --policies")
             result = run(
                 exits_dirs[0],
                 data_spec,

@@ -40,6 +40,21 @@ class FloatList(FiniteFloat):
         return tuple(self._one(item, param, ctx) for item in items)
 
 
+class Device(click.ParamType):
+    """A torch device this machine has (``cpu``, ``cuda``, ``cuda:1``, ``mps``), checked when the command starts."""
+
+    name = "device"
+
+    def convert(self, value, param, ctx) -> str:
+        from probe_kit.distributed import check_device
+        from probe_kit.errors import UserError
+
+        try:
+            return check_device(str(value), "")
+        except UserError as err:
+            self.fail(str(err).strip(), param, ctx)
+
+
 def check_flags(owner: Any, values: dict[str, Any]) -> None:
     """``values`` (parameter name -> value) checked against ``owner``'s declared fields, errors naming the flag
     (``--split-gap: expected ...``) rather than the field."""
@@ -101,7 +116,7 @@ def model_options(func: Callable) -> Callable:
             help="Hugging Face hub id, local folder, or 'reference' (the shipped model).",
         ),
         click.option("--revision", default=None, help="Hub revision (branch, tag or commit)."),
-        click.option("--device", default="cpu", show_default=True),
+        click.option("--device", type=Device(), default="cpu", show_default=True),
         click.option(
             "--model-dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", show_default=True
         ),

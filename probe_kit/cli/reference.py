@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from probe_kit.cli.options import Device
 from probe_kit.cli.outputs import check_outputs, dir_out
 
 
@@ -30,7 +31,13 @@ def command() -> None:
     help="Run folder (last.pt, best/); an interrupted run there resumes.",
 )
 @click.option("--budget-minutes", type=float, default=None, help="Stop (resumably) after this many minutes.")
-@click.option("--device", default="cpu", show_default=True, help="Where to train (e.g. cuda); not part of the recipe.")
+@click.option(
+    "--device",
+    type=Device(),
+    default="cpu",
+    show_default=True,
+    help="Where to train (e.g. cuda); not part of the recipe.",
+)
 def train(config_path: Path | None, out: Path, budget_minutes: float | None, device: str) -> None:
     """Train from scratch on synthetic scenes, or resume from OUT/last.pt."""
     from probe_kit import distributed

@@ -26,7 +26,7 @@ def _name(d: dict) -> str:
 def _numbers(d: dict, full: dict) -> str:
     text = f"AP50 {d['AP50']:.3f} ({d['AP50'] - full['AP50']:+.3f}), {d['mean_gflops']:.3f} GFLOPs"
     if "measured_speedup" in d:
-        text += f", measured {describe_speedup(d['measured_speedup'])}"
+        text += f", measured: {describe_speedup(d['measured_speedup'])}"
     return text + f", FLOPs {d['flops_speedup']:.2f}x"
 
 

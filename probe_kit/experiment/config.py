@@ -103,6 +103,9 @@ def load_experiment(path: Path) -> ExperimentConfig:
     if "layers" in values:
         values["layers"] = _layers(f"{path}: layers", values["layers"])
     _check_local_model(path, values.get("model", "reference"))
+    from probe_kit.distributed import check_device
+
+    check_device(values.get("device", "cpu"), f"{path}: device")  # cuda on a machine without one: refused now
     values["analyzers"] = {
         name: _analyzer_settings(path, name, settings) for name, settings in values.get("analyzers", {}).items()
     }

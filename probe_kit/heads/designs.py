@@ -155,6 +155,10 @@ def compare_designs(
         raise ValueError(f"--max-ap50-loss: expected an AP50 difference in [0, 1), got {max_ap50_loss}")
     thresholds = {**THRESHOLDS, **(thresholds or {})}
     timing = timing or Timing()
+    resolved = [Path(p).resolve() for p in exits_dirs]
+    twice = next((p for i, p in enumerate(exits_dirs) if resolved[i] in resolved[:i]), None)
+    if twice is not None:
+        raise ValueError(f"--exits {twice}: given twice; each exits folder is one design")
     folders = []
     for path in exits_dirs:
         model, processor, heads, config = load_exits(path, device=device)
@@ -349,6 +353,12 @@ def latency_check(designs: Sequence[dict], front: Sequence[int]) -> list[dict]:
     return out
 
 
+def _label(d: dict) -> str:
+    """``dense ft6 exit 6``, ``det ft0 learned 0.3``: head type, number of fine-tuned blocks, setting."""
+    setting = f"exit {d['layer']}" if d["policy"] == "static" else f"{d['policy']} {d['threshold']}"
+    return f"{d['head']} ft{len(d['finetuned_blocks'])} {setting}"
+
+
 def design_lines(result: dict) -> list[str]:
     """What ``evaluate-exits --policies`` prints: the full model, the Pareto front with latency, the oracle's bound."""
     from probe_kit.models.timing import describe_speedup
@@ -367,11 +377,22 @@ def design_lines(result: dict) -> list[str]:
     ]
     for i in result["pareto_front"]:
         d = result["designs"][i]
-        setting = f"exit {d['layer']}" if d["policy"] == "static" else f"{d['policy']} {d['threshold']}"
-        measured = f"  measured {describe_speedup(d['measured_speedup'])}" if "measured_speedup" in d else ""
+        measured = f"  measured: {describe_speedup(d['measured_speedup'])}" if "measured_speedup" in d else ""
         lines.append(
-            f"  {d['head']:<5} ft{len(d['finetuned_blocks'])}  {setting:<18} AP50 {d['AP50']:.4f}  "
-            f"{d['mean_gflops']:.3f} GFLOPs (FLOPs {d['flops_speedup']:.2f}x){measured}"
+            f"  {_label(d):<32} AP50 {d['AP50']:.4f}  {d['mean_gflops']:.3f} GFLOPs (FLOPs {d['flops_speedup']:.2f}x)"
+            f"{measured}"
+        )
+    checks = result["latency_check"]
+    disagree = [c for c in checks if not c["agrees"]]
+    lines.append(
+        f"latency check: {len(checks) - len(disagree)} of {len(checks)} timed front points measured on the side "
+        "their FLOPs predict (same: within 5% or not measurable)"
+    )
+    for c in disagree:
+        d = result["designs"][c["design"]]
+        lines.append(
+            f"  {_label(d)}: FLOPs predict {c['predicted']} ({c['flops_speedup']:.2f}x), measured {c['measured']} "
+            f"({describe_speedup(c['measured_speedup'])})"
         )
     bounds = [d for d in result["designs"] if d["bound"] and d["AP50"] >= full["AP50"] - result["max_ap50_loss"]]
     if bounds:

@@ -245,7 +245,7 @@ def summary_lines(result: dict) -> list[str]:
     for layer, row in result["exits"].items():
         lines.append(
             f"exit {layer:>2}: AP {row['AP']:.4f}  AP50 {row['AP50']:.4f}  {row['mean_gflops']:.3f} GFLOPs  "
-            f"{latency(row)}  speed-up: FLOPs {row['flops_speedup']:.2f}x, measured "
+            f"{latency(row)}  speed-up: FLOPs {row['flops_speedup']:.2f}x, measured: "
             f"{describe_speedup(row['measured_speedup'])}"
         )
     for row in result["sweep"]:
@@ -258,7 +258,7 @@ def summary_lines(result: dict) -> list[str]:
         f"operating point: threshold {point['threshold']}  AP {point['AP']:.4f} (within {point['tolerance_AP']} of the "
         f"full model: {point['within_tolerance']})  {latency(point)}  speed-up: FLOPs {point['flops_speedup']:.2f}x "
         f"(on the timed images {point['timed_flops_speedup']:.2f}x), "
-        f"measured {describe_speedup(point['measured_speedup'])}"
+        f"measured: {describe_speedup(point['measured_speedup'])}"
     )
     return lines
 

@@ -72,6 +72,12 @@ def read_exits_config(folder: Path) -> dict:
     layers = config["layers"]
     if not isinstance(layers, list) or not layers or not all(isinstance(k, int) and k > 0 for k in layers):
         raise ValueError(f"{path}: layers: expected a list of positive layer numbers, got {layers!r}")
+    for key, may_be_empty in (("train_image_ids", False), ("holdout_image_ids", True)):
+        ids = config.get(key, [])  # absent: refused where held-out images are needed (heads/evaluate.held_out)
+        integers = isinstance(ids, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in ids)
+        if not integers or (key in config and not ids and not may_be_empty):
+            what = "a list of image ids (integers)" if may_be_empty else "a non-empty list of image ids (integers)"
+            raise ValueError(f"{path}: {key}: expected {what}, got {str(ids)[:60]}")
     return config
 
 

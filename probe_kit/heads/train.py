@@ -17,6 +17,7 @@ import torch
 from probe_kit import distributed
 from probe_kit.cache.reader import FeatureCache
 from probe_kit.data.sample import Sample
+from probe_kit.errors import UserError
 from probe_kit.heads.exits import ExitHeads
 from probe_kit.heads.finetune import finetune_blocks
 from probe_kit.heads.multi_exit import MultiExitYolos
@@ -54,6 +55,10 @@ class ExitTraining:
 
     def __post_init__(self) -> None:
         check_instance(self)  # typed and in range however it was built (CLI, YAML, Python)
+        if self.set_weight == 0 and self.distill_weight == 0:
+            raise UserError(
+                "set_weight (--set-weight) and distill_weight (--distill-weight) are both 0: no loss to train"
+            )
 
 
 def train_exit_heads(

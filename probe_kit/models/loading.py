@@ -48,8 +48,9 @@ def resolve_model_path(name: str) -> str:
     return name
 
 
-def load_yolos(spec: ModelSpec):
-    """Load ``(model, processor)``; the processor comes from the checkpoint.
+def load_yolos(spec: ModelSpec, source: str = "--model"):
+    """Load ``(model, processor)``; the processor comes from the checkpoint. ``source`` names where the
+    checkpoint was given in error messages (``--model``, or a recorded ``config.json: base_model``).
 
     Eager attention is always used: under SDPA, transformers 5.x silently returns no attention
     matrices, and FlopCounterMode counts SDPA as zero FLOPs on CPU.
@@ -60,11 +61,15 @@ def load_yolos(spec: ModelSpec):
     path = resolve_model_path(spec.name)
     local = Path(path).is_dir()
     if not local and Path(path).exists():
-        raise ValueError(f"--model {spec.name}: is a file; expected a checkpoint folder or a hub id")
+        raise ValueError(f"{source} {spec.name}: is a file; expected a checkpoint folder or a hub id")
+    if not local and spec.name.startswith(("/", "./", "../", "~")):
+        raise FileNotFoundError(f"{source} {spec.name}: no such folder (a hub id looks like owner/name)")
+    if local and not (Path(path) / "config.json").is_file():
+        raise ValueError(f"{source} {spec.name}: not a model folder (no config.json; make one with save_pretrained)")
     with _quiet_transformers():
         try:
             config, _ = PretrainedConfig.get_config_dict(path, revision=spec.revision)
-            check_model_type(spec.name, config)
+            check_model_type(spec.name, config, source)
             model, info = YolosForObjectDetection.from_pretrained(
                 path,
                 revision=spec.revision,
@@ -76,19 +81,19 @@ def load_yolos(spec: ModelSpec):
         except OSError as err:
             where = "folder" if local else "hub id"
             raise ValueError(
-                f"--model {spec.name}: could not load this {where} ({str(err).splitlines()[0]}). "
+                f"{source} {spec.name}: could not load this {where} ({str(err).splitlines()[0]}). "
                 "Offline? Download it first with `huggingface-cli download "
                 f"{spec.name}` on a connected machine, or pass a local folder made by save_pretrained."
             ) from err
         except pickle.UnpicklingError as err:  # torch.load(weights_only=True) refused a pickled object
             refused = next((line for line in str(err).splitlines() if "GLOBAL" in line), "not plain tensors")
             raise ValueError(
-                f"--model {spec.name}: its weights file is a pickle that would run code ({refused.strip()}); "
+                f"{source} {spec.name}: its weights file is a pickle that would run code ({refused.strip()}); "
                 "not loaded. Re-save a trusted copy with save_pretrained (safetensors)"
             ) from None
         except StrictDataclassError as err:  # config.json values of the wrong type
-            raise ValueError(f"--model {spec.name}: config.json: {' '.join(str(err).split())}") from None
-    _refuse_partial_load(spec.name, info)
+            raise ValueError(f"{source} {spec.name}: config.json: {' '.join(str(err).split())}") from None
+    _refuse_partial_load(f"{source} {spec.name}", info)
     if spec.shortest_edge is not None:
         longest = max(spec.shortest_edge, round(spec.shortest_edge * 1333 / 800))
         processor.size = {"shortest_edge": spec.shortest_edge, "longest_edge": longest}
@@ -96,11 +101,11 @@ def load_yolos(spec: ModelSpec):
     return model, processor
 
 
-def check_model_type(name: str, config: dict) -> None:
+def check_model_type(name: str, config: dict, source: str = "--model") -> None:
     """Refuse a checkpoint whose ``config.json`` is not a YOLOS detector's (BERT, ViT, ...)."""
     if not isinstance(config, dict) or config.get("model_type") != "yolos":
         found = config.get("model_type") if isinstance(config, dict) else None
-        raise ValueError(f"--model {name}: config.json says model_type {found!r}; expected a YOLOS detector ('yolos')")
+        raise ValueError(f"{source} {name}: config.json says model_type {found!r}; expected a YOLOS detector ('yolos')")
 
 
 @contextmanager
@@ -132,7 +137,7 @@ def _refuse_partial_load(name: str, info: dict) -> None:
             problems.append(f"{len(names)} {what} (e.g. {', '.join(names[:3])})")
     if problems:
         raise ValueError(
-            f"--model {name}: its weights do not fit a YOLOS detector: {'; '.join(problems)}; "
+            f"{name}: its weights do not fit a YOLOS detector: {'; '.join(problems)}; "
             "refusing to run with freshly initialised weights"
         )
 

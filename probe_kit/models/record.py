@@ -117,7 +117,7 @@ def build_processor(record: ModelRecord, where: str):
 
 def load_recorded(record: ModelRecord, device: str = "cpu", where: str = "model record"):
     """``(model, processor)`` rebuilt from ``record`` on ``device``; refused if the weights changed."""
-    model, _ = load_yolos(ModelSpec(record.name, record.revision, device=device, dtype=record.dtype))
+    model, _ = load_yolos(ModelSpec(record.name, record.revision, device=device, dtype=record.dtype), f"{where}: name")
     found = weights_fingerprint(model)
     if found != record.fingerprint:
         raise ValueError(

@@ -60,11 +60,14 @@ def speedup(baseline: Latency, setting: Latency) -> dict:
 
 
 def describe_speedup(s: dict) -> str:
-    """``1.23x (per-round 1.21, IQR 1.10-1.31)``, or ``no measurable difference: ...`` when that IQR holds 1."""
+    """``1.23x (per-round 1.21, IQR 1.10-1.31)``, or ``no measurable difference (1.02x; per-round ...)`` when that
+    IQR holds 1. Callers print it after ``measured: ``."""
     low, high = s["round_ratio_iqr"]
     middle = f"{s['round_ratio_median']:.2f}, " if "round_ratio_median" in s else ""
-    text = f"{s['ratio']:.2f}x (per-round {middle}IQR {low:.2f}-{high:.2f})"
-    return text if s["measurable"] else f"no measurable difference: {text}"
+    spread = f"per-round {middle}IQR {low:.2f}-{high:.2f}"
+    if s["measurable"]:
+        return f"{s['ratio']:.2f}x ({spread})"
+    return f"no measurable difference ({s['ratio']:.2f}x; {spread})"
 
 
 def interleaved_latency(

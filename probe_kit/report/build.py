@@ -35,7 +35,7 @@ def _ms(value: tuple[float, float | None] | None) -> str:
     if value is None:
         return "—"
     median, spread = value
-    return f"{median:.1f} ms (mean)" if spread is None else f"{median:.1f} ± {spread:.1f} ms"
+    return f"{median:.1f} ms (mean)" if spread is None else f"{median:.1f} ms (IQR {spread:.1f})"
 
 
 def _environment() -> Environment:
@@ -78,7 +78,7 @@ def _answer_table(card: dict) -> dict:
         "pass/fail",
         "trained exit head AP50",
         "GFLOPs saved",
-        "latency, median ± IQR",
+        "latency, median (IQR)",
     ]
     raw = [
         [
