@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 __all__ = [
     "analyze",
     "build_report",
+    "compare_designs",
     "decide",
     "evaluate_exits",
     "list_analyzers",

@@ -30,10 +30,15 @@ def _split(options: dict[str, Any], keys: Sequence[str]) -> dict[str, Any]:
     return {key: options.pop(key) for key in keys if key in options}
 
 
-def data_spec(data: str, **narrowing):
-    """``mot17:ROOT`` | ``coco:ANN.json[:IMAGES]`` | ``synth:DIR`` (+ sequences, split, min_visibility, stride)."""
-    from probe_kit.data.spec import parse_data_spec
+def data_spec(data, **narrowing):
+    """``mot17:ROOT`` | ``coco:ANN.json[:IMAGES]`` | ``synth:DIR`` (+ sequences, split, min_visibility, stride);
+    a ``DataSpec`` already built (the CLI's, checked flag by flag) is used as it is."""
+    from probe_kit.data.spec import DataSpec, parse_data_spec
 
+    if isinstance(data, DataSpec):
+        if narrowing:
+            raise ValueError(f"data: narrow a DataSpec when building it, not with {sorted(narrowing)}")
+        return data
     if isinstance(narrowing.get("sequences"), str):
         narrowing["sequences"] = tuple(s.strip() for s in narrowing["sequences"].split(","))
     return parse_data_spec(data, **narrowing)
@@ -146,6 +151,19 @@ def evaluate_exits(exits: str | Path, data: str, out: str | Path | None = None, 
 
     options = dict(options)
     result = evaluate(Path(exits), data_spec(data, **_split(options, _DATA_KEYS)), **options)
+    if out is not None:
+        write_json(Path(out) / "result.json", result)
+    return result
+
+
+def compare_designs(exits: Sequence[str | Path], data: str, out: str | Path | None = None, **options: Any) -> dict:
+    """Every (exits folder, policy, threshold) on the same held-out ``data``: ``result.json``'s dict with
+    ``designs``, the Pareto front and the latency check (options: ``heads.designs.compare_designs``)."""
+    from probe_kit.heads.designs import compare_designs as compare
+    from probe_kit.io import write_json
+
+    options = dict(options)
+    result = compare([Path(e) for e in exits], data_spec(data, **_split(options, _DATA_KEYS)), **options)
     if out is not None:
         write_json(Path(out) / "result.json", result)
     return result

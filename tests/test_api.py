@@ -54,7 +54,8 @@ def test_study_in_python(tiny_model, synth_dir, tmp_path):
 
 
 def test_the_cli_goes_through_the_front_door(tmp_path, monkeypatch):
-    """``analyze`` and ``report`` call ``probe_kit.api``, so the CLI and the Python API cannot drift apart."""
+    """``analyze``, ``report`` and ``evaluate-exits`` (both modes) call ``probe_kit.api``, so the CLI and the
+    Python API cannot drift apart."""
     from click.testing import CliRunner
 
     from probe_kit import api
@@ -69,10 +70,15 @@ def test_the_cli_goes_through_the_front_door(tmp_path, monkeypatch):
 
         return called
 
-    monkeypatch.setattr(api, "analyze", spy("api.analyze"))
-    monkeypatch.setattr(api, "build_report", spy("api.build_report"))
+    for name in ("analyze", "build_report", "evaluate_exits", "compare_designs"):
+        monkeypatch.setattr(api, name, spy(f"api.{name}"))
     runner = CliRunner()
     analyzed = runner.invoke(cli, ["analyze", "lens", "--cache", str(tmp_path / "c.h5"), "--out", str(tmp_path / "r")])
     (tmp_path / "study").mkdir()
     reported = runner.invoke(cli, ["report", "--results", str(tmp_path / "study"), "--out", str(tmp_path / "r.html")])
-    assert calls == ["api.analyze", "api.build_report"], (analyzed.output, reported.output)
+    (tmp_path / "synth").mkdir()
+    evaluate = ["evaluate-exits", "--exits", str(tmp_path / "x"), "--data", f"synth:{tmp_path / 'synth'}"]
+    one = runner.invoke(cli, [*evaluate, "--out", str(tmp_path / "e1")])
+    designs = runner.invoke(cli, [*evaluate, "--policies", "oracle", "--out", str(tmp_path / "e2")])
+    outputs = (analyzed.output, reported.output, one.output, designs.output)
+    assert calls == ["api.analyze", "api.build_report", "api.evaluate_exits", "api.compare_designs"], outputs

@@ -432,3 +432,19 @@ def test_a_study_runs_the_design_comparison_and_recommends(tmp_path, tiny_model)
     assert decision["design"]["verdict"] in ("early exit pays", "not viable")
     assert json.loads((tmp_path / "out/results/decision.json").read_text())["design"] == decision["design"]
     assert any("[designs] verdict:" in m for m in messages)
+
+
+def test_the_python_front_door_compares_a_det_and_a_dense_folder(det_exits, dense_exits, synth_dir, tmp_path):
+    import probe_kit
+    from probe_kit.heads.evaluate import Timing
+
+    result = probe_kit.compare_designs(
+        [det_exits, dense_exits],
+        data=f"synth:{synth_dir}",
+        policies=("confidence", "oracle"),
+        timing=Timing(images=1, repeats=3, warmup=0),
+        progress=False,
+        out=tmp_path / "designs",
+    )
+    assert {d["head"] for d in result["designs"]} == {"det", "dense"}
+    assert json.loads((tmp_path / "designs" / "result.json").read_text()) == json.loads(json.dumps(result))

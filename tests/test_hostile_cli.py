@@ -320,6 +320,12 @@ CASES = [
         2,
     ),
     (
+        "cache-reference-revision",
+        lambda ws, c: ["cache", "--revision", "main", "--data", c["synth"], "--out", ws / "c.h5"],
+        "--revision",
+        2,
+    ),
+    (
         "cache-model-missing-folder",
         lambda ws, c: ["cache", "--model", "./no-such-model", "--data", c["synth"], "--out", ws / "c.h5"],
         "--model ./no-such-model: no such folder",

@@ -181,9 +181,8 @@ def evaluate_exits(
     threads,
 ) -> None:
     """Held-out images only: static exits, the policy sweep (AP vs GFLOPs) from one pass, measured latency."""
-    from probe_kit import distributed
+    from probe_kit import api, distributed
     from probe_kit.heads.evaluate import DEFAULT_THRESHOLDS, Timing, summary_lines
-    from probe_kit.heads.evaluate import evaluate_exits as run
     from probe_kit.io import write_json
 
     with guarded(dir_out(out)):  # checked before any work; a failed run leaves no folder it created
@@ -191,11 +190,11 @@ def evaluate_exits(
         cuts = thresholds or DEFAULT_THRESHOLDS  # finite numbers, or refused naming --thresholds
         timing = Timing(images=timing_images, repeats=timing_repeats, threads=threads)
         if policies is not None or len(exits_dirs) > 1:  # the design comparison: rank 0 alone (it times side by side)
-            from probe_kit.heads.designs import THRESHOLDS, compare_designs, design_lines, parse_policies
+            from probe_kit.heads.designs import THRESHOLDS, design_lines, parse_policies
 
             chosen = parse_policies(",".join(THRESHOLDS) if policies is None else policies)
             result = distributed.on_rank_zero(
-                lambda: compare_designs(
+                lambda: api.compare_designs(
                     exits_dirs,
                     data_spec,
                     chosen,
@@ -209,11 +208,11 @@ def evaluate_exits(
         else:
             if max_ap50_loss is not None:
                 raise click.UsageError("--max-ap50-loss applies to the design comparison: add --policies")
-            result = run(
+            result = api.evaluate_exits(
                 exits_dirs[0],
                 data_spec,
-                cuts,
-                policy,
+                thresholds=cuts,
+                policy_kind=policy,
                 device=device,
                 timing=timing,
                 detections_dir=Path(out) / "detections",

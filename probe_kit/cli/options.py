@@ -136,4 +136,6 @@ def model_options(func: Callable) -> Callable:
 def build_model_spec(model: str, revision: str | None, device: str, model_dtype: str, shortest_edge: int | None):
     from probe_kit.models.loading import ModelSpec
 
+    if revision is not None and model == REFERENCE_NAME:
+        raise click.UsageError(f"--revision: the shipped {REFERENCE_NAME!r} model has no revisions; drop it")
     return ModelSpec(name=model, revision=revision, device=device, dtype=model_dtype, shortest_edge=shortest_edge)

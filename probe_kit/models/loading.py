@@ -110,16 +110,20 @@ def check_model_type(name: str, config: dict, source: str = "--model") -> None:
 
 @contextmanager
 def _quiet_transformers():
-    """No load report or progress bar from transformers: a bad load is refused in one line of ours."""
+    """No load report, progress bar or hub retry warnings (one per retry, offline) from transformers and
+    huggingface_hub: a bad load is refused in one line of ours."""
+    from huggingface_hub.utils import logging as hub_logging
     from transformers.utils import logging
 
-    verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
+    verbosity, bars, hub = logging.get_verbosity(), logging.is_progress_bar_enabled(), hub_logging.get_verbosity()
     logging.set_verbosity_error()
     logging.disable_progress_bar()
+    hub_logging.set_verbosity_error()
     try:
         yield
     finally:
         logging.set_verbosity(verbosity)
+        hub_logging.set_verbosity(hub)
         if bars:
             logging.enable_progress_bar()
 
