@@ -112,7 +112,11 @@ def make_split(
         train_all, val, val_gap, unit = _take_last(everything, groups, val_fraction, gap)
     train, holdout, holdout_gap, _ = _take_last(train_all, groups, holdout_fraction, gap)
     if not len(train) or not len(holdout) or not len(val):
-        raise ValueError("split: too few images or sequences for train/holdout/validation parts")
+        chosen = f"--val-sequences {','.join(map(str, val_sequences))}" if val_sequences else "split"
+        raise ValueError(
+            f"{chosen}: too few images or sequences for train/holdout/validation parts (train {len(train)}, "
+            f"holdout {len(holdout)}, validation {len(val)} of {len(samples)} images)"
+        )
     return Split(train, holdout, val, unit, np.sort(np.concatenate([val_gap, holdout_gap])))
 
 
