@@ -30,6 +30,22 @@ def _split(options: dict[str, Any], keys: Sequence[str]) -> dict[str, Any]:
     return {key: options.pop(key) for key in keys if key in options}
 
 
+def _refuse_unknown(stage: str, options: dict[str, Any], target: Any, known: Sequence[str] = (), taken=()) -> None:
+    """Options ``target`` (a function or dataclass) does not take, nor ``known``, refused in one ``ValueError``
+    naming them (rather than a ``TypeError`` from deep inside); ``taken``: parameters the stage fills itself."""
+    import inspect
+
+    accepted = (set(inspect.signature(target).parameters) - set(taken)) | set(known)
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise ValueError(f"{stage}: unknown option(s) {unknown}; expected some of {sorted(accepted)}")
+
+
+def _names(value: str | Sequence[str]) -> tuple[str, ...]:
+    """``"det,patch"`` or ``["det", "patch"]`` -> ``("det", "patch")``: a string is never read letter by letter."""
+    return tuple(v.strip() for v in value.split(",") if v.strip()) if isinstance(value, str) else tuple(value)
+
+
 def data_spec(data, **narrowing):
     """``mot17:ROOT`` | ``coco:ANN.json[:IMAGES]`` | ``synth:DIR`` (+ sequences, split, min_visibility, stride);
     a ``DataSpec`` already built (the CLI's, checked flag by flag) is used as it is."""
@@ -39,6 +55,8 @@ def data_spec(data, **narrowing):
         if narrowing:
             raise ValueError(f"data: narrow a DataSpec when building it, not with {sorted(narrowing)}")
         return data
+    if not isinstance(data, str):
+        raise ValueError(f"data: expected a spec such as 'synth:DIR' or 'mot17:ROOT', got {data!r}")
     if isinstance(narrowing.get("sequences"), str):
         narrowing["sequences"] = tuple(s.strip() for s in narrowing["sequences"].split(","))
     return parse_data_spec(data, **narrowing)
@@ -62,11 +80,13 @@ def write_cache(
     from probe_kit.models.loading import ModelSpec
 
     options = dict(options)
+    taken = ("model_spec", "data_spec", "layers", "tokens", "out", "dtype")
+    _refuse_unknown("write_cache", options, write, (*_MODEL_KEYS, *_DATA_KEYS, "feature_dtype"), taken)
     model_spec = ModelSpec(name=model, **_split(options, _MODEL_KEYS))
     spec = data_spec(data, **_split(options, _DATA_KEYS))
     if "feature_dtype" in options:
         options["dtype"] = options.pop("feature_dtype")
-    path = write(model_spec, spec, layers, list(tokens), Path(out), **options)
+    path = write(model_spec, spec, layers, list(_names(tokens)), Path(out), **options)
     return open_cache(path)
 
 
@@ -131,6 +151,7 @@ def train_exits(
     ``training`` as ``ExitTraining`` (epochs, lr, val_sequences, finetune_blocks, ...).
     """
     from probe_kit.cache.reader import FeatureCache
+    from probe_kit.distributed import check_device
     from probe_kit.heads.dense_train import train_dense_exits
     from probe_kit.heads.train import ExitTraining, train_exit_heads
     from probe_kit.models.layers import resolve_layers
@@ -138,6 +159,8 @@ def train_exits(
     trainers = {"det": train_exit_heads, "dense": train_dense_exits}
     if head not in trainers:
         raise ValueError(f"head: expected one of {sorted(trainers)}, got {head!r}")
+    _refuse_unknown("train_exits", training, ExitTraining)
+    check_device(device, "device")
     path = _cache_path(cache)
     with FeatureCache(path) as opened:
         chosen = resolve_layers(layers, opened.model["config"]["num_hidden_layers"])
@@ -150,6 +173,7 @@ def evaluate_exits(exits: str | Path, data: str, out: str | Path | None = None, 
     from probe_kit.io import write_json
 
     options = dict(options)
+    _refuse_unknown("evaluate_exits", options, evaluate, _DATA_KEYS, taken=("exits_dir", "data_spec"))
     result = evaluate(Path(exits), data_spec(data, **_split(options, _DATA_KEYS)), **options)
     if out is not None:
         write_json(Path(out) / "result.json", result)
@@ -163,7 +187,11 @@ def compare_designs(exits: Sequence[str | Path], data: str, out: str | Path | No
     from probe_kit.io import write_json
 
     options = dict(options)
-    result = compare([Path(e) for e in exits], data_spec(data, **_split(options, _DATA_KEYS)), **options)
+    _refuse_unknown("compare_designs", options, compare, _DATA_KEYS, taken=("exits_dirs", "data_spec"))
+    if isinstance(options.get("policies"), str):
+        options["policies"] = _names(options["policies"])
+    folders = [exits] if isinstance(exits, (str, Path)) else exits  # one folder is not a list of letters
+    result = compare([Path(e) for e in folders], data_spec(data, **_split(options, _DATA_KEYS)), **options)
     if out is not None:
         write_json(Path(out) / "result.json", result)
     return result

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
+import re
 import subprocess
 import sys
+
+import pytest
 
 import probe_kit
 
@@ -64,14 +68,17 @@ def test_the_cli_goes_through_the_front_door(tmp_path, monkeypatch):
     calls = []
 
     def spy(name):
+        signature = inspect.signature(getattr(api, name))
+
         def called(*args, **kwargs):
-            calls.append(name)
-            raise ValueError(f"{name} reached")
+            signature.bind(*args, **kwargs)  # the CLI's call must fit the real function (TypeError otherwise)
+            calls.append(f"api.{name}")
+            raise ValueError(f"api.{name} reached")
 
         return called
 
     for name in ("analyze", "build_report", "evaluate_exits", "compare_designs"):
-        monkeypatch.setattr(api, name, spy(f"api.{name}"))
+        monkeypatch.setattr(api, name, spy(name))
     runner = CliRunner()
     analyzed = runner.invoke(cli, ["analyze", "lens", "--cache", str(tmp_path / "c.h5"), "--out", str(tmp_path / "r")])
     (tmp_path / "study").mkdir()
@@ -82,3 +89,23 @@ def test_the_cli_goes_through_the_front_door(tmp_path, monkeypatch):
     designs = runner.invoke(cli, [*evaluate, "--policies", "oracle", "--out", str(tmp_path / "e2")])
     outputs = (analyzed.output, reported.output, one.output, designs.output)
     assert calls == ["api.analyze", "api.build_report", "api.evaluate_exits", "api.compare_designs"], outputs
+
+
+def test_the_front_door_refuses_what_it_cannot_use_in_one_value_error(tiny_model, synth_dir, tmp_path):
+    """Unknown options, a device this machine lacks and out-of-range thresholds: ``ValueError`` naming them,
+    before any work (not a ``TypeError`` or a torch assertion from deep inside)."""
+    data = f"synth:{synth_dir}"
+    cases = [
+        (lambda: probe_kit.write_cache(model=str(tiny_model), data=data, out=tmp_path / "c.h5", bogus=1), "bogus"),
+        (lambda: probe_kit.write_cache(model=str(tiny_model), data=data, out=tmp_path / "c.h5", device="foo"), "foo"),
+        (lambda: probe_kit.train_exits(tmp_path / "c.h5", "2", tmp_path / "e", bogus=1), "bogus"),
+        (lambda: probe_kit.train_exits(tmp_path / "c.h5", "2", tmp_path / "e", device="cuda:99"), "device cuda:99"),
+        (lambda: probe_kit.evaluate_exits(tmp_path / "e", data, timing_images=2), "timing_images"),
+        (lambda: probe_kit.compare_designs([tmp_path / "e"], data, bogus=1), "bogus"),
+        (lambda: probe_kit.compare_designs([tmp_path / "e"], data, thresholds={"confidence": (2.0,)}), "[0, 1]"),
+        (lambda: probe_kit.write_cache(model=str(tiny_model), data=tmp_path, out=tmp_path / "c.h5"), "data:"),
+    ]
+    for call, named in cases:
+        with pytest.raises(ValueError, match=re.escape(named)):
+            call()
+    assert not (tmp_path / "c.h5").exists() and not (tmp_path / "e").exists()

@@ -448,3 +448,17 @@ def test_the_python_front_door_compares_a_det_and_a_dense_folder(det_exits, dens
     )
     assert {d["head"] for d in result["designs"]} == {"det", "dense"}
     assert json.loads((tmp_path / "designs" / "result.json").read_text()) == json.loads(json.dumps(result))
+
+
+def test_evaluate_exits_compares_designs_from_the_command_line(det_exits, dense_exits, synth_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from probe_kit.cli.main import cli
+
+    args = ["evaluate-exits", "--exits", str(det_exits), "--exits", str(dense_exits), "--data", f"synth:{synth_dir}"]
+    options = ["--policies", "confidence,oracle", "--timing-images", "1", "--timing-repeats", "3"]
+    result = CliRunner().invoke(cli, [*args, *options, "--out", str(tmp_path / "designs")])
+    assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
+    written = json.loads((tmp_path / "designs" / "result.json").read_text())
+    assert {d["head"] for d in written["designs"]} == {"det", "dense"} and written["max_ap50_loss"] == 0.01
+    assert "latency check:" in result.output and "oracle bound (not a result)" in result.output

@@ -393,6 +393,12 @@ CASES = [
         1,
     ),
     (
+        "yaml-reference-revision",
+        lambda ws, c: ["run", _experiment(ws, revision="main"), "--out", ws / "o"],
+        "exp.yaml: revision",
+        1,
+    ),
+    (
         "yaml-device-absent",
         lambda ws, c: ["run", _experiment(ws, device="cuda:99"), "--out", ws / "o"],
         "exp.yaml: device cuda:99",

@@ -94,7 +94,7 @@ def info(file: Path) -> None:
             f"file:         {file}",
             f"complete:     {cache.complete} ({cache.num_images} of {cache.num_images_total} images)",
             f"fingerprint:  {cache.fingerprint}",
-            f"model:        {model['name']} (revision {model['revision']}, weights {model['fingerprint']})",
+            f"model:        {model['name']} ({_revision(model['revision'])}weights {model['fingerprint']})",
             f"dataset:      {cache.dataset['kind']}:{cache.dataset['path']}",
             f"data:         {_data_line(cache.attrs().get('data'))}",
             f"layers:       {', '.join(map(str, cache.layers))}",
@@ -156,3 +156,7 @@ def merge(file: Path, out: Path) -> None:
     distributed.on_rank_zero(work)
     if distributed.is_main():
         click.echo(f"merged: {out}")
+
+
+def _revision(revision: str | None) -> str:
+    return f"revision {revision}, " if revision else ""

@@ -192,13 +192,16 @@ def evaluate_exits(
         if policies is not None or len(exits_dirs) > 1:  # the design comparison: rank 0 alone (it times side by side)
             from probe_kit.heads.designs import THRESHOLDS, design_lines, parse_policies
 
-            chosen = parse_policies(",".join(THRESHOLDS) if policies is None else policies)
+            try:
+                chosen = parse_policies(",".join(THRESHOLDS) if policies is None else policies)
+            except ValueError as err:
+                raise click.BadParameter(str(err).split(": ", 1)[-1], param_hint="--policies") from None
             result = distributed.on_rank_zero(
                 lambda: api.compare_designs(
                     exits_dirs,
                     data_spec,
-                    chosen,
-                    {p: cuts for p in chosen} if thresholds else THRESHOLDS,
+                    policies=chosen,
+                    thresholds={p: cuts for p in chosen} if thresholds else THRESHOLDS,
                     max_ap50_loss=0.01 if max_ap50_loss is None else max_ap50_loss,
                     device=device,
                     timing=timing,

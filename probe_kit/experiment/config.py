@@ -103,6 +103,8 @@ def load_experiment(path: Path) -> ExperimentConfig:
     if "layers" in values:
         values["layers"] = _layers(f"{path}: layers", values["layers"])
     _check_local_model(path, values.get("model", "reference"))
+    if values.get("revision") is not None and values.get("model", "reference") == "reference":
+        raise UserError(f"{path}: revision: the shipped 'reference' model has no revisions; drop the key")
     from probe_kit.distributed import check_device
 
     check_device(values.get("device", "cpu"), f"{path}: device")  # cuda on a machine without one: refused now

@@ -33,7 +33,7 @@ import torch
 
 from probe_kit.data.spec import DataSpec
 from probe_kit.heads.dense_exit import DenseExitHeads, dense_head_gflops
-from probe_kit.heads.evaluate import Timing
+from probe_kit.heads.evaluate import Timing, check_thresholds
 from probe_kit.heads.gate import TARGET_F1, gate_gflops, train_gates
 from probe_kit.heads.multi_exit import MultiExitYolos, Policy
 from probe_kit.heads.oracle import BOUND_LABEL, oracle_policy
@@ -153,6 +153,8 @@ def compare_designs(
     parse_policies(",".join(policies))  # unknown names refused in one line
     if not 0 <= max_ap50_loss < 1:
         raise ValueError(f"--max-ap50-loss: expected an AP50 difference in [0, 1), got {max_ap50_loss}")
+    for policy, cuts in (thresholds or {}).items():
+        check_thresholds(cuts, f"thresholds[{policy!r}]")
     thresholds = {**THRESHOLDS, **(thresholds or {})}
     timing = timing or Timing()
     resolved = [Path(p).resolve() for p in exits_dirs]
@@ -353,10 +355,16 @@ def latency_check(designs: Sequence[dict], front: Sequence[int]) -> list[dict]:
     return out
 
 
+def _design(d: dict) -> str:
+    """``dense, 6 blocks fine-tuned`` or ``det, frozen``: head type and backbone."""
+    tuned = len(d["finetuned_blocks"])
+    return f"{d['head']}, {f'{tuned} blocks fine-tuned' if tuned else 'frozen'}"
+
+
 def _label(d: dict) -> str:
-    """``dense ft6 exit 6``, ``det ft0 learned 0.3``: head type, number of fine-tuned blocks, setting."""
+    """``dense, 6 blocks fine-tuned, exit 6``, ``det, frozen, learned 0.3``: the design and its setting."""
     setting = f"exit {d['layer']}" if d["policy"] == "static" else f"{d['policy']} {d['threshold']}"
-    return f"{d['head']} ft{len(d['finetuned_blocks'])} {setting}"
+    return f"{_design(d)}, {setting}"
 
 
 def design_lines(result: dict) -> list[str]:
@@ -379,7 +387,7 @@ def design_lines(result: dict) -> list[str]:
         d = result["designs"][i]
         measured = f"  measured: {describe_speedup(d['measured_speedup'])}" if "measured_speedup" in d else ""
         lines.append(
-            f"  {_label(d):<32} AP50 {d['AP50']:.4f}  {d['mean_gflops']:.3f} GFLOPs (FLOPs {d['flops_speedup']:.2f}x)"
+            f"  {_label(d):<40} AP50 {d['AP50']:.4f}  {d['mean_gflops']:.3f} GFLOPs (FLOPs {d['flops_speedup']:.2f}x)"
             f"{measured}"
         )
     checks = result["latency_check"]
@@ -391,14 +399,14 @@ def design_lines(result: dict) -> list[str]:
     for c in disagree:
         d = result["designs"][c["design"]]
         lines.append(
-            f"  {_label(d)}: FLOPs predict {c['predicted']} ({c['flops_speedup']:.2f}x), measured {c['measured']} "
-            f"({describe_speedup(c['measured_speedup'])})"
+            f"  {_label(d)}: FLOPs predict {c['predicted']} ({c['flops_speedup']:.2f}x); measured {c['measured']}: "
+            f"{describe_speedup(c['measured_speedup'])}"
         )
     bounds = [d for d in result["designs"] if d["bound"] and d["AP50"] >= full["AP50"] - result["max_ap50_loss"]]
     if bounds:
         b = min(bounds, key=lambda d: d["mean_gflops"])
         lines.append(
-            f"oracle bound (not a result): {b['head']} ft{len(b['finetuned_blocks'])} F1 cut {b['threshold']}: "
+            f"oracle bound (not a result): {_design(b)}, F1 cut {b['threshold']}: "
             f"AP50 {b['AP50']:.4f} at {b['mean_gflops']:.3f} GFLOPs ({b['flops_speedup']:.2f}x by FLOPs)"
         )
     return lines

@@ -58,6 +58,15 @@ class Timing:
     threads: int = 1
 
 
+def check_thresholds(thresholds: Sequence[float], name: str = "thresholds") -> None:
+    """Policy thresholds are probabilities, IoUs or F1 cuts: finite numbers in [0, 1] (``nan`` fails both bounds)."""
+    numbers = isinstance(thresholds, (list, tuple)) and all(
+        isinstance(t, (int, float)) and not isinstance(t, bool) and 0 <= t <= 1 for t in thresholds
+    )
+    if not numbers or not thresholds:
+        raise ValueError(f"{name}: expected a list of numbers in [0, 1], got {str(thresholds)[:60]}")
+
+
 def held_out(samples: Sequence[Sample], config: dict, folder: Path, data_spec: DataSpec) -> tuple[list[Sample], int]:
     """``(samples that trained nothing, how many were dropped)``; refuses when none is left."""
     if "train_image_ids" not in config or "holdout_image_ids" not in config:
@@ -121,6 +130,7 @@ def evaluate_exits(
     """
     if policy_kind not in POLICIES:
         raise ValueError(f"--policy {policy_kind!r}: expected one of {sorted(POLICIES)}")
+    check_thresholds(thresholds)
     model, processor, heads, config = load_exits(exits_dir, device=device)
     multi = MultiExitYolos(model, heads, person_label_index(model.config)).eval()
     samples, dropped = held_out(data_spec.load(), config, Path(exits_dir), data_spec)
@@ -260,6 +270,9 @@ def summary_lines(result: dict) -> list[str]:
         f"(on the timed images {point['timed_flops_speedup']:.2f}x), "
         f"measured: {describe_speedup(point['measured_speedup'])}"
     )
+    measured = point["measured_speedup"]
+    if not (measured["measurable"] and measured["ratio"] > 1):
+        lines.append("the operating point saves no measurable time over the full model")
     return lines
 
 

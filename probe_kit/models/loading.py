@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from probe_kit.distributed import local_device
+from probe_kit.distributed import check_device, local_device
 from probe_kit.models import REFERENCE_NAME
 
 REFERENCE_DIR = Path(__file__).resolve().parent.parent / "reference" / "weights"
@@ -58,10 +58,13 @@ def load_yolos(spec: ModelSpec, source: str = "--model"):
     from huggingface_hub.errors import StrictDataclassError
     from transformers import AutoImageProcessor, PretrainedConfig, YolosForObjectDetection
 
+    check_device(spec.device, "device")  # a device this machine lacks: one line now, not deep in torch
     path = resolve_model_path(spec.name)
     local = Path(path).is_dir()
     if not local and Path(path).exists():
         raise ValueError(f"{source} {spec.name}: is a file; expected a checkpoint folder or a hub id")
+    if not spec.name.strip():
+        raise ValueError(f"{source} {spec.name!r}: expected a checkpoint folder, a hub id or {REFERENCE_NAME!r}")
     if not local and spec.name.startswith(("/", "./", "../", "~")):
         raise FileNotFoundError(f"{source} {spec.name}: no such folder (a hub id looks like owner/name)")
     if local and not (Path(path) / "config.json").is_file():
@@ -79,9 +82,11 @@ def load_yolos(spec: ModelSpec, source: str = "--model"):
             )
             processor = AutoImageProcessor.from_pretrained(path, revision=spec.revision)
         except OSError as err:
-            where = "folder" if local else "hub id"
+            first = str(err).splitlines()[0]
+            if local:
+                raise ValueError(f"{source} {spec.name}: could not load this folder ({first})") from err
             raise ValueError(
-                f"{source} {spec.name}: could not load this {where} ({str(err).splitlines()[0]}). "
+                f"{source} {spec.name}: could not load this hub id ({first}). "
                 "Offline? Download it first with `huggingface-cli download "
                 f"{spec.name}` on a connected machine, or pass a local folder made by save_pretrained."
             ) from err
