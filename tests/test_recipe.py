@@ -61,3 +61,21 @@ def test_defaults_are_the_shipped_recipe():
 
     yaml_path = Path(__file__).resolve().parents[1] / "experiments" / "reference_model.yaml"
     assert RecipeConfig.from_yaml(yaml_path) == RecipeConfig()
+
+
+def test_a_budget_spent_before_the_first_evaluation_claims_no_best_checkpoint_and_keeps_the_state(tmp_path):
+    import torch
+    import yaml
+    from click.testing import CliRunner
+
+    from probe_kit.cli.main import cli
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(TINY))
+    args = ["reference", "train", "--config", str(config), "--out", str(tmp_path / "run"), "--budget-minutes", "0"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "no best checkpoint yet" in result.output and "-> " not in result.output
+    assert not (tmp_path / "run" / "best").exists()
+    state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert state["step"] == 0 and state["best_ap50"] == -1.0

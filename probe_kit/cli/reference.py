@@ -46,8 +46,15 @@ def train(config_path: Path | None, out: Path, budget_minutes: float | None, dev
     cfg = RecipeConfig.from_yaml(config_path) if config_path else RecipeConfig()
     check_outputs(dir_out(out))  # before any training
     summary = train_reference(cfg, out, budget_minutes, device=device)  # under torchrun: DDP, rank 0 writes
-    if distributed.is_main():
-        click.echo(f"step {summary['step']}: best held-out AP50 {summary['best_AP50']:.4f} -> {out / 'best'}")
+    if not distributed.is_main():
+        return
+    if summary["best_AP50"] < 0:  # stopped by the budget before the first held-out evaluation
+        click.echo(
+            f"step {summary['step']}: stopped before the first held-out evaluation (every {cfg.eval_every} steps), "
+            f"so there is no best checkpoint yet; rerun the same command to resume from {out / 'last.pt'}"
+        )
+        return
+    click.echo(f"step {summary['step']}: best held-out AP50 {summary['best_AP50']:.4f} -> {out / 'best'}")
 
 
 @command.command("export")

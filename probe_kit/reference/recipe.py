@@ -181,6 +181,7 @@ def train_reference(
     """
     from tqdm import tqdm
 
+    run_started = time.time()  # the budget counts the whole run, scene rendering included
     out = Path(out)
     if distributed.is_main():
         out.mkdir(parents=True, exist_ok=True)
@@ -211,13 +212,29 @@ def train_reference(
     net = distributed.data_parallel(_Net(model, aux, grid))
     criterion = SetCriterion(num_classes=model.config.num_labels, eos_coef=model.config.eos_coefficient)
     losses: list[float] = []
-    started, run_started = time.time() - elapsed, time.time()
+    started = time.time() - elapsed
+
+    def save_state() -> None:  # rank 0: everything a resumed run needs, written atomically
+        state = {
+            "config": asdict(cfg) | {"easy_mix": list(cfg.easy_mix)},
+            "model": model.state_dict(),
+            "aux": aux.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "step": step,
+            "best_ap50": best_ap50,
+            "elapsed": time.time() - started,
+        }
+        torch.save(state, state_path.with_suffix(".tmp"))
+        state_path.with_suffix(".tmp").replace(state_path)
+
     bar = tqdm(total=cfg.steps, initial=step, desc="reference", disable=not progress or not distributed.is_main())
     if progress and distributed.is_main():
         bar.write(distributed.effective_batch_line("reference", cfg.batch_size))
     while step < cfg.steps:
         over = budget_minutes is not None and time.time() - run_started > budget_minutes * 60
         if distributed.broadcast_object(over):  # rank 0's clock, so every rank stops at the same step
+            if distributed.is_main():  # the steps since the last evaluation are kept for the resumed run
+                save_state()
             break
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(step, cfg)
@@ -262,19 +279,7 @@ def train_reference(
                 model.save_pretrained(out / "best")
                 processor.save_pretrained(out / "best")
                 (out / "best" / "heldout_metrics.json").write_text(json.dumps({"step": step, **metrics}, indent=2))
-            torch.save(
-                {
-                    "config": asdict(cfg) | {"easy_mix": list(cfg.easy_mix)},
-                    "model": model.state_dict(),
-                    "aux": aux.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "step": step,
-                    "best_ap50": best_ap50,
-                    "elapsed": time.time() - started,
-                },
-                state_path.with_suffix(".tmp"),
-            )
-            state_path.with_suffix(".tmp").replace(state_path)
+            save_state()
     bar.close()
     return {"step": step, "best_AP50": best_ap50, "minutes": (time.time() - started) / 60, "losses": losses}
 
