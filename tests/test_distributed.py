@@ -310,7 +310,7 @@ def test_distributed_evaluate_exits_scores_like_one_process(runs, synth_dir, tmp
     timing = ["--timing-images", "2", "--timing-repeats", "3", "--thresholds", "0.6,0.9"]
     spec = ["--exits", str(exits), "--data", f"synth:{synth_dir}", *timing]
     done = torchrun("evaluate-exits", *spec, "--out", str(tmp_path / "ddp"), cwd=tmp_path)
-    assert done.stdout.count("operating point") == 1  # rank 0 alone reports
+    assert done.stdout.count("operating point: threshold") == 1  # rank 0 alone reports
     got = json.loads((tmp_path / "ddp" / "result.json").read_text())
     one = evaluate_exits(
         exits, parse_data_spec(f"synth:{synth_dir}"), (0.6, 0.9), progress=False, timing=Timing(images=2, repeats=3)

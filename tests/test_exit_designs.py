@@ -267,6 +267,13 @@ def test_designs_compare_folders_on_the_same_held_out_images(det_exits, synth_di
     from probe_kit.report.collect import ReportData
 
     assert figures.design_pareto(ReportData(folder=det_exits, designs=result))  # the report's Pareto figure
+    from probe_kit.report.build import _designs_caption
+
+    checks = result["latency_check"]
+    agree = sum(c["agrees"] for c in checks)
+    assert f"Latency check: {agree} of {len(checks)} timed front points" in _designs_caption(
+        ReportData(folder=det_exits, designs=result)
+    )
     learned = [d for d in result["designs"] if d["policy"] == "learned"]
     assert all(min(d["gate"]["gflops_per_evaluation"].values()) > 0 for d in learned)
 

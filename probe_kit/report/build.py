@@ -151,6 +151,23 @@ CAPTIONS = {
 }
 
 
+def _designs_caption(data: ReportData) -> str:
+    """The design figure's caption, with the latency check in words: front points measured on the other side
+    of their FLOPs prediction are otherwise visible only as dots on the right panel."""
+    caption = (
+        "Every (exits folder, policy, threshold) on the same held-out images; dotted: the AP50 tolerance, grey "
+        "line: the full model; hollow: the oracle, a bound no policy can run (designs/result.json)."
+    )
+    checks = (data.designs or {}).get("latency_check") or []
+    if checks:
+        agree = sum(bool(c["agrees"]) for c in checks)
+        caption += (
+            f" Latency check: {agree} of {len(checks)} timed front points measured on the side their FLOPs predict "
+            "(same: within 5% or not measurable)."
+        )
+    return caption
+
+
 def _figures(data: ReportData) -> list[dict]:
     studied = figures.studied_layers(data, data.layers) if data.layers else None
     specs = [
@@ -170,10 +187,7 @@ def _figures(data: ReportData) -> list[dict]:
             "designs",
             "Exit designs: Pareto front",
             figures.design_pareto(data),
-            (
-                "Every (exits folder, policy, threshold) on the same held-out images; dotted: the AP50 tolerance, grey "
-                "line: the full model; hollow: the oracle, a bound no policy can run (designs/result.json)."
-            ),
+            _designs_caption(data),
         ),
         ("pr", "Precision-recall per exit (AP50)", figures.pr_curves(data), "COCO interpolated precision at IoU 0.5."),
         (
