@@ -180,7 +180,9 @@ def evaluate_exits(exits: str | Path, data: str, out: str | Path | None = None, 
     return result
 
 
-def compare_designs(exits: Sequence[str | Path], data: str, out: str | Path | None = None, **options: Any) -> dict:
+def compare_designs(
+    exits: str | Path | Sequence[str | Path], data: str, out: str | Path | None = None, **options: Any
+) -> dict:
     """Every (exits folder, policy, threshold) on the same held-out ``data``: ``result.json``'s dict with
     ``designs``, the Pareto front and the latency check (options: ``heads.designs.compare_designs``)."""
     from probe_kit.heads.designs import compare_designs as compare

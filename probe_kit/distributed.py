@@ -66,7 +66,8 @@ def check_device(device: str, source: str = "--device") -> str:
     try:
         parsed = torch.device(device)
     except (RuntimeError, TypeError):
-        hint = f" (did you mean {device.strip().lower()!r}?)" if device.strip().lower() != device else ""
+        near = device.strip().lower() if isinstance(device, str) else device
+        hint = f" (did you mean {near!r}?)" if near != device else ""
         raise UserError(f"{source} {device!r}: not a torch device; expected cpu, cuda, cuda:N or mps{hint}") from None
     if parsed.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
