@@ -326,6 +326,32 @@ def test_distributed_evaluate_exits_scores_like_one_process(runs, synth_dir, tmp
     assert got["operating_point"]["threshold"] == one["operating_point"]["threshold"]
 
 
+def test_the_design_comparison_under_torchrun_runs_once_on_rank_zero(runs, synth_dir, tmp_path):
+    """It times settings side by side, so rank 0 runs it whole (the others wait): one report, one process's numbers."""
+    from probe_kit.data.spec import parse_data_spec
+    from probe_kit.heads.designs import compare_designs
+    from probe_kit.heads.evaluate import Timing
+
+    exits = tmp_path / "exits"
+    trained = CliRunner().invoke(
+        cli, ["train-exits", "--cache", str(runs["single"]), "--layers", "2", "--out", str(exits), "--epochs", "2"]
+    )
+    assert trained.exit_code == 0, trained.output
+    spec = ["--exits", str(exits), "--data", f"synth:{synth_dir}", "--policies", "confidence,oracle"]
+    timing = ["--timing-images", "1", "--timing-repeats", "3"]
+    done = torchrun("evaluate-exits", *spec, *timing, "--out", str(tmp_path / "ddp"), cwd=tmp_path)
+    assert done.stdout.count("latency check:") == 1
+    assert (done.stdout + done.stderr).count("all exits:   0%") == 1  # one recording pass: rank 0's
+    got = json.loads((tmp_path / "ddp" / "result.json").read_text())
+    one = compare_designs(
+        [exits], parse_data_spec(f"synth:{synth_dir}"), ("confidence", "oracle"), timing=Timing(1, 3), progress=False
+    )
+    assert got["scored_image_ids"] == one["scored_image_ids"]
+    assert [(d["policy"], d["threshold"], d["AP50"]) for d in got["designs"]] == [
+        (d["policy"], d["threshold"], d["AP50"]) for d in one["designs"]
+    ]
+
+
 def test_probe_kit_run_under_torchrun_shards_the_cache_and_runs_the_rest_on_rank_zero(tiny_model, tmp_path):
     """A small study by 2 torchrun processes: same cache datasets and decision as one process, one report."""
     import yaml
