@@ -16,11 +16,21 @@ from probe_kit.models.timing import describe_speedup
 VERDICTS = ("early exit pays", "not viable")
 
 
-def _name(d: dict) -> str:
+def design_name(d: dict) -> str:
+    """``dense heads, blocks 5,6 fine-tuned`` or ``det heads, frozen``: a design entry's head type and backbone."""
     tuned = d["finetuned_blocks"]  # 0-based block indices; named 1-based, as layer k is block k's output
     blocks = f"blocks {','.join(str(i + 1) for i in tuned)} fine-tuned" if tuned else "frozen"
+    return f"{d['head']} heads, {blocks}"
+
+
+def setting_name(d: dict) -> str:
+    """``dense heads, frozen, exit 6`` or ``det heads, frozen, learned at 0.3``: the design and its setting."""
     setting = f"exit {d['layer']}" if d["policy"] == "static" else f"{d['policy']} at {d['threshold']}"
-    return f"{d['head']} heads, {blocks}, {setting} ({d['exits_dir']})"
+    return f"{design_name(d)}, {setting}"
+
+
+def _name(d: dict) -> str:
+    return f"{setting_name(d)} ({d['exits_dir']})"
 
 
 def _numbers(d: dict, full: dict) -> str:

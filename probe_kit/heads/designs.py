@@ -355,20 +355,9 @@ def latency_check(designs: Sequence[dict], front: Sequence[int]) -> list[dict]:
     return out
 
 
-def _design(d: dict) -> str:
-    """``dense, 6 blocks fine-tuned`` or ``det, frozen``: head type and backbone."""
-    tuned = len(d["finetuned_blocks"])
-    return f"{d['head']}, {f'{tuned} blocks fine-tuned' if tuned else 'frozen'}"
-
-
-def _label(d: dict) -> str:
-    """``dense, 6 blocks fine-tuned, exit 6``, ``det, frozen, learned 0.3``: the design and its setting."""
-    setting = f"exit {d['layer']}" if d["policy"] == "static" else f"{d['policy']} {d['threshold']}"
-    return f"{_design(d)}, {setting}"
-
-
 def design_lines(result: dict) -> list[str]:
     """What ``evaluate-exits --policies`` prints: the full model, the Pareto front with latency, the oracle's bound."""
+    from probe_kit.decision.design import design_name, setting_name
     from probe_kit.models.timing import describe_speedup
 
     full = result["full_model"]
@@ -387,8 +376,8 @@ def design_lines(result: dict) -> list[str]:
         d = result["designs"][i]
         measured = f"  measured: {describe_speedup(d['measured_speedup'])}" if "measured_speedup" in d else ""
         lines.append(
-            f"  {_label(d):<40} AP50 {d['AP50']:.4f}  {d['mean_gflops']:.3f} GFLOPs (FLOPs {d['flops_speedup']:.2f}x)"
-            f"{measured}"
+            f"  {setting_name(d)}: AP50 {d['AP50']:.4f}  {d['mean_gflops']:.3f} GFLOPs "
+            f"(FLOPs {d['flops_speedup']:.2f}x){measured}"
         )
     checks = result["latency_check"]
     disagree = [c for c in checks if not c["agrees"]]
@@ -399,14 +388,14 @@ def design_lines(result: dict) -> list[str]:
     for c in disagree:
         d = result["designs"][c["design"]]
         lines.append(
-            f"  {_label(d)}: FLOPs predict {c['predicted']} ({c['flops_speedup']:.2f}x); measured {c['measured']}: "
-            f"{describe_speedup(c['measured_speedup'])}"
+            f"  {setting_name(d)}: FLOPs predict {c['predicted']} ({c['flops_speedup']:.2f}x); "
+            f"measured {c['measured']}: {describe_speedup(c['measured_speedup'])}"
         )
     bounds = [d for d in result["designs"] if d["bound"] and d["AP50"] >= full["AP50"] - result["max_ap50_loss"]]
     if bounds:
         b = min(bounds, key=lambda d: d["mean_gflops"])
         lines.append(
-            f"oracle bound (not a result): {_design(b)}, F1 cut {b['threshold']}: "
+            f"oracle bound (not a result): {design_name(b)}, F1 cut {b['threshold']}: "
             f"AP50 {b['AP50']:.4f} at {b['mean_gflops']:.3f} GFLOPs ({b['flops_speedup']:.2f}x by FLOPs)"
         )
     return lines

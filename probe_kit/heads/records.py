@@ -19,6 +19,7 @@ import torch
 from probe_kit import distributed
 from probe_kit.data.sample import Sample
 from probe_kit.models.predict import detections_from_scores, person_scores
+from probe_kit.models.runner import batch_bounds
 
 FIELDS = ("person", "top", "boxes", "pooled")  # ExitStats' tensors, in order
 
@@ -82,8 +83,6 @@ def record_exits(
     """Run every exit of ``multi`` (a ``MultiExitYolos``: not imported here, it imports this module) once per
     image (streamed in batches of one input size) and keep each exit's ``ExitStats``."""
     from tqdm import tqdm
-
-    from probe_kit.models.runner import batch_bounds
 
     device = next(multi.parameters()).device
     dtype = next(multi.parameters()).dtype
