@@ -1,4 +1,4 @@
-"""``probe-kit cache``: extract hidden states to HDF5; ``cache info FILE``, ``cache verify FILE``."""
+"""``probe-kit cache``: extract hidden states to HDF5; ``cache info|verify FILE``, ``cache compare FILE REFERENCE``."""
 
 from __future__ import annotations
 
@@ -118,6 +118,22 @@ def verify(file: Path) -> None:
         cache.verify(progress=True)
         images, files = cache.num_images_total, len(json.loads(cache.attrs()["data"])["files"])
     click.echo(f"OK: {file} matches its dataset ({images} images, {files} annotation files, sha256)")
+
+
+@command.command("compare")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.argument("reference", type=click.Path(path_type=Path))
+def compare(file: Path, reference: Path) -> None:
+    """Check that FILE equals REFERENCE as two runs of the same inputs promise (docs/cache-format.md):
+    exact data and layout, computed floats within a stated tolerance; exit 1 naming the first difference."""
+    from probe_kit.cache.compare import FLOAT32_RTOL, compare_caches
+    from probe_kit.errors import UserError
+
+    problems = compare_caches(file, reference)
+    if problems:
+        more = f" (and {len(problems) - 1} more datasets or attributes)" if len(problems) > 1 else ""
+        raise UserError(f"{file} differs from {reference}: {problems[0]}{more}")
+    click.echo(f"equivalent: {file} and {reference} (computed floats within {FLOAT32_RTOL:g} of each dataset's scale)")
 
 
 def _data_line(record: str | None) -> str:
