@@ -18,7 +18,8 @@ import argparse
 
 def main() -> None:
     from probe_kit.data.spec import parse_data_spec
-    from probe_kit.heads.evaluate import Timing, evaluate_exits, summary_lines
+    from probe_kit.heads.evaluate import evaluate_exits, summary_lines
+    from probe_kit.heads.pipeline import Timing
     from probe_kit.models.timing import describe_speedup
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

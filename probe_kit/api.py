@@ -146,25 +146,24 @@ def train_exits(
     device: str = "cpu",
     **training: Any,
 ) -> Path:
-    """Train ``head`` exit heads (``det`` or ``dense``) for ``layers`` on a cache into the exits folder ``out``.
+    """Train ``head`` exit heads (``det``, ``dense`` or a registered type) for ``layers`` on a cache into ``out``.
 
     ``training`` as ``ExitTraining`` (epochs, lr, val_sequences, finetune_blocks, ...).
     """
     from probe_kit.cache.reader import FeatureCache
     from probe_kit.distributed import check_device
-    from probe_kit.heads.dense_train import train_dense_exits
-    from probe_kit.heads.train import ExitTraining, train_exit_heads
+    from probe_kit.heads.registry import head_type
+    from probe_kit.heads.training import ExitTraining
+    from probe_kit.heads.training import train_exits as train
     from probe_kit.models.layers import resolve_layers
 
-    trainers = {"det": train_exit_heads, "dense": train_dense_exits}
-    if head not in trainers:
-        raise ValueError(f"head: expected one of {sorted(trainers)}, got {head!r}")
+    head_type(head, "head")  # a name not registered is refused before any work
     _refuse_unknown("train_exits", training, ExitTraining)
     check_device(device, "device")
     path = _cache_path(cache)
     with FeatureCache(path) as opened:
         chosen = resolve_layers(layers, opened.model["config"]["num_hidden_layers"])
-    return trainers[head](path, chosen, Path(out), seed, ExitTraining(**training), device=device)
+    return train(path, chosen, Path(out), head, seed, ExitTraining(**training), device=device)
 
 
 def evaluate_exits(exits: str | Path, data: str, out: str | Path | None = None, **options: Any) -> dict:

@@ -250,11 +250,13 @@ FINETUNE = [
 ]
 
 
-def test_ddp_finetuning_matches_one_process_with_the_same_global_batch(runs, tmp_path):
-    """2 torchrun processes, each half of every global batch, gradients all-reduced, vs one process."""
-    cache = str(runs["single"])
-    done = torchrun("train-exits", "--cache", cache, *FINETUNE, "--out", str(tmp_path / "ddp"), cwd=tmp_path)
-    one = CliRunner().invoke(cli, ["train-exits", "--cache", cache, *FINETUNE, "--out", str(tmp_path / "one")])
+@pytest.mark.parametrize("head", ["det", "dense"])
+def test_ddp_finetuning_matches_one_process_with_the_same_global_batch(runs, tmp_path, head):
+    """2 torchrun processes, each half of every global batch, gradients all-reduced, vs one process; for every
+    head type (one fine-tuning loop), and rank 0 alone writes the folder."""
+    cache, args = str(runs["single"]), [*FINETUNE, "--head", head]
+    done = torchrun("train-exits", "--cache", cache, *args, "--out", str(tmp_path / "ddp"), cwd=tmp_path)
+    one = CliRunner().invoke(cli, ["train-exits", "--cache", cache, *args, "--out", str(tmp_path / "one")])
     assert one.exit_code == 0, one.output
     assert done.stdout.count("exit heads ->") == 1  # rank 0 alone reports and saves
     assert "effective batch size" in done.stderr and "2 processes" in done.stderr
@@ -313,7 +315,8 @@ def test_ddp_reference_training_matches_one_process(tmp_path):
 def test_distributed_evaluate_exits_scores_like_one_process(runs, synth_dir, tmp_path):
     """Held-out images recorded by 2 torchrun processes, gathered, scored and timed on rank 0, vs one process."""
     from probe_kit.data.spec import parse_data_spec
-    from probe_kit.heads.evaluate import Timing, evaluate_exits
+    from probe_kit.heads.evaluate import evaluate_exits
+    from probe_kit.heads.pipeline import Timing
 
     exits = tmp_path / "exits"
     trained = CliRunner().invoke(
@@ -343,7 +346,7 @@ def test_the_design_comparison_under_torchrun_runs_once_on_rank_zero(runs, synth
     """It times settings side by side, so rank 0 runs it whole (the others wait): one report, one process's numbers."""
     from probe_kit.data.spec import parse_data_spec
     from probe_kit.heads.designs import compare_designs
-    from probe_kit.heads.evaluate import Timing
+    from probe_kit.heads.pipeline import Timing
 
     exits = tmp_path / "exits"
     trained = CliRunner().invoke(

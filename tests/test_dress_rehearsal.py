@@ -219,7 +219,7 @@ def test_every_stage_sees_the_cache_input_size(rehearsal):
 
     _, processor, _, config = load_exits(run / "exits")
     assert tuple(processor(images=[image], return_tensors="pt")["pixel_values"].shape[-2:]) == (480, 848)
-    assert config["base_model"]["processor"]["size"]["shortest_edge"] == 512
+    assert config.base_model["processor"]["size"]["shortest_edge"] == 512
 
     full = json.loads((run / "exits_eval" / "detections" / "full.json").read_text())
     scored = sorted({d["image_id"] for d in full})
@@ -259,7 +259,7 @@ def test_the_shipped_design_comparison_runs_at_the_study_size_on_images_that_tra
         config = json.loads((Path(folder["exits_dir"]) / "config.json").read_text())
         assert config["base_model"]["processor"]["size"]["shortest_edge"] == 512
         used = set(folder["heads_trained_on_image_ids"]) | set(folder["heads_early_stopped_on_image_ids"])
-        assert used and not used & scored and not set(folder["gates_trained_on_image_ids"]) & scored
+        assert used and not used & scored and not set(folder["policies_fitted_on_image_ids"]) & scored
     assert "latency" in result["full_model"]
     recommendation = json.loads((run / "designs" / "recommendation.json").read_text())
     assert recommendation["verdict"] and recommendation["rationale"]

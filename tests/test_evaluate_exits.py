@@ -10,21 +10,21 @@ from conftest import make_tiny_yolos, write_tiny_cache
 
 from probe_kit.cli.main import cli
 from probe_kit.data.spec import parse_data_spec
-from probe_kit.heads.exits import ExitHeads
+from probe_kit.heads.det import DetExitHeads
 from probe_kit.heads.multi_exit import MultiExitYolos, Policy
-from probe_kit.heads.policies import POLICIES, confidence_rule, static_exit
+from probe_kit.heads.policies import confidence_rule, online_policy, patience_rule, static_exit
 from probe_kit.heads.records import ExitStats, record_exits
 from probe_kit.metrics.coco import evaluate, ground_truth_dict
 from probe_kit.metrics.per_image import PerImageChoice
 from probe_kit.models.loading import ModelSpec, load_yolos
-from probe_kit.models.predict import detections_from_outputs
+from probe_kit.models.predict import detections_from_scores
 from probe_kit.models.timing import Latency, describe_speedup, interleaved_latency, speedup
 
 
 def _four_exits(tiny_model, scale: float) -> MultiExitYolos:
     """Exits at 1..4, heads copied from the model's; the early ones perturbed by ``scale * layer``."""
     model, _ = load_yolos(ModelSpec(str(tiny_model)))
-    multi = MultiExitYolos(model, ExitHeads.from_model(model, (1, 2, 3, 4)), 0).eval()
+    multi = MultiExitYolos(model, DetExitHeads.from_model(model, (1, 2, 3, 4)), 0).eval()
     torch.manual_seed(0)
     with torch.no_grad():
         for layer in (1, 2, 3):
@@ -54,14 +54,15 @@ def test_recorded_sweep_equals_running_each_setting_live(tiny_model, processor, 
     chooser = PerImageChoice(gt, {k: records.detections(static_exit(records, k)) for k in records.layers})
     seen = set()
     for t in thresholds:
-        layers = POLICIES[kind](records, t)
+        rule = {"confidence": confidence_rule, "patience": patience_rule}[kind]
+        layers = online_policy(rule)(records, t)
         live_layers, live_detections = [], []
         for sample in samples:  # brute force: the model run live with this policy, image by image
             pixels = processor(images=[sample.load_image()], return_tensors="pt")["pixel_values"]
-            out = multi(pixels, Policy(kind, threshold=t))
+            out = multi(pixels, Policy.online(rule, t))
             live_layers.append(int(out.exit_layer[0]))
-            live_detections += detections_from_outputs(
-                out.logits, out.pred_boxes, [sample.image_id], [(sample.width, sample.height)], 0
+            live_detections += detections_from_scores(
+                out.person, out.pred_boxes, [sample.image_id], [(sample.width, sample.height)]
             )
         assert layers.tolist() == live_layers
         assert records.detections(layers) == live_detections
@@ -114,9 +115,9 @@ def test_confidence_fires_on_a_100_token_model(tmp_path):
     labels = {i: f"class{i}" for i in range(91)} | {1: "person"}
     folder = make_tiny_yolos(tmp_path / "m100", det_tokens=100, labels=labels)
     model, _ = load_yolos(ModelSpec(str(folder)))
-    multi = MultiExitYolos(model, ExitHeads.from_model(model, (1, 2, 3, 4)), 1).eval()
+    multi = MultiExitYolos(model, DetExitHeads.from_model(model, (1, 2, 3, 4)), 1).eval()
     pixels = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
-    fired = {t: multi(pixels, Policy("confidence", threshold=t)).exit_layer.tolist() for t in (0.6, 0.9, 0.98, 0.999)}
+    fired = {t: multi(pixels, Policy.online(confidence_rule, t)).exit_layer.tolist() for t in (0.6, 0.9, 0.98, 0.999)}
     assert fired[0.6] == fired[0.9] == [1, 1, 1, 1]  # leaves at the first exit
     assert fired[0.999] == [4, 4, 4, 4]  # a person probability of ~1/92 is undecided at 0.999
     with torch.no_grad():
@@ -226,15 +227,16 @@ def test_replay_leaves_at_its_layer_after_running_every_head_on_the_way(tiny_mod
     called = []
     handles = [multi.heads.heads[str(k)].register_forward_hook(lambda *a, k=k: called.append(k)) for k in (1, 2, 3, 4)]
     try:
-        replay = multi(pixels, Policy("replay", layer=3))
+        replay = multi(pixels, Policy.replay(3))
         called_replay, called[:] = list(called), []
-        fixed = multi(pixels, Policy("fixed", layer=3))
+        fixed = multi(pixels, Policy.fixed(3))
     finally:
         for h in handles:
             h.remove()
     assert called_replay == [1, 2, 3] and called == [3]
     assert replay.exit_layer.tolist() == fixed.exit_layer.tolist() == [3]
-    torch.testing.assert_close(replay.logits, fixed.logits)
+    torch.testing.assert_close(replay.person, fixed.person)
+    torch.testing.assert_close(replay.pred_boxes, fixed.pred_boxes)
 
 
 @pytest.mark.parametrize("ids", [None, "x", ["a"], [], [True]])

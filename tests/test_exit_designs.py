@@ -127,11 +127,10 @@ def patch_cache(tiny_model, synth_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def dense_exits(patch_cache, tmp_path_factory):
-    from probe_kit.heads.dense_train import train_dense_exits
-    from probe_kit.heads.train import ExitTraining
+    from probe_kit.heads.training import ExitTraining, train_exits
 
     out = tmp_path_factory.mktemp("dense") / "exits"
-    return train_dense_exits(patch_cache, (2, 4), out, seed=0, opts=ExitTraining(epochs=2), progress=False)
+    return train_exits(patch_cache, (2, 4), out, "dense", seed=0, opts=ExitTraining(epochs=2), progress=False)
 
 
 def test_dense_exits_train_on_training_images_only(dense_exits):
@@ -223,16 +222,16 @@ def test_no_measurable_speedup_is_not_viable_and_says_how_far():
 
 @pytest.fixture(scope="module")
 def det_exits(patch_cache, tmp_path_factory):
-    from probe_kit.heads.train import ExitTraining, train_exit_heads
+    from probe_kit.heads.training import ExitTraining, train_exits
 
     out = tmp_path_factory.mktemp("det") / "exits"
-    return train_exit_heads(patch_cache, (2, 4), out, seed=0, opts=ExitTraining(epochs=2), progress=False)
+    return train_exits(patch_cache, (2, 4), out, "det", seed=0, opts=ExitTraining(epochs=2), progress=False)
 
 
 def test_designs_compare_folders_on_the_same_held_out_images(det_exits, synth_dir):
     from probe_kit.data.spec import parse_data_spec
     from probe_kit.heads.designs import MAX_TIMED_FRONT, compare_designs
-    from probe_kit.heads.evaluate import Timing
+    from probe_kit.heads.pipeline import Timing
 
     result = compare_designs(
         [det_exits],
@@ -244,7 +243,7 @@ def test_designs_compare_folders_on_the_same_held_out_images(det_exits, synth_di
     scored = set(result["scored_image_ids"])
     for folder in result["folders"]:
         trained = set(folder["heads_trained_on_image_ids"]) | set(folder["heads_early_stopped_on_image_ids"])
-        assert folder["gates_trained_on_image_ids"] and not (set(folder["gates_trained_on_image_ids"]) & scored)
+        assert folder["policies_fitted_on_image_ids"] and not (set(folder["policies_fitted_on_image_ids"]) & scored)
         assert not (trained & scored)
     policies = {d["policy"] for d in result["designs"]}
     assert policies == {"static", "confidence", "patience", "learned", "oracle (bound, not a result)"}
@@ -275,7 +274,7 @@ def test_designs_compare_folders_on_the_same_held_out_images(det_exits, synth_di
         ReportData(folder=det_exits, designs=result)
     )
     learned = [d for d in result["designs"] if d["policy"] == "learned"]
-    assert all(min(d["gate"]["gflops_per_evaluation"].values()) > 0 for d in learned)
+    assert all(min(d["policy_cost_gflops_per_evaluation"].values()) > 0 for d in learned)
 
 
 def test_decide_recommends_a_design_with_the_users_tolerance(tmp_path):
@@ -306,7 +305,7 @@ def test_decide_recommends_a_design_with_the_users_tolerance(tmp_path):
 def test_a_dense_exit_at_layer_k_runs_k_blocks_and_is_the_head_on_cached_tokens(dense_exits, patch_cache, synth_dir):
     from probe_kit.cache.reader import FeatureCache
     from probe_kit.data.spec import parse_data_spec
-    from probe_kit.heads.dense_exit import dense_stats
+    from probe_kit.heads.dense import dense_stats
     from probe_kit.heads.multi_exit import MultiExitYolos, Policy
     from probe_kit.heads.store import load_exits
 
@@ -324,13 +323,13 @@ def test_a_dense_exit_at_layer_k_runs_k_blocks_and_is_the_head_on_cached_tokens(
         for i in images:
             pixels = processor(images=[live[i].load_image()], return_tensors="pt")["pixel_values"]
             calls.clear()
-            out = multi(pixels, Policy("fixed", layer=2))
-            assert calls == [0, 1] and out.exit_layer.tolist() == [2] and out.logits is None
+            out = multi(pixels, Policy.fixed(2))
+            assert calls == [0, 1] and out.exit_layer.tolist() == [2]
             expected = dense_stats(heads.dense["2"](cached[i : i + 1]), cached[i : i + 1], heads.num_det)
             torch.testing.assert_close(out.person, expected.person, atol=1e-5, rtol=1e-4)
             torch.testing.assert_close(out.pred_boxes, expected.boxes, atol=1e-5, rtol=1e-4)
             calls.clear()
-            final = multi(pixels, Policy("fixed", layer=4))
+            final = multi(pixels, Policy.fixed(4))
             assert calls == [0, 1, 2, 3]
             with torch.no_grad():
                 own = model(pixel_values=pixels)
@@ -346,7 +345,7 @@ def test_dense_stats_decode_as_the_dense_probe(dense_exits, patch_cache):
     """The dense exit's detections are what probe-dense's decoder keeps (NMS on pixel boxes), best first."""
     from probe_kit.analyzers.dense import decode
     from probe_kit.cache.reader import FeatureCache
-    from probe_kit.heads.dense_exit import dense_stats
+    from probe_kit.heads.dense import dense_stats
     from probe_kit.heads.store import load_exits
 
     _, _, heads, _ = load_exits(dense_exits)
@@ -443,7 +442,7 @@ def test_a_study_runs_the_design_comparison_and_recommends(tmp_path, tiny_model)
 
 def test_the_python_front_door_compares_a_det_and_a_dense_folder(det_exits, dense_exits, synth_dir, tmp_path):
     import probe_kit
-    from probe_kit.heads.evaluate import Timing
+    from probe_kit.heads.pipeline import Timing
 
     result = probe_kit.compare_designs(
         [det_exits, dense_exits],

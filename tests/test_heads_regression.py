@@ -26,18 +26,18 @@ def current_numbers(folder: Path) -> dict:
     from probe_kit.cache.writer import write_cache
     from probe_kit.data.spec import parse_data_spec
     from probe_kit.data.synth import write_synth_dataset
-    from probe_kit.heads.dense_train import train_dense_exits
     from probe_kit.heads.designs import compare_designs
-    from probe_kit.heads.evaluate import Timing, evaluate_exits
-    from probe_kit.heads.train import ExitTraining, train_exit_heads
+    from probe_kit.heads.evaluate import evaluate_exits
+    from probe_kit.heads.pipeline import Timing
+    from probe_kit.heads.training import ExitTraining, train_exits
     from probe_kit.models.loading import ModelSpec
 
     write_synth_dataset(folder / "scenes", frames=64, seed=11, frames_per_sequence=16, progress=False)
     data = parse_data_spec(f"synth:{folder / 'scenes'}")
     cache = write_cache(ModelSpec("reference"), data, "4,8,12", ["det", "patch"], folder / "c.h5", progress=False)
     opts = ExitTraining(epochs=8, val_fraction=0.25)
-    det = train_exit_heads(cache, (4, 8), folder / "det", seed=0, opts=opts, progress=False)
-    dense = train_dense_exits(cache, (4, 8), folder / "dense", seed=0, opts=opts, progress=False)
+    det = train_exits(cache, (4, 8), folder / "det", "det", seed=0, opts=opts, progress=False)
+    dense = train_exits(cache, (4, 8), folder / "dense", "dense", seed=0, opts=opts, progress=False)
     timing = Timing(images=1, repeats=3)
     single = evaluate_exits(det, data, (0.6, 0.9), progress=False, timing=timing)
     designs = compare_designs([det, dense], data, tuple(THRESHOLDS), THRESHOLDS, timing=timing, progress=False)

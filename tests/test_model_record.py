@@ -15,7 +15,7 @@ from probe_kit.cache.writer import write_cache
 from probe_kit.cli.main import cli
 from probe_kit.data.spec import parse_data_spec
 from probe_kit.heads.store import load_exits
-from probe_kit.heads.train import ExitTraining, train_exit_heads
+from probe_kit.heads.training import ExitTraining, train_exits
 from probe_kit.models.layers import resolve_layers
 from probe_kit.models.loading import ModelSpec
 from probe_kit.models.record import ModelRecord, build_processor, load_recorded, weights_fingerprint
@@ -46,7 +46,7 @@ def cache_96(model_dir, synth_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def exits_96(cache_96, tmp_path_factory):
     out = tmp_path_factory.mktemp("record_exits") / "exits"
-    return train_exit_heads(cache_96, (2,), out, opts=ExitTraining(epochs=1), progress=False)
+    return train_exits(cache_96, (2,), out, "det", opts=ExitTraining(epochs=1), progress=False)
 
 
 def _pixels(processor, cache: FeatureCache, index: int) -> torch.Tensor:
@@ -74,7 +74,7 @@ def test_load_cache_model_and_load_exits_resize_to_the_cache_input_size(cache_96
         exit_model, exit_processor, _, config = load_exits(exits_96)
         exit_pixels = _pixels(exit_processor, cache, 0)
     assert tuple(pixels.shape[-2:]) == (EDGE, EDGE) and tuple(exit_pixels.shape[-2:]) == (EDGE, EDGE)
-    assert config["base_model"]["processor"]["size"]["shortest_edge"] == EDGE
+    assert config.base_model["processor"]["size"]["shortest_edge"] == EDGE
     with torch.no_grad():
         ours = model(pixel_values=pixels)
         theirs = exit_model(pixel_values=exit_pixels)

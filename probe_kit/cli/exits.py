@@ -58,11 +58,10 @@ from probe_kit.cli.outputs import check_outputs, dir_out, guarded
 )
 @click.option(
     "--head",
-    type=click.Choice(["det", "dense"]),
     default="det",
     show_default=True,
-    help="det: heads on det tokens, from the pretrained head; dense: per-patch objectness + box on patch tokens "
-    "(NMS), the last layer keeps the model's head. Dense needs a cache with patch tokens.",
+    help="An exit-head type: det (heads on det tokens, from the pretrained head), dense (per-patch objectness + "
+    "box on patch tokens, NMS; the last layer keeps the model's head; needs patch tokens) or a registered plug-in.",
 )
 def train_exits(
     cache_path,
@@ -84,11 +83,16 @@ def train_exits(
     """Train exit heads on cached tokens: det heads (from the pretrained head) or dense heads on patch tokens."""
     from probe_kit import api, distributed
     from probe_kit.cache.reader import FeatureCache
-    from probe_kit.heads.train import ExitTraining
+    from probe_kit.heads.registry import head_type
+    from probe_kit.heads.training import ExitTraining
     from probe_kit.models.layers import resolve_layers
     from probe_kit.training.data import SPLIT_GAP
 
     check_outputs(dir_out(out))  # before any training
+    try:
+        head_type(head)
+    except ValueError as err:
+        raise click.BadParameter(str(err).split(": ", 1)[-1], param_hint="--head") from None
     with FeatureCache(cache_path) as cache:
         resolve_layers(layers, cache.model["config"]["num_hidden_layers"])  # a bad selection fails before any work
     training = dict(
@@ -125,7 +129,10 @@ def train_exits(
     "--out", type=click.Path(path_type=Path), required=True, help="Output folder (result.json, detections/*.json)."
 )
 @click.option(
-    "--policy", default="confidence", show_default=True, help="confidence, patience or a registered policy plug-in."
+    "--policy",
+    default="confidence",
+    show_default=True,
+    help="confidence, patience, learned, oracle (a bound) or a registered policy plug-in.",
 )
 @click.option(
     "--thresholds",
@@ -136,7 +143,8 @@ def train_exits(
 @click.option(
     "--policies",
     default=None,
-    help="Compare designs: a subset of confidence,patience,learned,oracle, over every --exits folder on the same "
+    help="Compare designs: registered policies (built in: confidence,patience,learned,oracle) over every --exits "
+    "folder on the same "
     "held-out images -> result.json `designs`, Pareto front, latency check (oracle: a bound).",
 )
 @click.option(
@@ -190,10 +198,11 @@ def evaluate_exits(
         cuts = thresholds or DEFAULT_THRESHOLDS  # finite numbers, or refused naming --thresholds
         timing = Timing(images=timing_images, repeats=timing_repeats, threads=threads)
         if policies is not None or len(exits_dirs) > 1:  # the design comparison: rank 0 alone (it times side by side)
-            from probe_kit.heads.designs import THRESHOLDS, design_lines, parse_policies
+            from probe_kit.heads.designs import default_thresholds, design_lines, parse_policies
 
+            grids = default_thresholds()
             try:
-                chosen = parse_policies(",".join(THRESHOLDS) if policies is None else policies)
+                chosen = parse_policies(",".join(grids) if policies is None else policies)
             except ValueError as err:
                 raise click.BadParameter(str(err).split(": ", 1)[-1], param_hint="--policies") from None
             result = distributed.on_rank_zero(
@@ -201,7 +210,7 @@ def evaluate_exits(
                     exits_dirs,
                     data_spec,
                     policies=chosen,
-                    thresholds={p: cuts for p in chosen} if thresholds else THRESHOLDS,
+                    thresholds={p: cuts for p in chosen} if thresholds else grids,
                     max_ap50_loss=0.01 if max_ap50_loss is None else max_ap50_loss,
                     device=device,
                     timing=timing,

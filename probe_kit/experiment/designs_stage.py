@@ -13,7 +13,7 @@ import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from probe_kit.errors import UserError
 from probe_kit.options import NonNegativeInt, PositiveInt, check_fields
@@ -25,16 +25,11 @@ HEADS = ("det", "dense")
 class DesignsConfig:
     """``exits: designs:`` in an experiment YAML."""
 
-    heads: tuple[Literal["det", "dense"], ...] = HEADS
+    heads: tuple[str, ...] = HEADS  # HEAD_TYPES names
     finetune_blocks: tuple[NonNegativeInt, ...] = (0, 2)  # 0 = frozen backbone (heads only, from the cache)
     finetune_epochs: PositiveInt = 2
     epochs: PositiveInt | None = None  # head epochs of the added folders (default: the exits stage's)
-    policies: tuple[Literal["confidence", "patience", "learned", "oracle"], ...] = (
-        "confidence",
-        "patience",
-        "learned",
-        "oracle",
-    )
+    policies: tuple[str, ...] = ("confidence", "patience", "learned", "oracle")  # POLICIES names
     timing_images: PositiveInt = 16
     timing_repeats: PositiveInt = 15
 
@@ -43,9 +38,15 @@ class DesignsConfig:
         """Validated from the YAML mapping; errors name ``where.key`` (one line)."""
         if not isinstance(raw, dict):
             raise UserError(f"{where}: expected a mapping with keys from {[f.name for f in fields(cls)]}")
+        from probe_kit.heads import HEAD_TYPES, POLICIES
+
         config = cls(**check_fields(cls, raw, prefix=f"{where}.", noun="key"))
         if 0 not in config.finetune_blocks or not config.heads or not config.policies:
             raise UserError(f"{where}: expected heads and policies, and finetune_blocks including 0 (frozen)")
+        for key, names, known in (("heads", config.heads, HEAD_TYPES), ("policies", config.policies, POLICIES)):
+            unknown = [n for n in names if n not in known]
+            if unknown:
+                raise UserError(f"{where}.{key}: {unknown[0]!r} is not registered; expected some of {', '.join(known)}")
         return config
 
 
@@ -56,19 +57,18 @@ def designs_stage(cfg, cache_path: Path, data_text: str, out: Path, say: Callabl
     from probe_kit.data.spec import parse_data_spec
     from probe_kit.decision import criteria_from
     from probe_kit.decision.design import recommend_design
-    from probe_kit.heads.dense_train import train_dense_exits
     from probe_kit.heads.designs import compare_designs
-    from probe_kit.heads.evaluate import Timing
-    from probe_kit.heads.train import ExitTraining, train_exit_heads
+    from probe_kit.heads.pipeline import Timing
+    from probe_kit.heads.store import read_exits_config, stamp_inputs_key, up_to_date
+    from probe_kit.heads.training import ExitTraining, train_exits
     from probe_kit.io import write_json
 
     base = out / "exits"
     if "designs" not in cfg.exits or not (base / "config.json").is_file():
         return None
     spec = DesignsConfig.from_yaml(cfg.exits["designs"], "exits.designs")
-    base_config = json.loads((base / "config.json").read_text())
-    layers = tuple(base_config["layers"])
-    opts = ExitTraining(**{**base_config["training"], "val_sequences": tuple(base_config["training"]["val_sequences"])})
+    base_config = read_exits_config(base)
+    layers, opts = base_config.layers, ExitTraining.from_json(base_config.training)
     with FeatureCache(cache_path) as cache:
         fingerprint = cache.fingerprint
     folders = []
@@ -85,16 +85,12 @@ def designs_stage(cfg, cache_path: Path, data_text: str, out: Path, say: Callabl
                 [fingerprint, head, list(layers), asdict(training), cfg.seed], sort_keys=True, default=list
             )
             key = hashlib.sha256(text.encode()).hexdigest()[:16]
-            config_path = folder / "config.json"
-            if config_path.is_file() and json.loads(config_path.read_text()).get("inputs_key") == key:
+            if up_to_date(folder, key):
                 say(f"[designs] {folder.name}: up to date")
             else:
                 say(f"[designs] training {head} exits at layers {list(layers)}, {k} fine-tuned blocks -> {folder}")
-                train = train_dense_exits if head == "dense" else train_exit_heads
-                train(cache_path, layers, folder, cfg.seed, training, device=cfg.device)
-                config = json.loads(config_path.read_text())
-                config["inputs_key"] = key
-                config_path.write_text(json.dumps(config, indent=2))
+                train_exits(cache_path, layers, folder, head, cfg.seed, training, device=cfg.device)
+                stamp_inputs_key(folder, key)
             folders.append(folder)
     criteria = criteria_from(cfg.decision, "decision")
     data_spec = parse_data_spec(data_text, stride=cfg.stride, min_visibility=cfg.min_visibility)

@@ -137,7 +137,8 @@ def _exits_stage(
     from probe_kit.cache.reader import FeatureCache
     from probe_kit.data.spec import parse_data_spec
     from probe_kit.heads.evaluate import DEFAULT_THRESHOLDS, Timing, evaluate_exits
-    from probe_kit.heads.train import ExitTraining, train_exit_heads
+    from probe_kit.heads.store import stamp_inputs_key, up_to_date
+    from probe_kit.heads.training import ExitTraining, train_exits
     from probe_kit.io import write_json
 
     layers = _exit_layers(cfg, decision, say)
@@ -152,14 +153,12 @@ def _exits_stage(
     opts = ExitTraining(**training)
     key = _inputs_key(fingerprint, "exits", ",".join(map(str, layers)), asdict(opts), cfg.seed)
     config_path = out / "exits" / "config.json"
-    if config_path.is_file() and json.loads(config_path.read_text()).get("inputs_key") == key:
+    if up_to_date(out / "exits", key):
         say("[exits] exit heads up to date")
     else:
         say(f"[exits] training exit heads at layers {list(layers)}")
-        train_exit_heads(cache_path, layers, out / "exits", cfg.seed, opts, device=cfg.device)
-        config = json.loads(config_path.read_text())
-        config["inputs_key"] = key
-        config_path.write_text(json.dumps(config, indent=2))
+        train_exits(cache_path, layers, out / "exits", "det", cfg.seed, opts, device=cfg.device)
+        stamp_inputs_key(out / "exits", key)
         (out / "exits_eval" / "result.json").unlink(missing_ok=True)
     eval_path = out / "exits_eval" / "result.json"
     if eval_path.is_file():

@@ -35,8 +35,8 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
-from probe_kit.heads.policies import KEEP_SCORE, OnlineRule
-from probe_kit.heads.records import ExitRecords, ExitStats
+from probe_kit.heads.policies import OnlineRule
+from probe_kit.heads.records import KEEP_SCORE, ExitRecords, ExitStats
 from probe_kit.ops.matching import iou_matrix
 
 TARGET_IOU = 0.5

@@ -1,56 +1,96 @@
-"""Exit policies as pure functions over recorded exit outputs: the plug-in interface.
+"""Exit policies: the interface. A policy is described by a ``PolicySpec`` and registered in
+``heads/policy_registry.py`` (built-ins and plug-ins alike); docs/exit-policies.md has a complete toy.
 
-A **policy** maps recorded outputs and a threshold to an exit layer per image::
+A fitted policy maps recorded outputs and a threshold to an exit layer per image::
 
     PolicyFn = Callable[[ExitRecords, float], torch.Tensor]   # -> [I] long, each image's exit layer
 
-It must be pure (same records and threshold, same answer) and may read every exit of an image,
-the final layer included: an ``oracle`` bound is a PolicyFn. A policy that can also run *live*
+It must be pure (same records and threshold, same answer) and may read every exit of an image, the
+final layer included: a bound such as ``oracle`` is a PolicyFn. A policy that can also run *live*
 (in ``MultiExitYolos``, where later exits do not exist yet) is written as an **online rule**::
 
     OnlineRule = Callable[[Sequence[ExitStats], float], torch.Tensor]   # -> [b] bool
 
-called at each exit but the last with the ``ExitStats`` of the exits seen so far (oldest first,
-rows = the images still running) and answering which images may leave now; it must be row-wise
-(row i's answer depends on row i only). ``online_policy(rule)`` turns a rule into the PolicyFn that
-makes the same decisions as the live model (tested against it). The last exit always takes the
-images that are left. Register plug-ins with ``register_policy(name, policy=...)`` (offline only,
-e.g. ``oracle``) or ``register_policy(name, rule=...)`` (online, e.g. a ``learned`` gate over
-``ExitStats.pooled`` and the person probabilities, trained elsewhere and closed over).
+called at each exit but the last with the ``ExitStats`` of the exits seen so far (oldest first, rows =
+the images still running), answering which images may leave now; it must be row-wise. ``online_policy``
+turns a rule into the PolicyFn that makes the same decisions as the live model (tested against it);
+a policy with a rule is timed live (its own cost included), one without by replaying its recorded exits.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import torch
 
-from probe_kit.heads.records import ExitRecords, ExitStats
+from probe_kit.heads.records import KEEP_SCORE, ExitRecords, ExitStats
 from probe_kit.ops.boxes import paired_iou
-
-KEEP_SCORE = 0.5  # a token whose person probability reaches this is a kept detection
 
 PolicyFn = Callable[[ExitRecords, float], torch.Tensor]
 OnlineRule = Callable[[Sequence[ExitStats], float], torch.Tensor]
 
-POLICIES: dict[str, PolicyFn] = {}
-RULES: dict[str, OnlineRule] = {}
+
+@dataclass(frozen=True)
+class FittedPolicy:
+    """A policy ready to score records: ``choose`` (a PolicyFn), the ``rule`` that runs it live (None: an
+    offline policy, timed by replaying its exits) and ``info`` recorded beside its settings (e.g. what a
+    gate learned from)."""
+
+    choose: PolicyFn
+    rule: OnlineRule | None = None
+    info: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PolicyInputs:
+    """What ``PolicySpec.fit`` may use: the records of the heads' *training* images (only for ``fitted``
+    specs; never scored images), the seed, and the agreement target of gates and bounds."""
+
+    training: ExitRecords | None
+    seed: int
+    target_f1: float
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    """An exit policy: its ``name``, default threshold grid, how it is fitted, and what it is.
+
+    ``bound``: it looks at every exit of an image (no deployable policy can), so it is reported as a
+    bound, kept off the Pareto front and never timed. ``fitted``: ``fit`` reads ``PolicyInputs.training``.
+    ``cost``: GFLOPs the policy adds per intermediate exit evaluated, from ``(tokens the exit reads,
+    hidden size)``; None when it adds nothing that FLOPs count.
+    """
+
+    name: str
+    thresholds: tuple[float, ...]
+    fit: Callable[[PolicyInputs], FittedPolicy]
+    summary: str
+    bound: bool = False
+    fitted: bool = False
+    cost: Callable[[int, int], float] | None = None
+
+    @property
+    def label(self) -> str:
+        """The name results carry (a bound says so in its name)."""
+        return f"{self.name} (bound, not a result)" if self.bound else self.name
+
+
+def online(rule: OnlineRule) -> Callable[[PolicyInputs], FittedPolicy]:
+    """``PolicySpec.fit`` of a policy that is one fixed online rule."""
+    return lambda _inputs: FittedPolicy(online_policy(rule), rule)
 
 
 def confidence_rule(history: Sequence[ExitStats], threshold: float) -> torch.Tensor:
-    """Leave when no det token is undecided: every token's person probability p is at most
-    ``1 - threshold`` (surely not a person) or at least ``threshold`` (surely one).
-
-    With 100 det tokens most tokens are near-certain no-object, so this can fire where requiring
-    every token's *top class* probability to pass the threshold (the former rule) practically never does.
-    """
+    """Leave when no detection slot is undecided: every slot's person probability p is at most
+    ``1 - threshold`` (surely not a person) or at least ``threshold`` (surely one)."""
     person = history[-1].person
     return ((person <= 1 - threshold) | (person >= threshold)).all(-1)
 
 
 def patience_rule(history: Sequence[ExitStats], threshold: float) -> torch.Tensor:
     """Leave when the kept detections (person probability >= ``KEEP_SCORE``) of this exit and the
-    previous one agree: the same tokens kept, and each kept token's two boxes overlap with IoU >= ``threshold``."""
+    previous one agree: the same slots kept, and each kept slot's two boxes overlap with IoU >= ``threshold``."""
     if len(history) < 2:
         return torch.zeros(history[-1].person.shape[0], dtype=torch.bool)
     before, now = history[-2], history[-1]
@@ -75,24 +115,8 @@ def online_policy(rule: OnlineRule) -> PolicyFn:
     return policy
 
 
-def register_policy(name: str, *, policy: PolicyFn | None = None, rule: OnlineRule | None = None) -> None:
-    """Add a policy by name: an online ``rule`` (runs live too) or an offline ``policy`` (sweep only)."""
-    if (policy is None) == (rule is None):
-        raise ValueError(f"policy {name!r}: give exactly one of policy= or rule=")
-    if name in ("fixed", "replay"):
-        raise ValueError(f"policy {name!r}: reserved by MultiExitYolos")
-    if rule is not None:
-        RULES[name] = rule
-        policy = online_policy(rule)
-    POLICIES[name] = policy
-
-
 def static_exit(records: ExitRecords, layer: int) -> torch.Tensor:
     """Every image at ``layer``: [I] long."""
     if layer not in records.layers:
         raise ValueError(f"exit {layer}: no exit head there (exits {list(records.layers)})")
     return torch.full((len(records),), layer, dtype=torch.long)
-
-
-register_policy("confidence", rule=confidence_rule)
-register_policy("patience", rule=patience_rule)

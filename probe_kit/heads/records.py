@@ -22,6 +22,7 @@ from probe_kit.models.predict import detections_from_scores, person_scores
 from probe_kit.models.runner import batch_bounds
 
 FIELDS = ("person", "top", "boxes", "pooled")  # ExitStats' tensors, in order
+KEEP_SCORE = 0.5  # a detection slot whose person probability reaches this is a kept detection
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,264 @@
+"""The one evaluation pipeline of exits folders, which ``evaluate-exits`` and the design comparison both run:
+
+1. **Load** each folder (``Design``): its config, the base model rebuilt from the record, the heads.
+2. **Held out**: only images that trained or early-stopped nothing in any folder are scored (dropped ones
+   counted; all of them -> refused).
+3. **One recording pass** per folder (``record``): every exit runs once per image, streamed, and its
+   outputs are kept as ``ExitRecords``; FLOPs are measured at the largest input size.
+4. **Policies from the records** (``fit_policies``, ``score``): each registered policy is fitted (a
+   ``fitted`` one on records of the folder's *training* images, never scored ones) and every setting's
+   exits, COCO metrics (one COCO evaluation per exit, ``PerImageChoice``) and GFLOPs are computed
+   without running the model again.
+5. **Timing** (``time_settings``): the unmodified model and the chosen settings, interleaved in one
+   ``interleaved_latency`` run on the same images; an online policy runs live (its own cost included),
+   an offline one replays its recorded exits.
+
+GFLOPs per image count the blocks actually run, every exit head evaluated on the way (one for a static
+exit; ``ExitHead.exit_gflops``) and, for a policy with a ``cost``, its evaluation at every intermediate
+exit reached.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from probe_kit.data.sample import Sample
+from probe_kit.data.spec import DataSpec
+from probe_kit.heads.interface import ExitHead
+from probe_kit.heads.multi_exit import MultiExitYolos, Policy
+from probe_kit.heads.policies import FittedPolicy, PolicyInputs, PolicySpec, static_exit
+from probe_kit.heads.policy_registry import policy_spec
+from probe_kit.heads.records import ExitRecords, record_exits, record_exits_sharded
+from probe_kit.heads.store import ExitsConfig, load_exits
+from probe_kit.metrics.per_image import PerImageChoice
+from probe_kit.models.flops import FlopProfile, measure_flops
+from probe_kit.models.loading import person_label_index
+from probe_kit.models.runner import input_size
+from probe_kit.models.timing import Latency, interleaved_latency
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How latency is measured: ``images`` scored images (evenly spaced), ``repeats`` interleaved rounds.
+
+    A static exit's compute does not depend on the image (one input size), so a few images time it;
+    an adaptive setting's exits do, so its FLOPs over exactly the timed images are reported next to it.
+    """
+
+    images: int = 4
+    repeats: int = 11
+    warmup: int = 1
+    threads: int = 1
+
+
+def check_thresholds(thresholds: Sequence[float], name: str = "thresholds") -> None:
+    """Policy thresholds are probabilities, IoUs or F1 cuts: finite numbers in [0, 1] (``nan`` fails both bounds)."""
+    numbers = isinstance(thresholds, (list, tuple)) and all(
+        isinstance(t, (int, float)) and not isinstance(t, bool) and 0 <= t <= 1 for t in thresholds
+    )
+    if not numbers or not thresholds:
+        raise ValueError(f"{name}: expected a list of numbers in [0, 1], got {str(thresholds)[:60]}")
+
+
+@dataclass
+class Design:
+    """One exits folder, loaded for scoring; ``record`` fills ``records``, ``profile`` and ``head_gflops``."""
+
+    path: Path
+    config: ExitsConfig
+    model: torch.nn.Module
+    processor: object
+    multi: MultiExitYolos
+    records: ExitRecords | None = None
+    profile: FlopProfile | None = None
+    chooser: PerImageChoice | None = None
+    head_gflops: dict[int, float] | None = None
+    policies_fitted_on: tuple[int, ...] = ()  # image ids of the records fitted policies learned from
+
+    @classmethod
+    def load(cls, path: Path, device: str) -> Design:
+        model, processor, heads, config = load_exits(path, device=device)
+        multi = MultiExitYolos(model, heads, person_label_index(model.config)).eval()
+        return cls(Path(path), config, model, processor, multi)
+
+    @property
+    def heads(self) -> ExitHead:
+        return self.multi.heads
+
+    def record(self, samples: Sequence[Sample], size: tuple[int, int], gt: dict, progress: bool, sharded: bool) -> None:
+        """Step 3: every exit once per image (``sharded``: each torchrun rank its share), FLOPs at ``size``."""
+        self.profile = measure_flops(self.model, size)
+        recorder = record_exits_sharded if sharded else record_exits
+        self.records = recorder(self.multi, self.processor, samples, progress)
+        detections = {k: self.records.detections(static_exit(self.records, k)) for k in self.records.layers}
+        self.chooser = PerImageChoice(gt, detections)
+        patches = _patches(self.model, size)
+        self.head_gflops = {k: self.heads.exit_gflops(k, self.profile, patches) for k in self.records.layers}
+
+    def tokens_read(self, layer: int, size: tuple[int, int]) -> int:
+        """How many tokens exit ``layer`` reads on an input of ``size`` (what a gate pools)."""
+        role = self.heads.token_role(layer)
+        return {"det": self.heads.num_det, "cls": 1}.get(role) or _patches(self.model, size)
+
+
+def _patches(model, size: tuple[int, int]) -> int:
+    patch = model.config.patch_size
+    patch = patch[0] if isinstance(patch, (list, tuple)) else patch
+    return (size[0] // patch) * (size[1] // patch)
+
+
+def held_out(samples: Sequence[Sample], designs: Sequence[Design], data_spec: DataSpec) -> tuple[list[Sample], int]:
+    """Step 2: ``(samples that trained nothing in any design, how many were dropped)``; refuses when none is left."""
+    trained = set().union(*(d.config.trained_ids for d in designs))
+    kept = [s for s in samples if s.image_id not in trained]
+    if not kept:
+        split = designs[0].config.split if len(designs) == 1 else {}
+        hint = (
+            f"--sequences {','.join(split['val_groups'])}"
+            if split.get("unit") == "sequence" and split.get("val_groups")
+            else "other --sequences or --split second-half (overlapping images are dropped)"
+        )
+        where = designs[0].path if len(designs) == 1 else "the exits folders"
+        raise ValueError(
+            f"--data {data_spec.text()}: all {len(samples)} images trained or early-stopped the heads in {where}; "
+            f"pass held-out data, e.g. {hint}"
+        )
+    return kept, len(samples) - len(kept)
+
+
+def largest_input(design: Design, samples: Sequence[Sample]) -> tuple[int, int]:
+    """The largest (w, h) the processor makes of ``samples``: where FLOPs are measured."""
+    return max({input_size(design.processor, s) for s in samples}, key=lambda s: s[0] * s[1])
+
+
+def fit_policies(design: Design, names: Sequence[str], seed: int, target_f1: float, progress: bool) -> dict:
+    """Step 4a: each named policy fitted for ``design``: ``{name: (spec, FittedPolicy)}``."""
+    specs = [policy_spec(n, "--policies") for n in names]
+    training = _training_records(design, progress) if any(s.fitted for s in specs) else None
+    design.policies_fitted_on = training.image_ids if training is not None else ()
+    fitted = {}
+    for spec in specs:
+        inputs = PolicyInputs(training if spec.fitted else None, seed, target_f1)
+        fitted[spec.name] = (spec, spec.fit(inputs))
+    return fitted
+
+
+def _training_records(design: Design, progress: bool) -> ExitRecords:
+    """Records of the folder's training images, reloaded from the dataset of the cache the heads trained on."""
+    from probe_kit.cache.reader import FeatureCache
+
+    with FeatureCache(Path(design.config.cache)) as cache:
+        spec = cache.data_spec()
+    wanted = set(design.config.train_image_ids)
+    samples = [s for s in spec.load() if s.image_id in wanted]
+    if len(samples) != len(wanted):
+        raise ValueError(f"{design.path}: {len(wanted) - len(samples)} training images are no longer in {spec.text()}")
+    return record_exits(design.multi, design.processor, samples, progress)
+
+
+@dataclass(frozen=True, eq=False)
+class Setting:
+    """One way to run a design: every image at ``layer`` (``policy`` None: static), or a fitted policy at
+    ``threshold``; ``layers`` [I] is each scored image's exit."""
+
+    design: Design
+    layers: torch.Tensor
+    spec: PolicySpec | None = None
+    fitted: FittedPolicy | None = None
+    threshold: float | None = None
+
+    @property
+    def static(self) -> bool:
+        return self.spec is None
+
+    def timed_policy(self, picks: np.ndarray) -> list[Policy]:
+        """What ``MultiExitYolos`` runs for the timed images ``picks``: live when the policy has a rule."""
+        if self.static:
+            return [Policy.fixed(int(self.layers[0]))] * len(picks)
+        if self.fitted.rule is not None:
+            return [Policy.online(self.fitted.rule, self.threshold)] * len(picks)
+        return [Policy.replay(int(k)) for k in self.layers[picks].tolist()]
+
+
+def settings(design: Design, fitted: dict, thresholds: dict[str, Sequence[float]]) -> list[Setting]:
+    """Step 4b: the static exits of ``design``, then every fitted policy at each of its thresholds."""
+    records = design.records
+    out = [Setting(design, static_exit(records, k)) for k in records.layers]
+    for name, (spec, policy) in fitted.items():
+        out += [Setting(design, policy.choose(records, t), spec, policy, t) for t in thresholds[name]]
+    return out
+
+
+def score(setting: Setting, keys: Sequence[str] | None = ("AP", "AP50", "AP75")) -> dict:
+    """COCO metrics ``keys`` (None: all), mean GFLOPs and exit histogram of ``setting`` over the scored images."""
+    records, layers = setting.design.records, setting.layers
+    metrics = setting.design.chooser.score(dict(zip(records.image_ids, layers.tolist(), strict=True)))
+    return {
+        **(metrics if keys is None else {k: metrics[k] for k in keys}),
+        "mean_gflops": mean_gflops(setting, layers),
+        "exit_histogram": {str(k): c for k, c in sorted(Counter(layers.tolist()).items())},
+    }
+
+
+def mean_gflops(setting: Setting, layers: torch.Tensor) -> float:
+    """Mean over images of blocks to each exit in ``layers``, the heads evaluated on the way (only its own for a
+    static exit) and the policy's cost at every intermediate exit reached."""
+    design = setting.design
+    exits, head = design.records.layers, design.head_gflops
+    size = design.profile.input_size
+    cost = setting.spec.cost if setting.spec is not None else None
+    per_image = []
+    for k in layers.tolist():
+        heads = head[k] if setting.static else sum(head[e] for e in exits if e <= k)
+        reached = [e for e in exits[:-1] if e <= k] if cost else []
+        extra = sum(cost(design.tokens_read(e, size), design.model.config.hidden_size) for e in reached)
+        per_image.append(design.profile.to_exit(k, head=0.0) + heads + extra)
+    return float(np.mean(per_image))
+
+
+def timed_picks(samples: Sequence[Sample], timing: Timing) -> np.ndarray:
+    """Indices of the ``timing.images`` scored images timed, evenly spaced."""
+    return np.unique(np.linspace(0, len(samples) - 1, min(timing.images, len(samples))).round().astype(int))
+
+
+def time_settings(
+    reference: Design, samples: Sequence[Sample], plans: dict, timing: Timing, progress: bool
+) -> dict[object, Latency]:
+    """Step 5: interleaved latency of the unmodified model (``full``) and each planned ``Setting`` on the same
+    timed images (batch 1)."""
+    picks = timed_picks(samples, timing)
+    params = next(reference.model.parameters())
+    pixels = [
+        reference.processor(images=[samples[i].load_image()], return_tensors="pt")["pixel_values"].to(
+            device=params.device, dtype=params.dtype
+        )
+        for i in picks
+    ]
+
+    def runner(run: Callable[[torch.Tensor, int], object]) -> Callable[[], None]:
+        def go() -> None:
+            with torch.no_grad():
+                for i, p in enumerate(pixels):
+                    run(p, i)
+
+        return go
+
+    runs = {"full": runner(lambda p, _i: reference.model(pixel_values=p))}
+    for key, setting in plans.items():
+        policies = setting.timed_policy(picks)
+        runs[key] = runner(lambda p, i, s=setting, ps=policies: s.design.multi(p, ps[i]))
+    return interleaved_latency(runs, len(picks), timing.repeats, timing.warmup, timing.threads, progress)
+
+
+def by_difficulty(samples: Sequence[Sample], layers: torch.Tensor) -> dict[str, dict[str, int]]:
+    """Images per exit layer for each difficulty label (``all`` where the data have none)."""
+    counts: dict[str, Counter] = {}
+    for sample, layer in zip(samples, layers.tolist(), strict=True):
+        counts.setdefault(sample.meta.get("difficulty", "all"), Counter())[layer] += 1
+    return {d: {str(k): c for k, c in sorted(cnt.items())} for d, cnt in sorted(counts.items())}

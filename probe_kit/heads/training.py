@@ -1,0 +1,207 @@
+"""Training exit heads of any registered type: on cached tokens, then optionally with the blocks before them.
+
+1. **Heads on the cache.** Each trained exit's head learns from the tokens its type reads
+   (``ExitHead.token_role``) with the type's loss (ground truth + distillation towards the original
+   model's cached final outputs), early-stopped on held-out images (``training/fit.py``).
+2. **Blocks** (``finetune_blocks > 0``): the k blocks before each exit and the heads, jointly, on live
+   images (``heads/finetune.py``; data-parallel under torchrun).
+
+The model is rebuilt from the cache's model record (``models/record.py``), never from a name. Rank 0
+alone saves; the folder records which images trained and early-stopped the heads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import torch
+
+from probe_kit import distributed
+from probe_kit.cache.reader import FeatureCache
+from probe_kit.errors import UserError
+from probe_kit.heads.finetune import FineTuning, finetune_blocks
+from probe_kit.heads.interface import ExitHead, TrainingTargets
+from probe_kit.heads.registry import head_type
+from probe_kit.heads.store import ExitsConfig, save_exits
+from probe_kit.models.record import load_recorded
+from probe_kit.ops.boxes import xywh_to_cxcywh_norm
+from probe_kit.options import (
+    Fraction,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Range,
+    check_instance,
+)
+from probe_kit.training.data import (
+    SPLIT_GAP,
+    Split,
+    apply_in_chunks,
+    box_targets,
+    cache_record,
+    iter_batches,
+    make_split,
+)
+from probe_kit.training.fit import fit
+
+
+@dataclass(frozen=True)
+class ExitTraining:
+    """How exit heads are trained; the one place for the defaults the CLI, YAML and Python API use."""
+
+    epochs: PositiveInt = 30
+    lr: PositiveFloat = 5e-4
+    batch_size: PositiveInt = 32
+    set_weight: NonNegativeFloat = 1.0  # loss against ground truth
+    distill_weight: NonNegativeFloat = 1.0  # distillation towards the final layer
+    val_fraction: Fraction = 0.3
+    val_sequences: tuple[str, ...] = ()
+    split_gap: Annotated[float, Range(0, 1, max_open=True)] = SPLIT_GAP  # share of a sequence's frames left out
+    train_last: bool = False  # also train the final layer's head (default: keep the model's own)
+    finetune_blocks: NonNegativeInt = 0  # then fine-tune the k blocks before each exit jointly, on live images
+    finetune_epochs: PositiveInt = 3
+    finetune_lr: PositiveFloat = 1e-5
+
+    def __post_init__(self) -> None:
+        check_instance(self)  # typed and in range however it was built (CLI, YAML, Python)
+        if self.set_weight == 0 and self.distill_weight == 0:
+            raise UserError(
+                "set_weight (--set-weight) and distill_weight (--distill-weight) are both 0: no loss to train"
+            )
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "val_sequences": list(self.val_sequences)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> ExitTraining:
+        return cls(**{**data, "val_sequences": tuple(data.get("val_sequences", ()))})
+
+
+def train_exits(
+    cache_path: Path,
+    layers: tuple[int, ...],
+    out: Path,
+    head: str = "det",
+    seed: int = 0,
+    opts: ExitTraining = ExitTraining(),
+    progress: bool = True,
+    device: str = "cpu",
+) -> Path:
+    """Train ``head`` exit heads (a ``HEAD_TYPES`` name) for ``layers`` on a cache; writes an exits folder.
+
+    ``device`` is where the model runs (block fine-tuning); heads train on cached tokens on the CPU.
+    """
+    cls = head_type(head)
+    with FeatureCache(cache_path) as cache:
+        missing = [k for k in layers if k not in cache.layers]
+        if missing:
+            raise ValueError(f"{cache_path}: layers {missing} are not in the cache (cached: {list(cache.layers)})")
+        samples = cache.samples()
+        split = make_split(samples, opts.val_fraction, val_sequences=opts.val_sequences, gap=opts.split_gap)
+        model, processor = load_recorded(cache_record(cache), "cpu", str(cache.path))
+        torch.manual_seed(seed)  # fresh heads (e.g. dense) start from the seed, not from whatever ran before
+        heads = cls.from_model(model, layers)
+        heads.validate(cache.tokens, str(cache_path))
+        targets = training_targets(cache, samples, model.config.num_labels, opts)
+        histories = {
+            str(k): _fit_on_cache(heads, cache, k, split, targets, opts, seed, progress)
+            for k in heads.trained_layers(opts.train_last)
+        }
+        finetuned, finetune_history = [], []
+        if opts.finetune_blocks > 0:
+            live = live_dataset(cache, samples)
+            tuning = FineTuning(
+                opts.finetune_blocks, opts.finetune_epochs, opts.finetune_lr, opts.batch_size, seed, progress
+            )
+            finetuned, finetune_history = finetune_blocks(model, processor, heads, live, split, targets, tuning, device)
+        config = ExitsConfig(
+            layers=heads.layers,
+            head=cls.name,
+            **_provenance(cache, samples, split),
+            seed=seed,
+            training=opts.to_json(),
+            history=histories,
+            finetuned_blocks=tuple(finetuned),
+            finetune_history=tuple(finetune_history),
+            finetune_processes=distributed.world_size() if finetuned else None,  # effective batch: batch_size
+        )
+    blocks = {
+        k: v for k, v in model.state_dict().items() if any(k.startswith(f"vit.encoder.layer.{i}.") for i in finetuned)
+    }
+    # Under torchrun with --finetune-blocks every rank holds the same all-reduced weights; rank 0 saves them.
+    return distributed.on_rank_zero(lambda: save_exits(heads, config, out, blocks))
+
+
+def _provenance(cache: FeatureCache, samples: list, split: Split) -> dict:
+    """What an exits folder records about its inputs: the model record, the cache and the images used."""
+    return {
+        "base_model": cache_record(cache).to_json(),
+        "train_image_ids": tuple(int(samples[i].image_id) for i in split.train),
+        "holdout_image_ids": tuple(int(samples[i].image_id) for i in split.holdout),
+        "cache": str(Path(cache.path).resolve()),
+        "cache_fingerprint": cache.fingerprint,
+        "split": split.describe(samples),
+    }
+
+
+def training_targets(cache: FeatureCache, samples: list, num_labels: int, opts: ExitTraining) -> TrainingTargets:
+    """Ground truth and the original model's cached final outputs (the teacher) of every cached image."""
+    person = cache.person_index()
+    final_logits, final_boxes = (torch.from_numpy(a) for a in cache.final_outputs())
+    return TrainingTargets(
+        boxes=box_targets(samples, person),
+        final_logits=final_logits,
+        final_boxes=final_boxes,
+        gt_xywh=[xywh_to_cxcywh_norm(s.boxes, s.width, s.height).astype(np.float32) for s in samples],
+        grid=(cache.layout.grid_h, cache.layout.grid_w),
+        person_index=person,
+        num_labels=num_labels,
+        set_weight=opts.set_weight,
+        distill_weight=opts.distill_weight,
+    )
+
+
+def _fit_on_cache(
+    heads: ExitHead,
+    cache: FeatureCache,
+    layer: int,
+    split: Split,
+    targets: TrainingTargets,
+    opts: ExitTraining,
+    seed: int,
+    progress: bool,
+) -> list[dict]:
+    """Train exit ``layer``'s head on its cached tokens; early-stopped on the holdout images' loss."""
+    role, loss = heads.token_role(layer), heads.loss(targets)
+    torch.manual_seed(seed)
+
+    def batches(epoch: int):
+        rng = np.random.default_rng([seed, layer, epoch])
+        return iter_batches(cache, layer, role, split.train, opts.batch_size, rng)
+
+    def holdout(module) -> float:
+        outputs = apply_in_chunks(module, cache, layer, role, split.holdout, chunk=256)
+        return float(loss(layer, outputs, split.holdout)["loss"])
+
+    return fit(
+        heads.module_at(layer),
+        batches,
+        lambda module, batch: loss(layer, module(batch[1]), batch[0]),
+        holdout,
+        opts.epochs,
+        opts.lr,
+        desc=f"{heads.name} exit head L{layer}",
+        progress=progress,
+    )
+
+
+def live_dataset(cache: FeatureCache, samples: list) -> list:
+    """The cache's images reloaded for live fine-tuning; refused, naming the first changed file, if the data changed."""
+    live = cache.load_dataset()
+    if [s.image_id for s in live] != [s.image_id for s in samples]:
+        raise ValueError(f"{cache.path}: the dataset on disk no longer matches the cache; cannot fine-tune")
+    return live
