@@ -152,8 +152,8 @@ def train_exits(
     """
     from probe_kit.cache.reader import FeatureCache
     from probe_kit.distributed import check_device
+    from probe_kit.heads.options import ExitTraining
     from probe_kit.heads.registry import head_type
-    from probe_kit.heads.training import ExitTraining
     from probe_kit.heads.training import train_exits as train
     from probe_kit.models.layers import resolve_layers
 
@@ -162,7 +162,7 @@ def train_exits(
     check_device(device, "device")
     path = _cache_path(cache)
     with FeatureCache(path) as opened:
-        chosen = resolve_layers(layers, opened.model["config"]["num_hidden_layers"])
+        chosen = resolve_layers(layers, opened.depth)
     return train(path, chosen, Path(out), head, seed, ExitTraining(**training), device=device)
 
 

@@ -171,3 +171,14 @@ def test_experiment_yaml_decision_key_is_validated(tmp_path):
     path.write_text("name: x\nsynth: {frames: 4}\ndecision: {bars: {3: 1.3}}\n")
     with pytest.raises(ValueError, match=r"exp.yaml: decision.bars: bar 1.3 at layer 3 is not an AP50"):
         load_experiment(path)
+
+
+def test_the_final_reference_is_the_readout_registered_as_the_model_whatever_its_name():
+    """At the final layer exits are measured against the readout flagged ``reference`` (the model's own head),
+    found by its metadata: renaming it changes nothing, and without the flag the best readout stands in."""
+    results = _results({6: 0.30, 12: 0.90}, readout="own-head")
+    results["own-head"]["meta"] = {**READOUT, "reference": True}
+    results["probe"] = {"analyzer": "probe", "meta": READOUT, "layers": {"6": {"AP50": 0.35}, "12": {"AP50": 0.95}}}
+    assert "final layer 12: AP50 0.900" in "\n".join(decide(results).rationale)
+    results["own-head"]["meta"] = READOUT
+    assert "final layer 12: AP50 0.950" in "\n".join(decide(results).rationale)

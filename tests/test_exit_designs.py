@@ -127,7 +127,8 @@ def patch_cache(tiny_model, synth_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def dense_exits(patch_cache, tmp_path_factory):
-    from probe_kit.heads.training import ExitTraining, train_exits
+    from probe_kit.heads.options import ExitTraining
+    from probe_kit.heads.training import train_exits
 
     out = tmp_path_factory.mktemp("dense") / "exits"
     return train_exits(patch_cache, (2, 4), out, "dense", seed=0, opts=ExitTraining(epochs=2), progress=False)
@@ -222,7 +223,8 @@ def test_no_measurable_speedup_is_not_viable_and_says_how_far():
 
 @pytest.fixture(scope="module")
 def det_exits(patch_cache, tmp_path_factory):
-    from probe_kit.heads.training import ExitTraining, train_exits
+    from probe_kit.heads.options import ExitTraining
+    from probe_kit.heads.training import train_exits
 
     out = tmp_path_factory.mktemp("det") / "exits"
     return train_exits(patch_cache, (2, 4), out, "det", seed=0, opts=ExitTraining(epochs=2), progress=False)

@@ -28,8 +28,9 @@ def current_numbers(folder: Path) -> dict:
     from probe_kit.data.synth import write_synth_dataset
     from probe_kit.heads.designs import compare_designs
     from probe_kit.heads.evaluate import evaluate_exits
+    from probe_kit.heads.options import ExitTraining
     from probe_kit.heads.pipeline import Timing
-    from probe_kit.heads.training import ExitTraining, train_exits
+    from probe_kit.heads.training import train_exits
     from probe_kit.models.loading import ModelSpec
 
     write_synth_dataset(folder / "scenes", frames=64, seed=11, frames_per_sequence=16, progress=False)

@@ -14,8 +14,9 @@ from probe_kit.cache.reader import FeatureCache
 from probe_kit.cache.writer import write_cache
 from probe_kit.cli.main import cli
 from probe_kit.data.spec import parse_data_spec
+from probe_kit.heads.options import ExitTraining
 from probe_kit.heads.store import load_exits
-from probe_kit.heads.training import ExitTraining, train_exits
+from probe_kit.heads.training import train_exits
 from probe_kit.models.layers import resolve_layers
 from probe_kit.models.loading import ModelSpec
 from probe_kit.models.record import ModelRecord, build_processor, load_recorded, weights_fingerprint

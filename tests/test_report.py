@@ -173,7 +173,7 @@ def test_not_yet_measured_hints_run_as_written(study, tmp_path):
 
 def test_alerts_are_computed_from_the_results():
     data = ReportData(Path("x"))
-    data.roles = {"lens": READOUT, "probe-linear": READOUT}
+    data.roles = {"lens": {**READOUT, "reference": True}, "probe-linear": READOUT}  # by metadata, not by name
     data.results = {
         "lens": {"layers": {"12": {"AP50": 0.79}}, "profile": {"blocks": [1] * 12}},
         "probe-linear": {
@@ -197,7 +197,8 @@ def test_alerts_are_computed_from_the_results():
     text = "\n".join(alerts(data))
     assert "scored on images they trained on" in text
     assert "probe-linear was scored on 1 images it trained on" in text
-    assert "probe-linear is underfit: AP50 0.260 at the last layer 12, where the lens" in text and "0.790" in text
+    assert "probe-linear is underfit: AP50 0.260 at the last layer 12, where lens (the model's own head)" in text
+    assert "0.790" in text
     assert "threshold 0.99) saves nothing: 0.995 of 1.000 GFLOPs" in text
     assert "within noise" in text and "exit 6, the operating point" in text  # not exit 12: the full model itself
     assert "only 40 persons" in text

@@ -36,7 +36,7 @@ def run_analyzer(name: str, cache_path: Path, layers: str, seed: int = 0, **opti
     info = get_analyzer(name)
     options = check_options(info, options, where=f"analyzer {name}: ")  # before the cache is opened
     with FeatureCache(cache_path) as cache:
-        chosen = resolve_layers(layers, cache.model["config"]["num_hidden_layers"])
+        chosen = resolve_layers(layers, cache.depth)
         missing = [layer for layer in chosen if layer not in cache.layers]
         if missing:
             raise ValueError(f"{cache_path}: layers {missing} are not in the cache (cached: {list(cache.layers)})")

@@ -68,6 +68,7 @@ class AnalyzerInfo:
     role: str | None = None  # one of ROLES, or None: not read by the decision or the report's tables
     metrics: tuple[tuple[str, str], ...] = ()  # (per-layer key, label), headline first
     chance: str | None = None  # per-layer key holding the chance level of the headline metric
+    reference: bool = False  # a readout that at the final layer *is* the model (the decision's reference there)
 
     @property
     def metric(self) -> str | None:
@@ -76,7 +77,8 @@ class AnalyzerInfo:
 
     def meta(self) -> dict[str, Any]:
         """What consumers read, as recorded in ``result.json`` under ``meta``."""
-        return {"role": self.role, "metrics": [list(m) for m in self.metrics], "chance": self.chance}
+        meta = {"role": self.role, "metrics": [list(m) for m in self.metrics], "chance": self.chance}
+        return meta | ({"reference": True} if self.reference else {})
 
     def option_names(self) -> list[str]:
         """Options ``run`` accepts, from its options dataclass or else its signature."""
@@ -98,10 +100,12 @@ def register(
     role: str | None = None,
     metrics: dict[str, str] | None = None,
     chance: str | None = None,
+    reference: bool = False,
 ) -> Callable:
     """Decorator: ``@register("lens", "one line", role="readout", metrics={"AP50": "lens AP50"})`` on
     ``def run(cache, layers, seed, **options)``. ``metrics`` maps per-layer keys to labels, headline first;
-    a ``readout``'s headline is its COCO AP50 (key ``AP50``), a ``cost``'s is ``gflops_to_exit``."""
+    a ``readout``'s headline is its COCO AP50 (key ``AP50``), a ``cost``'s is ``gflops_to_exit``. ``reference``:
+    a readout whose final-layer value is the model's own (the decision and the report measure exits against it)."""
     if role is not None and role not in ROLES:
         raise ValueError(f"analyzer {name!r}: role {role!r} is not one of {ROLES}")
     metrics = dict(metrics or {})
@@ -110,11 +114,13 @@ def register(
     required = {"readout": "AP50", "cost": "gflops_to_exit"}.get(role or "")
     if required and next(iter(metrics)) != required:
         raise ValueError(f"analyzer {name!r}: a {role}'s headline metric must be {required!r}")
+    if reference and role != "readout":
+        raise ValueError(f"analyzer {name!r}: only a readout can be the final layer's reference")
 
     def wrap(func: Callable[..., AnalyzerResult]) -> Callable[..., AnalyzerResult]:
         if name in _REGISTRY and _REGISTRY[name].run is not func:
             raise ValueError(f"analyzer {name!r} is registered twice")
-        _REGISTRY[name] = AnalyzerInfo(name, summary, func, options, role, tuple(metrics.items()), chance)
+        _REGISTRY[name] = AnalyzerInfo(name, summary, func, options, role, tuple(metrics.items()), chance, reference)
         return func
 
     return wrap

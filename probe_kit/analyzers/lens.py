@@ -65,6 +65,7 @@ def _layer_metrics(head, cache, layer, split: Split, samples, final_logits, fina
     "model's final LayerNorm + pretrained heads on each layer's det tokens (no training), COCO mAP",
     role="readout",
     metrics={"AP50": "lens AP50", "AP": "lens AP (0.5:0.95)", "kl_to_final": "lens KL to final layer"},
+    reference=True,  # the model's own head: at the final layer it reads exactly the model's output
 )
 def run_lens(
     cache: FeatureCache,

@@ -79,6 +79,11 @@ class FeatureCache:
         return tuple(self.options["tokens"])
 
     @property
+    def depth(self) -> int:
+        """Number of blocks of the model the cache was made with (its last layer)."""
+        return int(self.model["config"]["num_hidden_layers"])
+
+    @property
     def fingerprint(self) -> str:
         """Short hash of what makes this cache what it is (model, preprocessing, data, options)."""
         digest = hashlib.sha256("".join(self._h5.attrs.get(k, "") for k in IDENTITY_ATTRS).encode())

@@ -8,6 +8,7 @@ import click
 
 from probe_kit.cli.options import Device, FloatList, build_data_spec, check_flags, data_options
 from probe_kit.cli.outputs import check_outputs, dir_out, guarded
+from probe_kit.heads.options import default
 
 
 @click.command("train-exits")
@@ -18,15 +19,19 @@ from probe_kit.cli.outputs import check_outputs, dir_out, guarded
 @click.option(
     "--out", type=click.Path(path_type=Path), required=True, help="Folder for the exit heads (config.json + weights)."
 )
-@click.option("--epochs", type=int, default=30, show_default=True)
-@click.option("--lr", type=float, default=5e-4, show_default=True)
+@click.option("--epochs", type=int, default=default("epochs"), show_default=True)
+@click.option("--lr", type=float, default=default("lr"), show_default=True)
 @click.option(
-    "--set-weight", type=float, default=1.0, show_default=True, help="Weight of the set loss vs ground truth."
+    "--set-weight",
+    type=float,
+    default=default("set_weight"),
+    show_default=True,
+    help="Weight of the set loss vs ground truth.",
 )
 @click.option(
     "--distill-weight",
     type=float,
-    default=1.0,
+    default=default("distill_weight"),
     show_default=True,
     help="Weight of distillation towards the final layer.",
 )
@@ -34,24 +39,25 @@ from probe_kit.cli.outputs import check_outputs, dir_out, guarded
     "--val-sequences",
     default=None,
     help="Validation sequences, named as --sequences names them (13, MOT17-13 or MOT17-13-FRCNN); "
-    "default: the last 30%.",
+    f"default: the last {default('val_fraction'):.0%}.",
 )
 @click.option(
     "--split-gap",
     type=float,
-    default=None,
+    default=default("split_gap"),
+    show_default=True,
     help="Share of a sequence's frames left out between contiguous train/early-stopping/scored blocks "
-    "(default 0.05, at least one frame: adjacent frames are near-copies).",
+    "(at least one frame: adjacent frames are near-copies).",
 )
 @click.option(
     "--finetune-blocks",
     type=int,
-    default=0,
+    default=default("finetune_blocks"),
     show_default=True,
     help="Then fine-tune the k blocks before each exit with all heads, on live images (GPU path).",
 )
-@click.option("--finetune-epochs", type=int, default=3, show_default=True)
-@click.option("--finetune-lr", type=float, default=1e-5, show_default=True)
+@click.option("--finetune-epochs", type=int, default=default("finetune_epochs"), show_default=True)
+@click.option("--finetune-lr", type=float, default=default("finetune_lr"), show_default=True)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option(
     "--device", type=Device(), default="cpu", show_default=True, help="Where the model runs (block fine-tuning)."
@@ -83,10 +89,9 @@ def train_exits(
     """Train exit heads on cached tokens: det heads (from the pretrained head) or dense heads on patch tokens."""
     from probe_kit import api, distributed
     from probe_kit.cache.reader import FeatureCache
+    from probe_kit.heads.options import ExitTraining
     from probe_kit.heads.registry import head_type
-    from probe_kit.heads.training import ExitTraining
     from probe_kit.models.layers import resolve_layers
-    from probe_kit.training.data import SPLIT_GAP
 
     check_outputs(dir_out(out))  # before any training
     try:
@@ -94,7 +99,7 @@ def train_exits(
     except ValueError as err:
         raise click.BadParameter(str(err).split(": ", 1)[-1], param_hint="--head") from None
     with FeatureCache(cache_path) as cache:
-        resolve_layers(layers, cache.model["config"]["num_hidden_layers"])  # a bad selection fails before any work
+        resolve_layers(layers, cache.depth)  # a bad selection fails before any work
     training = dict(
         epochs=epochs,
         lr=lr,
@@ -104,7 +109,7 @@ def train_exits(
         finetune_blocks=finetune_blocks,
         finetune_epochs=finetune_epochs,
         finetune_lr=finetune_lr,
-        split_gap=SPLIT_GAP if split_gap is None else split_gap,
+        split_gap=split_gap,
     )
     check_flags(ExitTraining, training)  # before any work
     # Under torchrun heads train on the cache on rank 0 alone; with --finetune-blocks every rank trains (the

@@ -171,6 +171,7 @@ def role_of(name: str, result: Mapping[str, Any], roles: Roles | None = None) ->
         "role": meta.get("role"),
         "metrics": [tuple(m) for m in meta.get("metrics", [])],
         "chance": meta.get("chance"),
+        "reference": bool(meta.get("reference")),
     }
 
 
@@ -188,6 +189,11 @@ def _evidence(results: Mapping[str, dict], roles: Roles | None) -> dict[int, dic
     for row in evidence.values():
         best = max(row, key=row.get)
         row["best_AP50"], row["best_readout"] = row[best], best
+    for name, result in by_role(results, "readout", roles).items():
+        if role_of(name, result, roles)["reference"]:
+            for layer, metrics in result.get("layers", {}).items():
+                if metrics.get("AP50") is not None:
+                    evidence[int(layer)]["reference_AP50"] = metrics["AP50"]
     for result in by_role(results, "cost", roles).values():
         for layer, row in evidence.items():
             cost = result.get("layers", {}).get(str(layer), {})
@@ -250,7 +256,7 @@ def decide(results: Mapping[str, dict], criteria: Criteria = Criteria(), roles: 
     beyond = [k for k, _ in criteria.bars if k > depth]
     if beyond:
         raise ValueError(f"bars: layer {beyond[0]} is beyond the model's {depth} layers")
-    final = evidence[depth].get("lens", evidence[depth]["best_AP50"])
+    final = evidence[depth].get("reference_AP50", evidence[depth]["best_AP50"])  # the model's own, where read
     rationale = [f"final layer {depth}: AP50 {final:.3f} (reference for every exit)"]
     if final < criteria.min_final_ap50:
         rationale.append(f"final AP50 {final:.3f} < {criteria.min_final_ap50:.2f}: the model itself does not detect")

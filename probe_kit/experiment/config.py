@@ -188,7 +188,7 @@ def _analyzer_settings(path: Path, name: str, settings: Any) -> dict[str, Any]:
 
 def _exit_settings(path: Path, settings: dict[str, Any]) -> dict[str, Any]:
     """``exits``: ``ExitTraining`` options plus ``layers``, ``candidates``, ``thresholds``, ``policy``."""
-    from probe_kit.heads.training import ExitTraining
+    from probe_kit.heads.options import ExitTraining
 
     own = {f.name for f in dataclasses.fields(_ExitKeys)}
     training = {k: v for k, v in settings.items() if k not in own}

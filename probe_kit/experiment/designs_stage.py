@@ -58,9 +58,10 @@ def designs_stage(cfg, cache_path: Path, data_text: str, out: Path, say: Callabl
     from probe_kit.decision import criteria_from
     from probe_kit.decision.design import recommend_design
     from probe_kit.heads.designs import compare_designs
+    from probe_kit.heads.options import ExitTraining
     from probe_kit.heads.pipeline import Timing
     from probe_kit.heads.store import read_exits_config, stamp_inputs_key, up_to_date
-    from probe_kit.heads.training import ExitTraining, train_exits
+    from probe_kit.heads.training import train_exits
     from probe_kit.io import write_json
 
     base = out / "exits"

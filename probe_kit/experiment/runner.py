@@ -137,13 +137,14 @@ def _exits_stage(
     from probe_kit.cache.reader import FeatureCache
     from probe_kit.data.spec import parse_data_spec
     from probe_kit.heads.evaluate import DEFAULT_THRESHOLDS, Timing, evaluate_exits
+    from probe_kit.heads.options import ExitTraining
     from probe_kit.heads.store import stamp_inputs_key, up_to_date
-    from probe_kit.heads.training import ExitTraining, train_exits
+    from probe_kit.heads.training import train_exits
     from probe_kit.io import write_json
 
     layers = _exit_layers(cfg, decision, say)
     with FeatureCache(cache_path) as cache:
-        depth, fingerprint = cache.model["config"]["num_hidden_layers"], cache.fingerprint
+        depth, fingerprint = cache.depth, cache.fingerprint
     if not [k for k in layers if k != depth]:
         say("[exits] no intermediate exit to train (decision: not viable); skipped")
         return

@@ -1,20 +1,31 @@
 """Multi-exit heads: one ``ExitHead`` interface and ``HEAD_TYPES`` registry, one ``PolicySpec`` registry
-(``POLICIES``), one trainer (``heads/training.py``), one evaluation pipeline (``heads/pipeline.py``)."""
+(``POLICIES``), one trainer (``heads/training.py``), one evaluation pipeline (``heads/pipeline.py``).
 
-from probe_kit.heads.interface import ExitHead, ExitLoss, TrainingTargets
-from probe_kit.heads.policies import FittedPolicy, PolicyInputs, PolicySpec
-from probe_kit.heads.policy_registry import POLICIES, register_policy
-from probe_kit.heads.registry import HEAD_TYPES, register_head_type
+The names below are imported on first use (PEP 562), so torch-free modules such as ``heads.options`` can
+be read without importing torch.
+"""
 
-__all__ = [
-    "HEAD_TYPES",
-    "POLICIES",
-    "ExitHead",
-    "ExitLoss",
-    "FittedPolicy",
-    "PolicyInputs",
-    "PolicySpec",
-    "TrainingTargets",
-    "register_head_type",
-    "register_policy",
-]
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "ExitHead": "probe_kit.heads.interface",
+    "ExitLoss": "probe_kit.heads.interface",
+    "TrainingTargets": "probe_kit.heads.interface",
+    "FittedPolicy": "probe_kit.heads.policies",
+    "PolicyInputs": "probe_kit.heads.policies",
+    "PolicySpec": "probe_kit.heads.policies",
+    "POLICIES": "probe_kit.heads.policy_registry",
+    "register_policy": "probe_kit.heads.policy_registry",
+    "HEAD_TYPES": "probe_kit.heads.registry",
+    "register_head_type": "probe_kit.heads.registry",
+    "ExitTraining": "probe_kit.heads.options",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> object:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'probe_kit.heads' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

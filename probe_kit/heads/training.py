@@ -12,33 +12,21 @@ alone saves; the folder records which images trained and early-stopped the heads
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Annotated
 
 import numpy as np
 import torch
 
 from probe_kit import distributed
 from probe_kit.cache.reader import FeatureCache
-from probe_kit.errors import UserError
 from probe_kit.heads.finetune import FineTuning, finetune_blocks
 from probe_kit.heads.interface import ExitHead, TrainingTargets
+from probe_kit.heads.options import ExitTraining
 from probe_kit.heads.registry import head_type
 from probe_kit.heads.store import ExitsConfig, save_exits
 from probe_kit.models.record import load_recorded
 from probe_kit.ops.boxes import xywh_to_cxcywh_norm
-from probe_kit.options import (
-    Fraction,
-    NonNegativeFloat,
-    NonNegativeInt,
-    PositiveFloat,
-    PositiveInt,
-    Range,
-    check_instance,
-)
 from probe_kit.training.data import (
-    SPLIT_GAP,
     Split,
     apply_in_chunks,
     box_targets,
@@ -49,45 +37,13 @@ from probe_kit.training.data import (
 from probe_kit.training.fit import fit
 
 
-@dataclass(frozen=True)
-class ExitTraining:
-    """How exit heads are trained; the one place for the defaults the CLI, YAML and Python API use."""
-
-    epochs: PositiveInt = 30
-    lr: PositiveFloat = 5e-4
-    batch_size: PositiveInt = 32
-    set_weight: NonNegativeFloat = 1.0  # loss against ground truth
-    distill_weight: NonNegativeFloat = 1.0  # distillation towards the final layer
-    val_fraction: Fraction = 0.3
-    val_sequences: tuple[str, ...] = ()
-    split_gap: Annotated[float, Range(0, 1, max_open=True)] = SPLIT_GAP  # share of a sequence's frames left out
-    train_last: bool = False  # also train the final layer's head (default: keep the model's own)
-    finetune_blocks: NonNegativeInt = 0  # then fine-tune the k blocks before each exit jointly, on live images
-    finetune_epochs: PositiveInt = 3
-    finetune_lr: PositiveFloat = 1e-5
-
-    def __post_init__(self) -> None:
-        check_instance(self)  # typed and in range however it was built (CLI, YAML, Python)
-        if self.set_weight == 0 and self.distill_weight == 0:
-            raise UserError(
-                "set_weight (--set-weight) and distill_weight (--distill-weight) are both 0: no loss to train"
-            )
-
-    def to_json(self) -> dict:
-        return {**asdict(self), "val_sequences": list(self.val_sequences)}
-
-    @classmethod
-    def from_json(cls, data: dict) -> ExitTraining:
-        return cls(**{**data, "val_sequences": tuple(data.get("val_sequences", ()))})
-
-
 def train_exits(
     cache_path: Path,
     layers: tuple[int, ...],
     out: Path,
     head: str = "det",
     seed: int = 0,
-    opts: ExitTraining = ExitTraining(),
+    opts: ExitTraining | None = None,
     progress: bool = True,
     device: str = "cpu",
 ) -> Path:
@@ -95,7 +51,7 @@ def train_exits(
 
     ``device`` is where the model runs (block fine-tuning); heads train on cached tokens on the CPU.
     """
-    cls = head_type(head)
+    cls, opts = head_type(head), opts or ExitTraining()
     with FeatureCache(cache_path) as cache:
         missing = [k for k in layers if k not in cache.layers]
         if missing:

@@ -83,9 +83,10 @@ def _final_ap50(data: ReportData) -> float | None:
     depth = data.depth
     if depth is None:
         return None
-    lens = next((data.value(n, depth, "AP50") for n in data.by_role("readout") if n == "lens"), None)
+    reference = data.reference_readout()
+    own = data.value(reference, depth, "AP50") if reference else None
     best = data.best_readout(depth)
-    return lens if lens is not None else (best[1] if best else None)
+    return own if own is not None else (best[1] if best else None)
 
 
 def _measured_sentence(data: ReportData) -> str | None:
@@ -167,13 +168,14 @@ def alerts(data: ReportData) -> list[str]:
         if overlap:
             found.append(f"{name} was scored on {len(overlap)} images it trained on.")
     depth = data.depth
-    lens = data.value("lens", depth, "AP50") if depth else None
+    reference = data.reference_readout()
+    own = data.value(reference, depth, "AP50") if depth and reference else None
     for name in data.by_role("readout"):
         value = data.value(name, depth, "AP50") if depth else None
-        if lens and value is not None and _trained(data.results[name]) and value < UNDERFIT_RATIO * lens:
+        if own and value is not None and _trained(data.results[name]) and value < UNDERFIT_RATIO * own:
             found.append(
-                f"{name} is underfit: AP50 {value:.3f} at the last layer {depth}, where the lens (the model's own "
-                f"head) reads {lens:.3f}; its earlier layers understate what they hold."
+                f"{name} is underfit: AP50 {value:.3f} at the last layer {depth}, where {reference} (the model's own "
+                f"head) reads {own:.3f}; its earlier layers understate what they hold."
             )
     if ev and ev.get("operating_point"):
         op, full = ev["operating_point"], ev["full_model"]

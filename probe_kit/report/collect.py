@@ -73,6 +73,10 @@ class ReportData:
         """Analyzers present with ``role``, readouts in the registry's order of names."""
         return [n for n in sorted(self.results) if self.roles.get(n, {}).get("role") == role]
 
+    def reference_readout(self) -> str | None:
+        """The readout registered as the final layer's reference (the model's own head), if present."""
+        return next((n for n in self.by_role("readout") if self.roles[n].get("reference")), None)
+
     def columns(self) -> list[Column]:
         """Readout AP50s, then every evidence metric, then cost: the per-layer table's columns."""
         cols = []
@@ -133,7 +137,7 @@ def _cache_info(cache_path: str, results: dict[str, dict]) -> tuple[dict, int | 
             "model": cache.model["name"],
             "revision": cache.model["revision"],
             "weights": cache.model["fingerprint"],
-            "num_layers": cache.model["config"]["num_hidden_layers"],
+            "num_layers": cache.depth,
             "dataset": cache.dataset,
             "versions": json.loads(cache.attrs()["versions"]),
             "images": cache.num_images,

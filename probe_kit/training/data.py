@@ -16,13 +16,7 @@ from probe_kit.data.sample import Sample
 from probe_kit.models.predict import score_outputs
 from probe_kit.models.record import ModelRecord, load_recorded
 from probe_kit.ops.boxes import xywh_to_cxcywh_norm
-
-SPLIT_GAP = 0.05
-"""Default gap between contiguous blocks of one sequence, as a share of its images (at least one image).
-
-Adjacent video frames show the same people in nearly the same places, so without a gap the first
-early-stopping or scored frames are near-copies of the last training frames. 5% of a MOT17 sequence
-is 26-53 frames, 1-2 s of video at 25-30 fps; the dropped frames train and score nothing."""
+from probe_kit.training.splits import SPLIT_GAP
 
 
 @dataclass(frozen=True)
