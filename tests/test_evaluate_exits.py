@@ -136,7 +136,7 @@ def test_speedup_spread_straddling_one_is_no_measurable_difference():
     assert Latency((1.0, 2.0, 3.0, 4.0, 5.0)).to_json() == {"median_ms": 3.0, "iqr_ms": 2.0, "repeats": 5}
 
 
-def test_interleaved_latency_runs_each_setting_warmup_plus_repeats_times_in_rotated_rounds():
+def test_interleaved_latency_runs_each_setting_warmup_plus_repeats_times_in_seeded_shuffled_rounds():
     import time
 
     calls, threads = [], []
@@ -150,14 +150,43 @@ def test_interleaved_latency_runs_each_setting_warmup_plus_repeats_times_in_rota
         return run
 
     before = torch.get_num_threads()
-    latency = interleaved_latency(
-        {"slow": setting("slow", 0.02), "fast": setting("fast", 0.005)}, images=2, repeats=4, warmup=1, threads=1
-    )
-    assert calls == ["slow", "fast"] + ["slow", "fast", "fast", "slow"] * 2  # 1 warm-up round, then rotated rounds
+    settings = {n: setting(n, s) for n, s in (("slow", 0.02), ("fast", 0.005), ("mid", 0.01))}
+    run = interleaved_latency(settings, images=2, rounds=4, warmup=1, threads=1, baseline="slow")
+    assert calls[:3] == ["slow", "fast", "mid"]  # 1 warm-up round, in order
+    rounds = [calls[3 + 3 * r : 6 + 3 * r] for r in range(4)]
+    assert all(sorted(r) == ["fast", "mid", "slow"] for r in rounds) and len(calls) == 15  # each once per round
+    assert len({tuple(r) for r in rounds}) > 1  # shuffled, not one fixed order
+    order = list(calls)
+    calls.clear()
+    interleaved_latency(settings, images=2, rounds=4, warmup=1, threads=1, baseline="slow")
+    assert calls == order  # the same seed, the same order
     assert set(threads) == {1} and torch.get_num_threads() == before
-    assert latency["slow"].to_json()["repeats"] == latency["fast"].to_json()["repeats"] == 4
+    latency = run.latency
+    assert latency["slow"].to_json()["repeats"] == latency["fast"].to_json()["repeats"] == run.rounds == 4
     assert latency["slow"].median_ms >= 10.0 and latency["fast"].median_ms >= 2.5  # per image: sleep / 2 images
     assert latency["slow"].median_ms > latency["fast"].median_ms
+    assert run.stopped.startswith(("intervals narrow", "round cap")) and run.conditions["threads"] == 1
+    assert {"cpu", "cores", "load_before", "load_after"} <= set(run.conditions)
+
+
+def test_rounds_go_on_while_intervals_are_wide_up_to_the_cap():
+    import random
+
+    noise = random.Random(0)
+
+    def jitter(scale: float):
+        return lambda: time.sleep(scale * (0.5 + noise.random()))
+
+    import time
+
+    from probe_kit.models.timing import Rounds
+
+    run = interleaved_latency(
+        {"full": jitter(0.004), "x": jitter(0.002)}, images=1, rounds=Rounds(3, 12, 30.0, 0.01, 0), warmup=0
+    )
+    assert run.rounds == 12 and run.stopped.startswith("round cap")  # a 1% interval is out of reach: the cap stops it
+    calm = interleaved_latency({"full": jitter(0.0), "x": jitter(0.0)}, images=1, rounds=Rounds(3, 12, 0.0, 5.0, 0))
+    assert calm.rounds == 3 and calm.stopped.startswith("intervals narrow")
 
 
 @pytest.fixture(scope="module")
@@ -186,7 +215,8 @@ def test_held_out_by_default_with_rescorable_detections(exits_dir, synth_dir, tm
     assert result["dropped_training_images"] == len(trained) > 0
     assert f"{len(trained)} training images dropped" in run.output
     for where in (result["full_model"], result["operating_point"], *result["exits"].values()):
-        assert set(where["latency"]) == {"median_ms", "iqr_ms", "repeats"} and where["latency"]["repeats"] == 3
+        assert set(where["latency"]) == {"median_ms", "iqr_ms", "repeats"}
+        assert where["latency"]["repeats"] == result["timing"]["rounds"] >= 3  # at least --timing-repeats
     assert result["timing"]["threads"] == 1 and len(result["timing"]["timed_image_ids"]) == 2
     # detections re-score to the reported numbers with pycocotools
     gt = ground_truth_dict([s for s in samples if s.image_id not in trained])

@@ -299,3 +299,20 @@ def test_report_renders_in_headless_chromium_with_the_answer_on_the_first_screen
     assert errors == []
     assert box[1] <= 768, f"the answer card ends at {box[1]} px, below the first screen (768 px)"
     assert (tmp_path / "report.png").stat().st_size > 10_000
+
+
+def test_timing_conditions_are_shown_and_a_busy_machine_is_warned_of():
+    from probe_kit.report.answer import alerts, answer
+
+    data = ReportData(Path("x"))
+    timing = {"rounds": 21, "stopped": "round cap (21)", "cpu": "AMD EPYC", "cores": 2, "threads": 1}
+    data.designs = {"timing": {**timing, "load_before": [5.3, 4.0, 3.0], "load_after": [6.1, 5.0, 4.0]}}
+    data.exits_eval = {"timing": {**timing, "load_before": [0.4, 0.3, 0.2], "load_after": [0.9, 0.5, 0.2]}}
+    lines = answer(data)["timing"]
+    assert lines[0].startswith("Exit latencies timed on AMD EPYC, 1 thread(s), 21 interleaved rounds (round cap")
+    assert "load average 0.4 before, 0.9 after, on 2 cores" in lines[0] and "load average 5.3 before" in lines[1]
+    warnings = [w for w in alerts(data) if w.startswith("The machine was busy")]
+    assert warnings == [
+        "The machine was busy while timing (load average 6.1 on 2 cores): latencies and speed-ups are noisier than "
+        "on a quiet machine; rerun there before acting on them."
+    ]

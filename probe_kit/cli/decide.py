@@ -39,10 +39,22 @@ from probe_kit.cli.outputs import check_outputs, file_out
     help="AP50 you accept to lose for speed, absolute (default 0.01: one point); YAML decision: max_ap50_loss.",
 )
 @click.option(
+    "--min-speedup",
+    type=click.FloatRange(min=1.0),
+    default=None,
+    help="With --designs: the least speed-up worth having; a setting pays when its measured speed-up's 95% interval "
+    "lies above it (default 1.10); YAML decision: min_speedup.",
+)
+@click.option(
     "--out", type=click.Path(path_type=Path), default=None, help="decision.json (default RESULTS/decision.json)"
 )
 def command(
-    results_dir: Path, bars: str | None, designs_path: Path | None, max_ap50_loss: float | None, out: Path | None
+    results_dir: Path,
+    bars: str | None,
+    designs_path: Path | None,
+    max_ap50_loss: float | None,
+    min_speedup: float | None,
+    out: Path | None,
 ) -> None:
     """Print the recommended exits, the verdict and its rationale; write them as JSON."""
     from probe_kit.analyzers import analyzer_meta
@@ -53,11 +65,14 @@ def command(
     criteria = Criteria(bars=parse_bars(bars)) if bars else Criteria()  # errors name --bars (one line)
     if max_ap50_loss is not None:
         criteria = dataclasses.replace(criteria, max_ap50_loss=max_ap50_loss)
+    if min_speedup is not None:
+        criteria = dataclasses.replace(criteria, min_speedup=min_speedup)
     check_outputs(file_out(out or results_dir / "decision.json"))  # before any work
     decision = decide(load_results(results_dir), criteria, roles=analyzer_meta())
     data = decision.to_json()
     if designs_path is not None:
-        data["design"] = recommend_design(read_json(designs_path, "--designs"), criteria.max_ap50_loss)
+        designs = read_json(designs_path, "--designs")
+        data["design"] = recommend_design(designs, criteria.max_ap50_loss, criteria.min_speedup)
     path = write_json(out or results_dir / "decision.json", data)
     click.echo("\n".join(decision.rationale))
     click.echo(decision.summary)

@@ -171,7 +171,8 @@ def train_exits(
     type=click.IntRange(min=3),
     default=11,
     show_default=True,
-    help="Interleaved timing rounds (at least 3), after one warm-up round.",
+    help="Interleaved timing rounds at least (3 or more), after one warm-up round; up to 3x as many are run while a "
+    "speed-up's 95% interval is wider than 10% of it (the rounds run and why they stopped are recorded).",
 )
 @click.option(
     "--threads", type=click.IntRange(min=1), default=1, show_default=True, help="Torch threads while timing (recorded)."

@@ -39,6 +39,8 @@ class Criteria:
     bars: tuple[tuple[int, float], ...] = ()
     # exit designs (``decide --designs``): the AP50 the user accepts to lose for speed, absolute (0.01 = 1 point)
     max_ap50_loss: float = 0.01
+    # a design pays only when its measured speed-up's 95% interval lies above this (decision/design.py)
+    min_speedup: float = 1.10
 
     def required(self, depth: float) -> float:
         """Fraction of the final AP50 required of an exit at ``depth`` (layer / number of layers), by default."""
@@ -102,6 +104,7 @@ _SETTABLE = (
     "hierarchy_tolerance",
     "min_final_ap50",
     "max_ap50_loss",
+    "min_speedup",
 )
 
 
@@ -124,8 +127,9 @@ def criteria_from(raw: Mapping[str, Any] | None, where: str = "decision") -> Cri
         kind = int if key == "max_exits" else float
         if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and isinstance(value, float)):
             raise ValueError(f"{where}.{key}: expected {kind.__name__}, got {value!r}")
-        if value < 0 or (key == "max_exits" and value < 1):
-            raise ValueError(f"{where}.{key}: expected a {'positive' if key == 'max_exits' else 'non-negative'} number")
+        if value < 0 or (key in ("max_exits", "min_speedup") and value < 1):
+            least = "a positive" if key == "max_exits" else "at least 1:" if key == "min_speedup" else "a non-negative"
+            raise ValueError(f"{where}.{key}: expected {least} number, got {value!r}")
         values[key] = kind(value)
     return Criteria(**values)
 

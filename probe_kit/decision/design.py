@@ -1,19 +1,33 @@
 """Recommending an exit design from the ``designs`` comparison of ``evaluate-exits``. Pure: same result, same answer.
 
-Within the user's tolerance (AP50 at least the full model's minus ``max_ap50_loss``, absolute: 0.01
-is one AP50 point), the recommendation is the timed, non-bound setting with the lowest measured
-median latency whose speed-up over the unmodified model is *measurable* (the per-round IQR of the
-ratio excludes 1) and above 1. Where none is, the verdict is "not viable", with the best that was
-found: the cheapest setting within tolerance (with what it measured), the fastest measured
-setting outside it and how far its AP50 is from the tolerance, and the oracle's bound for the
-same tolerance (what a perfect gate could save, labelled a bound).
+A setting is a candidate when it is within the user's tolerance (AP50 at least the full model's minus
+``max_ap50_loss``, absolute: 0.01 is one AP50 point), is not a bound, and was timed. Each candidate is
+then judged in this order (``judge``):
+
+1. **Plausible?** A setting can only save time by doing less work: its FLOPs speed-up must exceed 1 by
+   ``FLOPS_MARGIN``, else it "saves no compute", whatever its timing.
+2. **Consistent?** A measured speed-up the compute cannot explain, i.e. whose 95% interval lies wholly
+   above the FLOPs speed-up times the machine's efficiency in the same run (``efficiency``: the best
+   measured/FLOPs ratio of the static exits timed beside it, at least 1), is "timing inconsistent with
+   compute": noise or a broken measurement, never a verdict.
+3. **Worth it?** "pays" when the interval's lower end clears ``min_speedup`` (a minimum worthwhile
+   speed-up, default 1.10x); "does not pay" when its upper end is below it, or when even the FLOPs
+   (times the efficiency) cannot reach it; otherwise "inconclusive": the timing is too noisy to tell.
+
+Verdict: "early exit pays" (the paying setting with the lowest median latency) if any pays, else
+"inconclusive" if any candidate is, else "not viable", each with the numbers behind it.
 """
 
 from __future__ import annotations
 
+import numpy as np
+
 from probe_kit.models.timing import describe_speedup
 
-VERDICTS = ("early exit pays", "not viable")
+VERDICTS = ("early exit pays", "not viable", "inconclusive")
+FLOPS_MARGIN = 0.02  # a FLOPs speed-up of at most 1.02x does no measurably less work
+MIN_SPEEDUP = 1.10
+JUDGEMENTS = ("pays", "does not pay", "inconclusive", "saves no compute", "timing inconsistent with compute")
 
 
 def design_name(d: dict) -> str:
@@ -35,89 +49,155 @@ def _name(d: dict) -> str:
 
 def _numbers(d: dict, full: dict) -> str:
     text = f"AP50 {d['AP50']:.3f} ({d['AP50'] - full['AP50']:+.3f}), {d['mean_gflops']:.3f} GFLOPs"
-    if "measured_speedup" in d:
-        text += f", measured: {describe_speedup(d['measured_speedup'])}"
+    measured = d.get("measured_speedup")
+    if measured:
+        text += f", measured: {describe_speedup(measured)}"
+        if "ci95" in measured:
+            text += f", 95% interval {measured['ci95'][0]:.2f}-{measured['ci95'][1]:.2f}"
     return text + f", FLOPs {d['flops_speedup']:.2f}x"
 
 
-def recommend_design(result: dict, max_ap50_loss: float | None = None) -> dict:
+def efficiency(designs: list[dict]) -> float:
+    """The machine's measured/FLOPs speed-up ratio in this run: the best of the timed static exits (not the full
+    model itself), at least 1 (a machine may run a smaller model no worse than its FLOPs say)."""
+    ratios = [
+        d["measured_speedup"]["ratio"] / d["flops_speedup"]
+        for d in designs
+        if d["policy"] == "static" and "measured_speedup" in d and d["flops_speedup"] > 1 + FLOPS_MARGIN
+    ]
+    return max([1.0, *ratios])
+
+
+def judge(d: dict, min_speedup: float, machine: float) -> str:
+    """One of ``JUDGEMENTS`` for a timed setting (see the module docstring); ``machine`` = ``efficiency``."""
+    if d["flops_speedup"] <= 1 + FLOPS_MARGIN:
+        return "saves no compute"
+    measured = d["measured_speedup"]
+    low, high = measured.get("ci95") or measured["round_ratio_iqr"]
+    explainable = d["flops_speedup"] * machine
+    if low > explainable:
+        return "timing inconsistent with compute"
+    if low >= min_speedup:
+        return "pays"
+    if high < min_speedup or explainable < min_speedup:
+        return "does not pay"
+    return "inconclusive"
+
+
+def recommend_design(result: dict, max_ap50_loss: float | None = None, min_speedup: float = MIN_SPEEDUP) -> dict:
     """The recommendation for ``result`` (an ``evaluate-exits`` result.json with ``designs``)."""
     if "designs" not in result:
         raise ValueError("--designs: expected an evaluate-exits result.json with a 'designs' list")
     tolerance = result.get("max_ap50_loss", 0.01) if max_ap50_loss is None else max_ap50_loss
     if not 0 <= tolerance < 1:
         raise ValueError(f"--max-ap50-loss: expected an AP50 difference in [0, 1), got {tolerance}")
+    if not (np.isfinite(min_speedup) and min_speedup >= 1):
+        raise ValueError(f"--min-speedup: expected a speed-up of at least 1, got {min_speedup}")
     full, designs = result["full_model"], result["designs"]
     floor = full["AP50"] - tolerance
-    real = [i for i, d in enumerate(designs) if not d["bound"]]
-    within = [i for i in real if designs[i]["AP50"] >= floor]
-    paying = [
-        i
-        for i in within
-        if "measured_speedup" in designs[i]
-        and designs[i]["measured_speedup"]["measurable"]
-        and designs[i]["measured_speedup"]["ratio"] > 1
-    ]
-    rationale = [
-        (
-            f"full model: AP50 {full['AP50']:.3f}, {full['gflops']:.3f} GFLOPs, "
-            f"{full['latency']['median_ms']:.2f} ms median (IQR {full['latency']['iqr_ms']:.2f}); tolerance: AP50 >= "
-            f"{floor:.3f} (max loss {tolerance}); {len(real)} settings compared on "
-            f"{len(result['scored_image_ids'])} held-out images"
-        )
-    ]
+    machine = efficiency(designs)
+    timed = [i for i, d in enumerate(designs) if not d["bound"] and "measured_speedup" in d]
+    judged = {i: judge(designs[i], min_speedup, machine) for i in timed}
+    within = [i for i in timed if designs[i]["AP50"] >= floor and not _is_full(designs[i], designs)]
+    rationale = [_headline(result, floor, tolerance, min_speedup, machine)]
     if tolerance != result.get("max_ap50_loss", tolerance):
         rationale.append(
             f"latency was measured for the cheapest settings within {result['max_ap50_loss']} of the full AP50; with "
             f"{tolerance} only settings timed then are candidates"
         )
-    chosen = None
-    if paying:
-        chosen = min(paying, key=lambda i: designs[i]["latency"]["median_ms"])
-        verdict = VERDICTS[0]
-        rationale.append(f"recommended: {_name(designs[chosen])}: {_numbers(designs[chosen], full)}")
-    else:
-        verdict = VERDICTS[1]
-        depth = max((d["layer"] for d in designs if d["policy"] == "static"), default=None)
-        others = [i for i in within if not (designs[i]["policy"] == "static" and designs[i]["layer"] == depth)]
-        if others:  # the full model itself is always within: name the cheapest of the rest
-            cheapest = min(others, key=lambda i: designs[i]["mean_gflops"])
-            rationale.append(
-                f"no setting within tolerance is measurably faster; the cheapest within it besides the full model: "
-                f"{_name(designs[cheapest])}: {_numbers(designs[cheapest], full)}"
-            )
-        faster = [
-            i
-            for i in real
-            if "measured_speedup" in designs[i]
-            and designs[i]["measured_speedup"]["measurable"]
-            and designs[i]["measured_speedup"]["ratio"] > 1
-        ]
-        if faster:
-            best = max(faster, key=lambda i: designs[i]["AP50"])
-            gap = floor - designs[best]["AP50"]
-            rationale.append(
-                f"most accurate measurably faster setting: {_name(designs[best])}: {_numbers(designs[best], full)}; "
-                f"its AP50 is {gap:.3f} below the tolerance"
-            )
-    bounds = [i for i, d in enumerate(designs) if d["bound"] and d["AP50"] >= floor]
-    if bounds:
-        b = min(bounds, key=lambda i: designs[i]["mean_gflops"])
-        rationale.append(
-            f"oracle bound (not a result): a perfect gate for F1 cut {designs[b]['threshold']} would run "
-            f"{designs[b]['mean_gflops']:.3f} GFLOPs ({designs[b]['flops_speedup']:.2f}x by FLOPs) at AP50 "
-            f"{designs[b]['AP50']:.3f} ({designs[b]['exits_dir']})"
-        )
+    rationale += [f"{judged[i]}: {_name(designs[i])}: {_numbers(designs[i], full)}" for i in within]
+    paying = [i for i in within if judged[i] == "pays"]
+    unsure = [i for i in within if judged[i] == "inconclusive"]
+    chosen = min(paying, key=lambda i: designs[i]["latency"]["median_ms"]) if paying else None
+    verdict = VERDICTS[0] if paying else VERDICTS[2] if unsure else VERDICTS[1]
+    summary = _summary(verdict, designs, chosen, unsure, full, tolerance, min_speedup, result)
+    rationale += _context(designs, within, judged, floor, full)
     rationale.append(f"verdict: {verdict}")
-    summary = (
-        f"{_name(designs[chosen])}: {_numbers(designs[chosen], full)}"
-        if chosen is not None
-        else f"{verdict}: no setting within {tolerance} AP50 of the full model is measurably faster"
-    )
     return {
         "verdict": verdict,
         "summary": summary,
         "max_ap50_loss": tolerance,
+        "min_speedup": min_speedup,
+        "efficiency": machine,
+        "judgements": {str(i): judged[i] for i in timed},
+        "timing": result.get("timing", {}),
         "design": None if chosen is None else {"index": chosen, **designs[chosen]},
         "rationale": rationale,
     }
+
+
+def _is_full(d: dict, designs: list[dict]) -> bool:
+    depth = max((x["layer"] for x in designs if x["policy"] == "static"), default=None)
+    return d["policy"] == "static" and d["layer"] == depth and not d["finetuned_blocks"]
+
+
+def _headline(result: dict, floor: float, tolerance: float, min_speedup: float, machine: float) -> str:
+    full, timing = result["full_model"], result.get("timing", {})
+    busy = _busy(timing)
+    return (
+        f"full model: AP50 {full['AP50']:.3f}, {full['gflops']:.3f} GFLOPs, {full['latency']['median_ms']:.2f} ms "
+        f"median (IQR {full['latency']['iqr_ms']:.2f}); tolerance: AP50 >= {floor:.3f} (max loss {tolerance}); a "
+        f"setting pays when the lower end of its speed-up's 95% interval clears {min_speedup:.2f}x; machine "
+        f"efficiency {machine:.2f} (measured/FLOPs, static exits); {_conditions(timing)}{busy}; "
+        f"{sum(not d['bound'] for d in result['designs'])} settings compared on {len(result['scored_image_ids'])} "
+        "held-out images"
+    )
+
+
+def _conditions(timing: dict) -> str:
+    if "rounds" not in timing:
+        return "timing conditions not recorded"
+    where = timing.get("gpu") or timing.get("cpu", "unknown CPU")
+    return (
+        f"timed on {where}, {timing.get('threads')} thread(s), {timing['rounds']} rounds ({timing.get('stopped')}), "
+        f"load {timing.get('load_before')} before, {timing.get('load_after')} after"
+    )
+
+
+def _busy(timing: dict) -> str:
+    """A warning where the machine was loaded while timing (load average above its cores)."""
+    loads = [v[0] for v in (timing.get("load_before"), timing.get("load_after")) if v]
+    cores = timing.get("cores") or 0
+    if loads and cores and max(loads) > cores:
+        return f" (busy machine: load {max(loads):.1f} on {cores} cores)"
+    return ""
+
+
+def _summary(verdict, designs, chosen, unsure, full, tolerance, min_speedup, result) -> str:
+    if chosen is not None:
+        return f"{_name(designs[chosen])}: {_numbers(designs[chosen], full)}"
+    if verdict == VERDICTS[2]:
+        widest = max(unsure, key=lambda i: np.subtract(*designs[i]["measured_speedup"]["ci95"][::-1]))
+        low, high = designs[widest]["measured_speedup"]["ci95"]
+        rounds = result.get("timing", {}).get("rounds", 0)
+        return (
+            f"inconclusive: timing spread {low:.2f}-{high:.2f}x (95% interval of {setting_name(designs[widest])}) "
+            f"straddles the {min_speedup:.2f}x bar on this machine; rerun with --timing-repeats {max(3, 2 * rounds)} "
+            "or on a quiet machine"
+        )
+    return f"{verdict}: no setting within {tolerance} AP50 of the full model is measurably {min_speedup:.2f}x faster"
+
+
+def _context(designs: list[dict], within: list[int], judged: dict, floor: float, full: dict) -> list[str]:
+    """The best found where nothing pays: the cheapest within tolerance, the most accurate that pays outside it,
+    and the oracle's bound."""
+    lines = []
+    if within:
+        cheapest = min(within, key=lambda i: designs[i]["mean_gflops"])
+        lines.append(f"cheapest within tolerance besides the full model: {_name(designs[cheapest])}")
+    faster = [i for i, j in judged.items() if j == "pays" and i not in within]
+    if faster:
+        best = max(faster, key=lambda i: designs[i]["AP50"])
+        lines.append(
+            f"most accurate setting that pays outside the tolerance: {_name(designs[best])}: "
+            f"{_numbers(designs[best], full)}; its AP50 is {floor - designs[best]['AP50']:.3f} below the tolerance"
+        )
+    bounds = [i for i, d in enumerate(designs) if d["bound"] and d["AP50"] >= floor]
+    if bounds:
+        b = min(bounds, key=lambda i: designs[i]["mean_gflops"])
+        lines.append(
+            f"oracle bound (not a result): a perfect gate for F1 cut {designs[b]['threshold']} would run "
+            f"{designs[b]['mean_gflops']:.3f} GFLOPs ({designs[b]['flops_speedup']:.2f}x by FLOPs) at AP50 "
+            f"{designs[b]['AP50']:.3f} ({designs[b]['exits_dir']})"
+        )
+    return lines

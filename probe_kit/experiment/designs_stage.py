@@ -107,7 +107,7 @@ def designs_stage(cfg, cache_path: Path, data_text: str, out: Path, say: Callabl
     )
     result["command"] = f"probe-kit run (experiment {cfg.name!r}, exits.designs)"
     write_json(out / "designs" / "result.json", result)
-    recommendation = recommend_design(result, criteria.max_ap50_loss)
+    recommendation = recommend_design(result, criteria.max_ap50_loss, criteria.min_speedup)
     write_json(out / "designs" / "recommendation.json", recommendation)
     say("[designs] " + "\n[designs] ".join(recommendation["rationale"]))
     return recommendation

@@ -126,7 +126,8 @@ def compare_designs(
         entry["flops_speedup"] = reference.profile.full / entry["mean_gflops"]
     front = pareto_front(entries)
     timed = sorted(set(_spread(front, MAX_TIMED_FRONT)) | _cheapest_within(entries, full["AP50"] - max_ap50_loss))
-    latency = time_settings(reference, samples, {i: every[i] for i in timed}, timing, progress)
+    run = time_settings(reference, samples, {i: every[i] for i in timed}, timing, progress)
+    latency = run.latency
     for i in timed:
         entries[i]["latency"] = latency[i].to_json()
         entries[i]["measured_speedup"] = speedup(latency["full"], latency[i])
@@ -147,7 +148,7 @@ def compare_designs(
         "latency_check": latency_check(entries, front),
         "oracle": "bound, not a result: each image at the earliest exit whose kept detections reach F1 >= the cut "
         "against the final layer's (it looks at every exit, so no policy can run it)",
-        "timing": {"images": min(timing.images, len(samples)), "repeats": timing.repeats, "threads": timing.threads},
+        "timing": {"images": min(timing.images, len(samples)), "min_repeats": timing.repeats, **run.to_json()},
     }
 
 

@@ -32,7 +32,7 @@ from probe_kit.heads.pipeline import (
 )
 from probe_kit.io import write_json
 from probe_kit.metrics.coco import ground_truth_dict
-from probe_kit.models.timing import Latency, describe_speedup, speedup
+from probe_kit.models.timing import Latency, TimedRun, describe_speedup, speedup
 
 DEFAULT_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
 RESULT_SCHEMA_VERSION = 2  # 2: schema_version added; exit costs from the head type (dense exits: their MLP)
@@ -80,20 +80,20 @@ def evaluate_exits(
     chosen = min(within, key=lambda s: sweep[s]["mean_gflops"]) if within else max(sweep, key=lambda s: sweep[s]["AP"])
     plans = {f"exit-{int(s.layers[0])}": s for s in static} | {"operating_point": chosen}
     timing = timing or Timing()
-    latency = time_settings(design, samples, plans, timing, progress)
+    run = time_settings(design, samples, plans, timing, progress)
     if detections_dir is not None:  # last, so a failed run leaves no files behind
         for s in static:
             name = "full" if s is every[len(static) - 1] else f"exit-{int(s.layers[0])}"
             write_json(Path(detections_dir) / f"{name}.json", design.records.detections(s.layers))
-    context = _Context(design, samples, latency, timing, tolerance, dropped)
+    context = _Context(design, samples, run, timing, tolerance, dropped)
     return distributed.broadcast_object(_result(context, data_spec, policy_kind, static, sweep, chosen, bool(within)))
 
 
 class _Context:
     """What the result is assembled from besides the scored settings."""
 
-    def __init__(self, design: Design, samples, latency: dict[str, Latency], timing: Timing, tolerance, dropped):
-        self.design, self.samples, self.latency = design, samples, latency
+    def __init__(self, design: Design, samples, run: TimedRun, timing: Timing, tolerance, dropped):
+        self.design, self.samples, self.run, self.latency = design, samples, run, run.latency
         self.timing, self.tolerance, self.dropped = timing, tolerance, dropped
 
 
@@ -146,6 +146,7 @@ def _result(c: _Context, data_spec: DataSpec, policy: str, static: dict, sweep: 
             "timed_image_ids": [records.image_ids[i] for i in picks],
             "device": str(next(design.model.parameters()).device),
             "method": TIMING_METHOD,
+            **c.run.to_json(),
         },
         "flops": profile.to_json(),
     }

@@ -40,12 +40,14 @@ from probe_kit.metrics.per_image import PerImageChoice
 from probe_kit.models.flops import FlopProfile, measure_flops
 from probe_kit.models.loading import person_label_index
 from probe_kit.models.runner import input_size
-from probe_kit.models.timing import Latency, interleaved_latency
+from probe_kit.models.timing import Rounds, TimedRun, interleaved_latency
 
 
 @dataclass(frozen=True)
 class Timing:
-    """How latency is measured: ``images`` scored images (evenly spaced), ``repeats`` interleaved rounds.
+    """How latency is measured: ``images`` scored images (evenly spaced), at least ``repeats`` interleaved rounds
+    in a shuffled order (from ``seed``), more while a speed-up's 95% interval is wider than ``width`` of its ratio,
+    up to ``max_repeats`` (default 3 x ``repeats``) rounds and ``seconds`` of timing.
 
     A static exit's compute does not depend on the image (one input size), so a few images time it;
     an adaptive setting's exits do, so its FLOPs over exactly the timed images are reported next to it.
@@ -55,6 +57,14 @@ class Timing:
     repeats: int = 11
     warmup: int = 1
     threads: int = 1
+    max_repeats: int | None = None
+    seconds: float = 60.0
+    width: float = 0.10
+    seed: int = 0
+
+    def rounds(self) -> Rounds:
+        most = max(self.repeats, self.max_repeats if self.max_repeats is not None else 3 * self.repeats)
+        return Rounds(self.repeats, most, self.seconds, self.width, self.seed)
 
 
 def check_thresholds(thresholds: Sequence[float], name: str = "thresholds") -> None:
@@ -229,7 +239,7 @@ def timed_picks(samples: Sequence[Sample], timing: Timing) -> np.ndarray:
 
 def time_settings(
     reference: Design, samples: Sequence[Sample], plans: dict, timing: Timing, progress: bool
-) -> dict[object, Latency]:
+) -> TimedRun:
     """Step 5: interleaved latency of the unmodified model (``full``) and each planned ``Setting`` on the same
     timed images (batch 1)."""
     picks = timed_picks(samples, timing)
@@ -253,7 +263,10 @@ def time_settings(
     for key, setting in plans.items():
         policies = setting.timed_policy(picks)
         runs[key] = runner(lambda p, i, s=setting, ps=policies: s.design.multi(p, ps[i]))
-    return interleaved_latency(runs, len(picks), timing.repeats, timing.warmup, timing.threads, progress)
+    device = str(params.device)
+    return interleaved_latency(
+        runs, len(picks), timing.rounds(), timing.warmup, timing.threads, progress, "full", device
+    )
 
 
 def by_difficulty(samples: Sequence[Sample], layers: torch.Tensor) -> dict[str, dict[str, int]]:

@@ -10,17 +10,30 @@ triple the cost of interleaved rounds, and ``blocked_autorange`` times one setti
 before the next, which is exactly what lets drift bias a comparison. One call covers the whole
 image list, many milliseconds, so timer overhead is negligible.
 
+Every round times every setting once, in an order shuffled per round from a seed (a fixed order
+would let a burst of load land on the same setting's turn round after round). Rounds continue past
+``repeats`` until every speed-up's confidence interval is narrow enough (``Rounds``) or a cap on rounds
+or seconds is reached; which one stopped it is recorded, with the conditions of the run (CPU or GPU,
+threads, load average before and after: ``conditions``).
+
 A latency is ``{"median_ms", "iqr_ms", "repeats"}`` per image. A speed-up is the ratio of two
 medians; its spread is the interquartile range of the per-round ratios (the two were timed in the
-same round), and a range containing 1 means "no measurable difference".
+same round), and a range containing 1 means "no measurable difference". Its 95% confidence interval
+is a seeded bootstrap over rounds (rounds resampled in pairs, so both sides of each ratio stay in
+their round): the same samples and seed give the same interval.
 """
 
 from __future__ import annotations
 
+import os
+import platform
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+
+BOOTSTRAP_RESAMPLES = 2000
 
 
 @dataclass(frozen=True)
@@ -55,8 +68,85 @@ def speedup(baseline: Latency, setting: Latency) -> dict:
         "ratio": baseline.median_ms / setting.median_ms,
         "round_ratio_median": float(np.median(ratios)),
         "round_ratio_iqr": [low, high],
+        "ci95": bootstrap_ci(baseline, setting),
+        "rounds": len(ratios),
         "measurable": not low <= 1.0 <= high,
     }
+
+
+def bootstrap_ci(baseline: Latency, setting: Latency, seed: int = 0, level: float = 0.95) -> list[float]:
+    """Percentile bootstrap interval of the ratio of medians ``baseline / setting`` over rounds.
+
+    Rounds are resampled with replacement as pairs (both settings were timed in the same round), from
+    ``seed``: the same samples give the same interval.
+    """
+    a, b = np.asarray(baseline.samples_ms), np.asarray(setting.samples_ms)
+    if a.shape != b.shape or len(a) < 2:
+        raise ValueError(f"bootstrap: expected paired rounds, got {len(a)} and {len(b)}")
+    picks = np.random.default_rng(seed).integers(0, len(a), size=(BOOTSTRAP_RESAMPLES, len(a)))
+    ratios = np.median(a[picks], axis=1) / np.median(b[picks], axis=1)
+    tail = (1 - level) / 2 * 100
+    return [float(v) for v in np.percentile(ratios, [tail, 100 - tail])]
+
+
+@dataclass(frozen=True)
+class Rounds:
+    """How many timing rounds: at least ``minimum``; more, up to ``maximum`` rounds and ``seconds`` of timing,
+    while some setting's speed-up interval against ``baseline`` is wider than ``width`` (relative to its ratio)."""
+
+    minimum: int = 11
+    maximum: int = 11
+    seconds: float = 120.0
+    width: float = 0.10
+    seed: int = 0
+
+    def done(self, samples: dict[str, list[float]], baseline: str | None, elapsed: float) -> str | None:
+        """Why timing may stop now (None: go on)."""
+        rounds = len(next(iter(samples.values())))
+        if rounds < self.minimum:
+            return None
+        if baseline is None or len(samples) == 1:
+            return "minimum rounds"
+        widest = max(_relative_width(samples[baseline], v) for k, v in samples.items() if k != baseline)
+        if widest <= self.width:
+            return f"intervals narrow enough (widest 95% interval {widest:.0%} of its ratio, bar {self.width:.0%})"
+        if rounds >= self.maximum:
+            return f"round cap ({self.maximum}; widest 95% interval {widest:.0%} of its ratio)"
+        if elapsed >= self.seconds:
+            return f"time cap ({self.seconds:.0f} s; widest 95% interval {widest:.0%} of its ratio)"
+        return None
+
+
+def _relative_width(baseline: list[float], setting: list[float]) -> float:
+    low, high = bootstrap_ci(Latency(tuple(baseline)), Latency(tuple(setting)))
+    return (high - low) / (float(np.median(baseline)) / float(np.median(setting)))
+
+
+def conditions(threads: int, device: str = "cpu") -> dict:
+    """What a timing ran on: the processor (or GPU), the thread count and the load average now."""
+    info = {"device": device, "cpu": _cpu_name(), "cores": os.cpu_count(), "threads": threads, "load": _load()}
+    if device.startswith("cuda"):
+        import torch
+
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return info
+
+
+def _cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):  # noqa: SIM115 (read once, closed at exit)
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _load() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def describe_speedup(s: dict) -> str:
@@ -70,36 +160,59 @@ def describe_speedup(s: dict) -> str:
     return f"no measurable difference ({s['ratio']:.2f}x; {spread})"
 
 
+@dataclass(frozen=True)
+class TimedRun:
+    """Latencies of every setting, and how the run went: rounds, why it stopped, the machine's conditions."""
+
+    latency: dict[str, Latency]
+    rounds: int
+    stopped: str
+    conditions: dict
+
+    def to_json(self) -> dict:
+        return {"rounds": self.rounds, "stopped": self.stopped, **self.conditions}
+
+
 def interleaved_latency(
     settings: dict[str, Callable[[], object]],
     images: int,
-    repeats: int = 15,
+    rounds: Rounds | int = 15,
     warmup: int = 2,
     threads: int = 1,
     progress: bool = False,
-) -> dict[str, Latency]:
-    """Per-image latency of each setting (a callable that runs ``images`` images) over ``repeats`` interleaved
-    rounds, after ``warmup`` untimed rounds; every setting runs exactly ``warmup + repeats`` times."""
+    baseline: str | None = "full",
+    device: str = "cpu",
+) -> TimedRun:
+    """Per-image latency of each setting (a callable that runs ``images`` images) over interleaved rounds in a
+    seeded shuffled order, after ``warmup`` untimed rounds; ``rounds`` as ``Rounds`` (an int: exactly that many)."""
     import timeit
 
     import torch
     from torch.utils.benchmark.utils.timer import timer
     from tqdm import tqdm
 
-    if repeats < 3 or images < 1:
-        raise ValueError(f"latency: expected repeats >= 3 and images >= 1, got {repeats} and {images}")
+    rounds = rounds if isinstance(rounds, Rounds) else Rounds(minimum=rounds, maximum=rounds)
+    if rounds.minimum < 3 or images < 1:
+        raise ValueError(f"latency: expected repeats >= 3 and images >= 1, got {rounds.minimum} and {images}")
     names = list(settings)
     timers = {n: timeit.Timer(stmt=settings[n], timer=timer) for n in names}
     samples: dict[str, list[float]] = {n: [] for n in names}
+    order, before = np.random.default_rng(rounds.seed), conditions(threads, device)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         for _ in range(warmup):
             for name in names:
                 settings[name]()
-        for r in tqdm(range(repeats), desc="latency", unit="round", disable=not progress):
-            for name in names[r % len(names) :] + names[: r % len(names)]:
-                samples[name].append(1000 * timers[name].timeit(1) / images)
+        start, stopped = time.monotonic(), None
+        with tqdm(desc="latency", unit="round", disable=not progress) as bar:
+            while stopped is None:
+                for i in order.permutation(len(names)):
+                    samples[names[i]].append(1000 * timers[names[i]].timeit(1) / images)
+                bar.update(1)
+                stopped = rounds.done(samples, baseline if baseline in samples else None, time.monotonic() - start)
     finally:
         torch.set_num_threads(previous)
-    return {n: Latency(tuple(v)) for n, v in samples.items()}
+    load = before.pop("load")
+    ran = {**before, "load_before": load, "load_after": _load()}
+    return TimedRun({n: Latency(tuple(v)) for n, v in samples.items()}, len(samples[names[0]]), stopped, ran)

@@ -141,10 +141,48 @@ def answer(data: ReportData) -> dict[str, Any]:
         "candidates": candidates,
         "measured": _measured_sentence(data),
         "design": _design(data.decision),
+        "timing": [
+            line
+            for line in (
+                _timing_line("Exit latencies", data.exits_eval),
+                _timing_line("Design latencies", data.designs),
+            )
+            if line
+        ],
         "rows": [_row(data, k, final) for k in considered_exits(data)],
         "full_latency": latency(full),
         "final_AP50": final,
     }
+
+
+def _timing_line(what: str, result: dict | None) -> str | None:
+    """Where and how a result's latencies were measured, for the line beside them."""
+    timing = (result or {}).get("timing") or {}
+    if "rounds" not in timing:
+        return None
+    where = timing.get("gpu") or timing.get("cpu") or "an unrecorded processor"
+    return (
+        f"{what} timed on {where}, {timing.get('threads')} thread(s), {timing['rounds']} interleaved rounds "
+        f"({timing.get('stopped')}); load average {_load(timing.get('load_before'))} before, "
+        f"{_load(timing.get('load_after'))} after, on {timing.get('cores')} cores."
+    )
+
+
+def _load(values: list[float] | None) -> str:
+    return f"{values[0]:.1f}" if values else "unknown"
+
+
+def busy_machine(result: dict | None) -> str | None:
+    """A warning where the 1-minute load average exceeded the cores while timing ``result``."""
+    timing = (result or {}).get("timing") or {}
+    loads = [v[0] for v in (timing.get("load_before"), timing.get("load_after")) if v]
+    cores = timing.get("cores") or 0
+    if loads and cores and max(loads) > cores:
+        return (
+            f"The machine was busy while timing (load average {max(loads):.1f} on {cores} cores): latencies and "
+            "speed-ups are noisier than on a quiet machine; rerun there before acting on them."
+        )
+    return None
 
 
 def _trained(result: dict) -> bool:
@@ -194,6 +232,9 @@ def alerts(data: ReportData) -> list[str]:
             found.append(f"Latency differences within noise (per-round speed-up range holds 1x): {', '.join(noisy)}.")
         elif ev.get("exits") and all(latency(r) and latency(r)[1] is None for r in ev["exits"].values()):
             found.append("Latency was recorded as a mean without spread: differences of a few percent may be noise.")
+    for warning in (busy_machine(data.exits_eval), busy_machine(data.designs)):
+        if warning and warning not in found:
+            found.append(warning)
     if data.val_persons is not None and data.val_persons < MIN_PERSONS:
         found.append(
             f"The validation images hold only {data.val_persons} persons (fewer than ~{MIN_PERSONS}): one person "
