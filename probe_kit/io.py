@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -28,8 +29,25 @@ def write_text(path: Path, text: str) -> Path:
 
 
 def write_json(path: Path, data: Any) -> Path:
-    """Write ``data`` as indented JSON, atomically (see ``write_text``)."""
-    return write_text(path, json.dumps(data, indent=2) + "\n")
+    """Write ``data`` as indented, strict JSON, atomically (see ``write_text``): a NaN or infinity is refused,
+    naming the file and where it sits, rather than written as the invalid token ``NaN``."""
+    bad = non_finite(data)
+    if bad is not None:
+        raise ValueError(f"{path}: refusing to write a non-finite number ({bad}); the run that computed it is broken")
+    return write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
+
+
+def non_finite(data: Any, where: str = "") -> str | None:
+    """``key.path = nan`` of the first NaN or infinity in nested JSON-like ``data``, or None."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return f"{where or 'value'} = {data}"
+    if isinstance(data, dict):
+        items = ((f"{where}.{k}" if where else str(k), v) for k, v in data.items())
+    elif isinstance(data, (list, tuple)):
+        items = ((f"{where}[{i}]", v) for i, v in enumerate(data))
+    else:
+        return None
+    return next((found for key, value in items if (found := non_finite(value, key)) is not None), None)
 
 
 def read_json(path: Path, what: str = "JSON") -> Any:

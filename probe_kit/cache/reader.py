@@ -78,6 +78,12 @@ class FeatureCache:
     def tokens(self) -> tuple[str, ...]:
         return tuple(self.options["tokens"])
 
+    def image_hashes(self) -> list[str]:
+        """sha256 (hex) of every cached image file's bytes, in cache order: what identifies an image."""
+        if "images/sha256" not in self._h5:
+            raise ValueError(f"{self.path}: the cache records no image hashes (images/sha256); re-create it")
+        return [h.decode() for h in self._h5["images/sha256"][: self.num_images]]
+
     @property
     def depth(self) -> int:
         """Number of blocks of the model the cache was made with (its last layer)."""
@@ -106,8 +112,17 @@ class FeatureCache:
         return samples
 
     def verify(self, progress: bool = False) -> None:
-        """Re-hash the dataset (every annotation file and image); a ValueError names the first difference."""
+        """Re-hash the dataset (every annotation file and image) and read every feature and model output, which
+        must be finite; a ValueError names the first difference or damaged dataset and row."""
         self.load_dataset(progress=progress)
+        for layer in self.layers:
+            for role in (*self.tokens, *self.maps):
+                for _ in self.iter_chunks(layer, role):
+                    pass
+        for name, values in zip(("final/logits", "final/pred_boxes"), self.final_outputs(), strict=True):
+            finite = np.isfinite(values).reshape(len(values), -1).all(1)
+            if not finite.all():
+                raise ValueError(f"{self.path}: {name} row {int(np.argmin(finite))} holds NaN or infinity")
 
     def attrs(self) -> dict:
         return {k: (v.item() if hasattr(v, "item") else v) for k, v in self._h5.attrs.items()}
@@ -170,8 +185,20 @@ class FeatureCache:
             values = data[np.sort(index)]
             out = np.empty_like(values)
             out[order] = values
-            return out.astype(np.float32)
-        return data[index].astype(np.float32)
+        else:
+            out = data[index]
+        self._check_finite(out, layer, role, index)
+        return out.astype(np.float32)
+
+    def _check_finite(self, values: np.ndarray, layer: int, role: str, index: slice | np.ndarray) -> None:
+        """Refuse features holding NaN or infinity, naming the dataset and the cache row."""
+        finite = np.isfinite(values).reshape(len(values), -1).all(1)
+        if not finite.all():
+            rows = np.arange(self.num_images)[index] if isinstance(index, slice) else np.asarray(index)
+            raise ValueError(
+                f"{self.path}: layers/{layer}/{role} row {int(rows[int(np.argmin(finite))])} holds NaN or infinity; "
+                "the cache is damaged (re-create it with `probe-kit cache`)"
+            )
 
     def iter_chunks(self, layer: int, role: str = "det", chunk: int = 256) -> Iterator[tuple[int, np.ndarray]]:
         """``(start, [chunk, tokens, D])`` pieces of one layer, so memory stays bounded."""

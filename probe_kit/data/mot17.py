@@ -13,6 +13,7 @@ pixels and clipped to the image.
 from __future__ import annotations
 
 import configparser
+import hashlib
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass
@@ -103,6 +104,17 @@ def _base_name(name: str) -> str:
         if name.endswith(f"-{detector}"):
             return name[: -len(detector) - 1]
     return name
+
+
+def sequence_number(name: str) -> int:
+    """The number image ids of sequence folder ``name`` start from: the trailing number of its base name
+    (``MOT17-02-FRCNN`` -> 2), else a stable hash of the name into 10000..99999. It depends on the name only,
+    never on which other folders exist, so adding a sequence renumbers nothing."""
+    base = _base_name(name)
+    digits = len(base) - len(base.rstrip("0123456789"))
+    if digits and int(base[-digits:]) < 10_000:
+        return int(base[-digits:])
+    return 10_000 + int(hashlib.sha256(base.encode()).hexdigest(), 16) % 90_000
 
 
 def sequence_matches(name: str, token: str) -> bool:
@@ -308,8 +320,16 @@ def load_mot17(
     """All frames with images of the chosen sequences; image ids stay stable across selections."""
     check_selection(stride, min_visibility)
     folders = list_sequences(root, detector)
-    ordinal = {f: i + 1 for i, f in enumerate(folders)}
+    numbers: dict[int, Path] = {}
+    for folder in folders:
+        other = numbers.setdefault(sequence_number(folder.name), folder)
+        if other != folder:
+            raise ValueError(
+                f"{root}/train: sequences {other.name} and {folder.name} share the number {sequence_number(other.name)}"
+                ", from which image ids are made; rename one"
+            )
+    ids = {folder: number for number, folder in numbers.items()}
     samples = []
     for folder in select_sequences(folders, sequences):
-        samples += load_sequence(folder, ordinal[folder], split, min_visibility, stride)
+        samples += load_sequence(folder, ids[folder], split, min_visibility, stride)
     return samples

@@ -28,6 +28,7 @@ from probe_kit.heads.pipeline import (
     check_thresholds,
     fit_policies,
     held_out,
+    held_out_line,
     largest_input,
     score,
     settings,
@@ -109,7 +110,8 @@ def compare_designs(
     thresholds, timing = _checked(policies, thresholds, max_ap50_loss), timing or Timing()
     designs = _load_designs(exits_dirs, device)
     loaded = data_spec.load()
-    samples, dropped = held_out(loaded, designs, data_spec)
+    kept = held_out(loaded, designs, data_spec)
+    samples, dropped = kept.samples, kept.dropped
     gt, size = ground_truth_dict(samples), largest_input(designs[0], samples)
     every: list[Setting] = []
     for design in designs:
@@ -135,6 +137,7 @@ def compare_designs(
         "schema_version": RESULT_SCHEMA_VERSION,
         "scored_image_ids": [int(s.image_id) for s in samples],
         "dropped_training_images": dropped,
+        "held_out_by": kept.by,
         "full_model": {
             **{k: full[k] for k in ("exits_dir", "AP", "AP50")},
             "gflops": reference.profile.full,
@@ -242,10 +245,7 @@ def design_lines(result: dict) -> list[str]:
 
     full = result["full_model"]
     lines = [
-        (
-            f"scored {len(result['scored_image_ids'])} held-out images ({result['dropped_training_images']} training "
-            f"images dropped); {len(result['designs'])} settings over {len(result['folders'])} exits folders"
-        ),
+        (f"{held_out_line(result)}; {len(result['designs'])} settings over {len(result['folders'])} exits folders"),
         (
             f"full model: AP50 {full['AP50']:.4f}  {full['gflops']:.3f} GFLOPs  {full['latency']['median_ms']:.2f} ms "
             f"(IQR {full['latency']['iqr_ms']:.2f})"

@@ -23,6 +23,7 @@ from probe_kit.heads.pipeline import (
     check_thresholds,
     fit_policies,
     held_out,
+    held_out_line,
     largest_input,
     mean_gflops,
     score,
@@ -67,7 +68,8 @@ def evaluate_exits(
     policy_spec(policy_kind)  # an unknown name is refused before any work
     check_thresholds(thresholds)
     design = Design.load(exits_dir, device)
-    samples, dropped = held_out(data_spec.load(), [design], data_spec)
+    kept = held_out(data_spec.load(), [design], data_spec)
+    samples, dropped = kept.samples, kept.dropped
     design.record(samples, largest_input(design, samples), ground_truth_dict(samples), progress, sharded=True)
     if not distributed.is_main():  # rank 0 alone scores and times (latency on one rank, the others idle)
         return distributed.broadcast_object(None)
@@ -86,7 +88,8 @@ def evaluate_exits(
             name = "full" if s is every[len(static) - 1] else f"exit-{int(s.layers[0])}"
             write_json(Path(detections_dir) / f"{name}.json", design.records.detections(s.layers))
     context = _Context(design, samples, run, timing, tolerance, dropped)
-    return distributed.broadcast_object(_result(context, data_spec, policy_kind, static, sweep, chosen, bool(within)))
+    result = _result(context, data_spec, policy_kind, static, sweep, chosen, bool(within))
+    return distributed.broadcast_object({**result, "held_out_by": kept.by})
 
 
 class _Context:
@@ -166,8 +169,7 @@ def summary_lines(result: dict) -> list[str]:
     full, point, timing = result["full_model"], result["operating_point"], result["timing"]
     lines = [
         (
-            f"scored {len(result['scored_image_ids'])} held-out images ({result['dropped_training_images']} training "
-            f"images dropped); latency on {timing['images']} of them, batch 1, {timing['threads']} thread(s), "
+            f"{held_out_line(result)}; latency on {timing['images']} of them, batch 1, {timing['threads']} thread(s), "
             f"{timing['device']}"
         ),
         f"full model: AP {full['AP']:.4f}  AP50 {full['AP50']:.4f}  {full['gflops']:.3f} GFLOPs  {latency(full)}",

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from probe_kit.data.identity import file_sha256
 from probe_kit.data.sample import Sample
 from probe_kit.data.spec import DataSpec
 from probe_kit.heads.interface import ExitHead
@@ -123,10 +124,48 @@ def _patches(model, size: tuple[int, int]) -> int:
     return (size[0] // patch) * (size[1] // patch)
 
 
-def held_out(samples: Sequence[Sample], designs: Sequence[Design], data_spec: DataSpec) -> tuple[list[Sample], int]:
-    """Step 2: ``(samples that trained nothing in any design, how many were dropped)``; refuses when none is left."""
-    trained = set().union(*(d.config.trained_ids for d in designs))
-    kept = [s for s in samples if s.image_id not in trained]
+BY_CONTENT = "content (sha256 of each image file)"
+BY_ID = "image id (an exits folder predates content hashes: retrain it to decide by content)"
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """Step 2's answer: the ``samples`` that trained nothing, how many were ``dropped``, and ``by`` what."""
+
+    samples: list[Sample]
+    dropped: int
+    by: str
+
+
+def held_out_line(result: dict) -> str:
+    """``scored 40 held-out images (60 training images dropped, matched by content)``, for the console."""
+    by = "content" if result.get("held_out_by", BY_CONTENT) == BY_CONTENT else "image id"
+    return (
+        f"scored {len(result['scored_image_ids'])} held-out images ({result['dropped_training_images']} training "
+        f"images dropped, matched by {by})"
+    )
+
+
+def content_hashes(samples: Sequence[Sample], progress: bool = False) -> list[str]:
+    """sha256 of each sample's image file (what caches and exits folders record)."""
+    from tqdm import tqdm
+
+    missing = next((s for s in samples if s.path is None), None)
+    if missing is not None:
+        raise ValueError(f"sample {missing.file_name}: no image file, so it cannot be told apart by content")
+    return [file_sha256(s.path) for s in tqdm(samples, desc="hash images", unit="img", disable=not progress)]
+
+
+def held_out(samples: Sequence[Sample], designs: Sequence[Design], data_spec: DataSpec, progress=False) -> HeldOut:
+    """Step 2: the samples that trained or early-stopped nothing in any design, decided by their bytes (by id only
+    for folders made before content hashes were recorded); refuses when none is left."""
+    recorded = [d.config.trained_hashes for d in designs]
+    if all(h is not None for h in recorded):
+        trained, by = set().union(*recorded), BY_CONTENT
+        kept = [s for s, h in zip(samples, content_hashes(samples, progress), strict=True) if h not in trained]
+    else:
+        trained, by = set().union(*(d.config.trained_ids for d in designs)), BY_ID
+        kept = [s for s in samples if s.image_id not in trained]
     if not kept:
         split = designs[0].config.split if len(designs) == 1 else {}
         hint = (
@@ -139,7 +178,7 @@ def held_out(samples: Sequence[Sample], designs: Sequence[Design], data_spec: Da
             f"--data {data_spec.text()}: all {len(samples)} images trained or early-stopped the heads in {where}; "
             f"pass held-out data, e.g. {hint}"
         )
-    return kept, len(samples) - len(kept)
+    return HeldOut(kept, len(samples) - len(kept), by)
 
 
 def largest_input(design: Design, samples: Sequence[Sample]) -> tuple[int, int]:
@@ -165,8 +204,12 @@ def _training_records(design: Design, progress: bool) -> ExitRecords:
 
     with FeatureCache(Path(design.config.cache)) as cache:
         spec = cache.data_spec()
-    wanted = set(design.config.train_image_ids)
-    samples = [s for s in spec.load() if s.image_id in wanted]
+    everything = spec.load()
+    if design.config.trained_hashes is None:  # a folder made before content hashes: by id
+        wanted, keys = set(design.config.train_image_ids), [s.image_id for s in everything]
+    else:
+        wanted, keys = set(design.config.train_image_sha256), content_hashes(everything)
+    samples = [s for s, key in zip(everything, keys, strict=True) if key in wanted]
     if len(samples) != len(wanted):
         raise ValueError(f"{design.path}: {len(wanted) - len(samples)} training images are no longer in {spec.text()}")
     return record_exits(design.multi, design.processor, samples, progress)

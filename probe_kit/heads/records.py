@@ -93,7 +93,9 @@ def record_exits(
             images = [sample.load_image() for sample in samples[lo:hi]]
             pixels = processor(images=images, return_tensors="pt")["pixel_values"]
             for layer, tokens in multi.exit_tokens(pixels.to(device=device, dtype=dtype)):
-                parts[layer].append(_to_cpu(multi.exit_stats(layer, tokens)))
+                stats = _to_cpu(multi.exit_stats(layer, tokens))
+                _check_finite(stats, layer, samples[lo:hi])
+                parts[layer].append(stats)
             bar.update(hi - lo)
     return ExitRecords(
         layers=multi.heads.layers,
@@ -101,6 +103,14 @@ def record_exits(
         sizes=tuple((s.width, s.height) for s in samples),
         stats={k: ExitStats.cat(v) for k, v in parts.items()},
     )
+
+
+def _check_finite(stats: ExitStats, layer: int, samples: Sequence[Sample]) -> None:
+    """Refuse outputs holding NaN or infinity before they are scored, naming the exit and the image."""
+    finite = torch.isfinite(stats.person).all(-1) & torch.isfinite(stats.boxes).flatten(1).all(-1)
+    if not finite.all():
+        image = samples[int((~finite).nonzero()[0])].file_name
+        raise ValueError(f"exit {layer}: its outputs for {image} hold NaN or infinity; no score is computed from them")
 
 
 def _to_cpu(stats: ExitStats) -> ExitStats:

@@ -21,7 +21,7 @@ from probe_kit.heads.interface import ExitHead
 from probe_kit.heads.registry import head_type
 from probe_kit.models.record import ModelRecord, load_recorded
 
-EXITS_SCHEMA_VERSION = 2  # 2: one head interface; fine-tune history per exit (L<k>_loss, ...); schema_version
+EXITS_SCHEMA_VERSION = 2  # 2: one head interface; fine-tune history per exit (L<k>_loss, ...); image sha256s
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,9 @@ class ExitsConfig:
     train_image_ids: tuple[int, ...]
     holdout_image_ids: tuple[int, ...]
     head: str = "det"
+    # sha256 of each training / early-stopping image file, in the order of the ids: what held-out is decided by
+    train_image_sha256: tuple[str, ...] = ()
+    holdout_image_sha256: tuple[str, ...] = ()
     cache: str = ""
     cache_fingerprint: str = ""
     split: dict = field(default_factory=dict)
@@ -47,8 +50,15 @@ class ExitsConfig:
 
     @property
     def trained_ids(self) -> set[int]:
-        """Images that trained or early-stopped the heads: never scored."""
+        """Ids of the images that trained or early-stopped the heads (for people; see ``trained_hashes``)."""
         return set(self.train_image_ids) | set(self.holdout_image_ids)
+
+    @property
+    def trained_hashes(self) -> set[str] | None:
+        """Content of the images that trained or early-stopped the heads: never scored (None: not recorded)."""
+        if not self.train_image_sha256:
+            return None
+        return set(self.train_image_sha256) | set(self.holdout_image_sha256)
 
     def to_json(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -68,6 +78,8 @@ class ExitsConfig:
         _check_ints(data["train_image_ids"], f"{where}: train_image_ids", "a non-empty list of image ids (integers)")
         _check_ints(data["holdout_image_ids"], f"{where}: holdout_image_ids", "a list of image ids", empty=True)
         _check_ints(data.get("finetuned_blocks", []), f"{where}: finetuned_blocks", "block indices", empty=True)
+        for key, ids in (("train_image_sha256", "train_image_ids"), ("holdout_image_sha256", "holdout_image_ids")):
+            _check_hashes(data.get(key, []), len(data[ids]), f"{where}: {key}")
         if not isinstance(data.get("head", "det"), str):
             raise ValueError(f"{where}: head: expected a head type name, got {data['head']!r}")
         known = {f.name for f in fields(cls)}
@@ -79,6 +91,16 @@ def _check_ints(value: object, where: str, what: str, minimum: int | None = None
     integers = isinstance(value, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in value)
     if not integers or (not value and not empty) or (minimum is not None and any(i < minimum for i in value)):
         raise ValueError(f"{where}: expected {what}, got {str(value)[:60]}")
+
+
+def _check_hashes(value: object, count: int, where: str) -> None:
+    hexes = isinstance(value, list) and all(isinstance(h, str) and len(h) == 64 for h in value)
+    if not hexes or (value and len(value) != count):
+        raise ValueError(f"{where}: expected {count} sha256 hex digests (one per image id), got {str(value)[:60]}")
+    try:
+        [int(h, 16) for h in value]
+    except ValueError:
+        raise ValueError(f"{where}: expected sha256 hex digests, got {str(value)[:60]}") from None
 
 
 def save_exits(heads: ExitHead, config: ExitsConfig, out: Path, blocks: dict[str, torch.Tensor] | None = None) -> Path:
@@ -125,9 +147,13 @@ def _tensors(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing")
     try:
-        return load_file(path)
+        tensors = load_file(path)
     except (SafetensorError, OSError) as err:
         raise ValueError(f"{path}: not a readable safetensors file ({err})") from None
+    bad = next((name for name, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()), None)
+    if bad is not None:
+        raise ValueError(f"{path}: tensor {bad} holds NaN or infinity; these weights cannot give a number")
+    return tensors
 
 
 def load_exits(folder: Path, device: str = "cpu") -> tuple[torch.nn.Module, object, ExitHead, ExitsConfig]:

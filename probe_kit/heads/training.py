@@ -94,10 +94,13 @@ def train_exits(
 
 def _provenance(cache: FeatureCache, samples: list, split: Split) -> dict:
     """What an exits folder records about its inputs: the model record, the cache and the images used."""
+    hashes = cache.image_hashes()
     return {
         "base_model": cache_record(cache).to_json(),
         "train_image_ids": tuple(int(samples[i].image_id) for i in split.train),
         "holdout_image_ids": tuple(int(samples[i].image_id) for i in split.holdout),
+        "train_image_sha256": tuple(hashes[i] for i in split.train),
+        "holdout_image_sha256": tuple(hashes[i] for i in split.holdout),
         "cache": str(Path(cache.path).resolve()),
         "cache_fingerprint": cache.fingerprint,
         "split": split.describe(samples),
