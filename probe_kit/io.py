@@ -2,14 +2,50 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from probe_kit.errors import UserError
+
+
+@contextmanager
+def output_lock(out: Path, refusal: str) -> Iterator[None]:
+    """Hold an exclusive OS lock (``flock`` on ``.NAME.lock`` beside ``out``) while writing ``out``; a second
+    writer is refused with ``refusal`` and the lock's name. A lock held by a killed process is released by the
+    OS, so it never blocks the next run; the lock file is removed on release. A writer that opened it just
+    before the holder removed it locks a dead inode, notices (the path is gone or another file) and retries.
+    """
+    lock = out.with_name(f".{out.name}.lock")
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise UserError(f"{out}: cannot write in {out.parent} ({err.strerror or err})") from err
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UserError(
+                f"{refusal} (it holds {lock.name}); wait for it to finish or choose another --out"
+            ) from None
+        try:
+            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+        os.close(fd)
 
 
 def write_text(path: Path, text: str) -> Path:
@@ -22,10 +58,27 @@ def write_text(path: Path, text: str) -> Path:
             fh.write(text)
         os.chmod(tmp, 0o644)  # mkstemp makes it private; results are meant to be read by others
         os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise write_error(path, err) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_reason(err: Exception) -> str:
+    """What a failed write ran into, in words (no space, file too large, quota, read-only), from any library's
+    message (h5py, safetensors, the OS); else its first line."""
+    text = str(err)
+    known = ("No space left on device", "File too large", "Disk quota exceeded", "Read-only file system")
+    found = next((k.lower() for k in known if k.lower() in text.lower()), None)
+    return found or (text.splitlines()[0][:200] if text else type(err).__name__)
+
+
+def write_error(path: Path, err: Exception) -> OSError:
+    """One line naming ``path`` and what went wrong."""
+    return OSError(f"{path}: cannot write ({write_reason(err)}); nothing was left there")
 
 
 def write_json(path: Path, data: Any) -> Path:

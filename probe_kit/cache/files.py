@@ -11,17 +11,14 @@ opens and resumes. This holds for a killed process, not for a power cut (nothing
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import h5py
 
 from probe_kit.cache.schema import check_schema_version
 from probe_kit.data.identity import DataIdentity
+from probe_kit.io import output_lock
 
 
 def partial_path(out: Path) -> Path:
@@ -29,42 +26,17 @@ def partial_path(out: Path) -> Path:
     return out.with_name(f".{out.name}.partial")
 
 
-@contextmanager
-def writer_lock(out: Path) -> Iterator[None]:
-    """Hold an exclusive OS lock (``flock`` on ``.NAME.lock``) while writing ``out``; a second writer is refused.
+def writer_lock(out: Path):
+    """Hold an exclusive OS lock on ``.NAME.lock`` while writing the cache ``out``; a second writer is refused."""
+    return output_lock(out, f"{out}: another process is writing this cache")
 
-    The lock file is removed on release. A writer that opened it just before the holder removed it
-    locks a dead inode, notices (the path is gone or is another file) and tries again.
+
+def open_cache_file(path: Path, mode: str = "r", **h5_options) -> h5py.File:
+    """Open an existing cache of this schema version, or refuse in one line saying what the file is.
+
+    ``h5_options`` go to ``h5py.File`` (the writer turns the chunk cache off, so a failed write raises at
+    the write instead of when HDF5 evicts the chunk, where h5py can only print it).
     """
-    lock = out.with_name(f".{out.name}.lock")
-    while True:
-        try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as err:
-            raise ValueError(f"{out}: cannot write in {out.parent} ({err.strerror or err})") from err
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise ValueError(
-                f"{out}: another process is writing this cache (it holds {lock.name}); wait for it to finish "
-                "or choose another --out"
-            ) from None
-        try:
-            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
-                break
-        except FileNotFoundError:
-            pass
-        os.close(fd)
-    try:
-        yield
-    finally:
-        os.unlink(lock)
-        os.close(fd)
-
-
-def open_cache_file(path: Path, mode: str = "r") -> h5py.File:
-    """Open an existing cache of this schema version, or refuse in one line saying what the file is."""
     if path.is_dir():
         raise ValueError(f"{path}: is a directory; a cache is one .h5 file")
     if not path.is_file():
@@ -75,7 +47,7 @@ def open_cache_file(path: Path, mode: str = "r") -> h5py.File:
             "(name a cache, or a new file for --out)"
         )
     try:
-        handle = h5py.File(path, mode)
+        handle = h5py.File(path, mode, **h5_options)
     except OSError as err:
         if "unable to lock file" in str(err):
             raise ValueError(f"{path}: another process has this cache open for writing; wait for it to finish") from err

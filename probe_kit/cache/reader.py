@@ -113,7 +113,13 @@ class FeatureCache:
 
     def verify(self, progress: bool = False) -> None:
         """Re-hash the dataset (every annotation file and image) and read every feature and model output, which
-        must be finite; a ValueError names the first difference or damaged dataset and row."""
+        must be finite; a ValueError names the first difference or damaged dataset and row. An incomplete
+        cache fails: what it lacks cannot be verified."""
+        if not self.complete:
+            raise ValueError(
+                f"{self.path}: incomplete cache ({self.num_images} of {self.num_images_total} images); rerun "
+                "`probe-kit cache` to finish it"
+            )
         self.load_dataset(progress=progress)
         for layer in self.layers:
             for role in (*self.tokens, *self.maps):

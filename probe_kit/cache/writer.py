@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -36,6 +37,7 @@ from probe_kit.data.identity import DataIdentity, identify
 from probe_kit.data.sample import Sample
 from probe_kit.data.spec import DataSpec
 from probe_kit.distributed import shard_bounds
+from probe_kit.io import write_reason
 from probe_kit.models.layers import resolve_layers
 from probe_kit.models.loading import ModelSpec, load_yolos
 from probe_kit.models.record import ModelRecord
@@ -225,35 +227,77 @@ def write_file(
     into place once every dataset exists (see ``probe_kit/cache/files.py``), so a killed run leaves
     either a stray partial file, restarted from scratch, or a file this function resumes.
     """
-    from tqdm import tqdm
-
     hi = len(job.samples) if hi is None else hi
+    _check_space(out, _planned_bytes(job, hi - lo))
     if not out.exists():
         _create_atomically(job, out, lo, hi, shard)
-    with open_cache_file(out, "r+") as handle:
+    # No chunk cache: a write that fails (no space, quota) raises here, before num_written vouches for it.
+    with open_cache_file(out, "r+", rdcc_nbytes=0) as handle:
         _check_identity(handle, job, lo, hi, out)
         if handle.attrs["complete"]:
             return out
         start = int(handle.attrs["num_written"])
-        bar = tqdm(total=hi - lo, initial=start, desc="cache", unit="img", disable=not progress)
-        batches = run_batches(
-            job.model,
-            job.processor,
-            job.samples[lo:hi],
-            job.options.batch_size,
-            start,
-            hidden_states=True,
-            attentions=job.options.attention,
+        try:
+            _write_batches(handle, job, lo, hi, start, progress)
+        except OSError as err:
+            raise OSError(
+                f"{out}: writing failed ({write_reason(err)}); the cache is left incomplete at "
+                f"{int(handle.attrs['num_written'])} of {hi - lo} images: free space and rerun to resume"
+            ) from None
+        handle.attrs.modify("complete", True)
+        handle.flush()
+    return out
+
+
+def _planned_bytes(job: Extraction, n: int) -> int:
+    """Bytes the per-image datasets of ``n`` images take (what early allocation reserves)."""
+    return sum(n * int(np.prod(shape)) * np.dtype(dtype).itemsize for _, shape, dtype in _image_datasets(job))
+
+
+def _check_space(out: Path, planned: int) -> None:
+    """Refuse, with both numbers, when the file system (or ``ulimit -f``) cannot hold what is left to write: a
+    sparse, pre-allocated file would otherwise be written into a full disk and read back as zeros."""
+    import shutil
+
+    held = out.stat().st_blocks * 512 if out.exists() else 0
+    need = max(0, planned - held)
+    free, where = shutil.disk_usage(out.parent).free, f"free on {out.parent}"
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit != resource.RLIM_INFINITY and limit - (out.stat().st_size if out.exists() else 0) < free:
+        free, where = max(0, limit - (out.stat().st_size if out.exists() else 0)), "allowed by the file-size limit"
+    if need > free:
+        raise OSError(
+            f"{out}: needs {_size(need)} more for this cache, {_size(free)} {where}; free space or choose another --out"
         )
+
+
+def _size(count: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if count >= scale:
+            return f"{count / scale:.1f} {unit}"
+    return f"{count} bytes"
+
+
+def _write_batches(handle: h5py.File, job: Extraction, lo: int, hi: int, start: int, progress: bool) -> None:
+    """Extract and write ``job.samples[lo:hi]`` from image ``start`` on, flushing before each count update."""
+    from tqdm import tqdm
+
+    batches = run_batches(
+        job.model,
+        job.processor,
+        job.samples[lo:hi],
+        job.options.batch_size,
+        start,
+        hidden_states=True,
+        attentions=job.options.attention,
+    )
+    with tqdm(total=hi - lo, initial=start, desc="cache", unit="img", disable=not progress) as bar:
         for batch in batches:
             _write_batch(handle, batch, job.options, job.layout)
             handle.flush()  # the batch's bytes reach the file before the count that vouches for them
             handle.attrs.modify("num_written", batch.start + len(batch.samples))  # in place: no reallocation
             handle.flush()
             bar.update(len(batch.samples))
-        bar.close()
-        handle.attrs.modify("complete", True)
-    return out
 
 
 def _create_atomically(job: Extraction, out: Path, lo: int, hi: int, shard: tuple[int, int] | None) -> None:
@@ -266,6 +310,8 @@ def _create_atomically(job: Extraction, out: Path, lo: int, hi: int, shard: tupl
                 where = {"index": shard[0], "count": shard[1], "start": lo, "stop": hi, "total": len(job.samples)}
                 handle.attrs["shard"] = json.dumps(where)
         os.replace(partial, out)
+    except OSError as err:
+        raise OSError(f"{out}: cannot create the cache ({write_reason(err)}); nothing was written") from None
     finally:
         partial.unlink(missing_ok=True)
 
@@ -280,7 +326,7 @@ def _preallocated(group: h5py.Group, name: str, shape: tuple[int, ...], dtype, c
 
 def _create(handle: h5py.File, job: Extraction, lo: int, hi: int) -> None:
     """Every attribute and dataset of a file for ``job.samples[lo:hi]``; per-batch ones allocated, not written."""
-    samples, layout, options, config = job.samples[lo:hi], job.layout, job.options, job.model.config
+    samples, layout = job.samples[lo:hi], job.layout
     n = len(samples)
     handle.attrs.update(job.identity)
     handle.attrs["schema_version"] = SCHEMA_VERSION
@@ -295,7 +341,6 @@ def _create(handle: h5py.File, job: Extraction, lo: int, hi: int) -> None:
     images["file_name"] = np.array([s.file_name for s in samples], dtype=object).astype(strings)
     images["sha256"] = np.array([digest for _, digest in job.data.images[lo:hi]], dtype="S64")
     images["orig_size"] = np.array([(s.width, s.height) for s in samples], dtype=np.int32)
-    _preallocated(images, "input_size", (n, 2), np.int32)
     images["difficulty"] = np.array([s.meta.get("difficulty", "") for s in samples], dtype=object).astype(strings)
     ragged = h5py.vlen_dtype(np.float32)
     gt = handle.create_group("gt")
@@ -303,16 +348,28 @@ def _create(handle: h5py.File, job: Extraction, lo: int, hi: int) -> None:
         data = gt.create_dataset(name, (n,), dtype=ragged)
         for i, s in enumerate(samples):
             data[i] = np.asarray(getattr(s, attr), dtype=np.float32).ravel()
-    final = handle.create_group("final")
-    _preallocated(final, "logits", (n, layout.num_det, config.num_labels + 1), np.float32)
-    _preallocated(final, "pred_boxes", (n, layout.num_det, 4), np.float32)
+    for path, shape, dtype in _image_datasets(job):
+        # Feature chunks hold whole images of one layer/role (about 1 MiB): a layer reads contiguously.
+        chunks = (
+            (max(1, min(n, (1 << 20) // (shape[0] * shape[1] * 2))), *shape) if path.startswith("layers/") else None
+        )
+        _preallocated(handle, path, (n, *shape), dtype, chunks)
+
+
+def _image_datasets(job: Extraction) -> list[tuple[str, tuple[int, ...], str]]:
+    """``(path, shape per image, dtype)`` of every dataset written batch by batch (allocated at creation)."""
+    layout, options, config = job.layout, job.options, job.model.config
+    out = [
+        ("images/input_size", (2,), "int32"),
+        ("final/logits", (layout.num_det, config.num_labels + 1), "float32"),
+        ("final/pred_boxes", (layout.num_det, 4), "float32"),
+    ]
     shapes = {role: (layout.count(role), config.hidden_size) for role in options.tokens}
     for layer in options.layers:
         maps = options.maps() if layer > 0 else ()  # the embeddings have no attention
         for name, shape in [*shapes.items(), *((m, (layout.num_det, layout.num_patches)) for m in maps)]:
-            # Chunks of whole images of one layer/role (about 1 MiB): a layer reads contiguously, image by image.
-            rows = max(1, min(n, (1 << 20) // (shape[0] * shape[1] * 2)))
-            _preallocated(handle, layer_path(layer, name), (n, *shape), options.dtype, (rows, *shape))
+            out.append((layer_path(layer, name), shape, options.dtype))
+    return out
 
 
 def _write_batch(handle: h5py.File, batch, options: CacheOptions, layout: TokenLayout) -> None:

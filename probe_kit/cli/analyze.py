@@ -53,19 +53,19 @@ def command(name, show_list, cache_path, layers, out, seed, val_sequences, devic
             raise click.UsageError(f"--device: analyzer {name} does not run the model (it reads the cache only)")
         options["device"] = device
     from probe_kit.analyzers._options import check_options
-    from probe_kit.cli.outputs import check_outputs, dir_out
+    from probe_kit.cli.outputs import dir_out, guarded
 
     options = check_options(get_analyzer(name), options, where="-o ", text=True)  # typed and in range
     out = out or Path("runs") / name
-    check_outputs(dir_out(out))  # before any work
-    result = api.analyze(name, cache_path, layers, seed=seed, **options)
-    result.extra["command"] = shlex.join(
-        ["probe-kit", "analyze", name, "--cache", str(cache_path), "--layers", layers, "--seed", str(seed)]
-        + [arg for item in extra for arg in ("-o", item)]
-        + (["--val-sequences", val_sequences] if val_sequences else [])
-        + (["--device", device] if device else [])
-    )
-    path = write_result(result, out)
+    with guarded(dir_out(out)):  # checked before any work; a failed run leaves no folder it created
+        result = api.analyze(name, cache_path, layers, seed=seed, **options)
+        result.extra["command"] = shlex.join(
+            ["probe-kit", "analyze", name, "--cache", str(cache_path), "--layers", layers, "--seed", str(seed)]
+            + [arg for item in extra for arg in ("-o", item)]
+            + (["--val-sequences", val_sequences] if val_sequences else [])
+            + (["--device", device] if device else [])
+        )
+        path = write_result(result, out)
     for layer, metrics in sorted(result.layers.items()):
         shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
         click.echo(f"layer {layer:>2}: {shown}")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from probe_kit.cli.outputs import check_outputs, file_out
+from probe_kit.cli.outputs import file_out, guarded
 
 
 @click.command("decide")
@@ -67,13 +67,13 @@ def command(
         criteria = dataclasses.replace(criteria, max_ap50_loss=max_ap50_loss)
     if min_speedup is not None:
         criteria = dataclasses.replace(criteria, min_speedup=min_speedup)
-    check_outputs(file_out(out or results_dir / "decision.json"))  # before any work
-    decision = decide(load_results(results_dir), criteria, roles=analyzer_meta())
-    data = decision.to_json()
-    if designs_path is not None:
-        designs = read_json(designs_path, "--designs")
-        data["design"] = recommend_design(designs, criteria.max_ap50_loss, criteria.min_speedup)
-    path = write_json(out or results_dir / "decision.json", data)
+    with guarded(file_out(out or results_dir / "decision.json")):  # checked and locked before any work
+        decision = decide(load_results(results_dir), criteria, roles=analyzer_meta())
+        data = decision.to_json()
+        if designs_path is not None:
+            designs = read_json(designs_path, "--designs")
+            data["design"] = recommend_design(designs, criteria.max_ap50_loss, criteria.min_speedup)
+        path = write_json(out or results_dir / "decision.json", data)
     click.echo("\n".join(decision.rationale))
     click.echo(decision.summary)
     if designs_path is not None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from probe_kit.cli.options import Device, FloatList, build_data_spec, check_flags, data_options
-from probe_kit.cli.outputs import check_outputs, dir_out, guarded
+from probe_kit.cli.outputs import dir_out, guarded
 from probe_kit.heads.options import default
 
 
@@ -93,7 +93,6 @@ def train_exits(
     from probe_kit.heads.registry import head_type
     from probe_kit.models.layers import resolve_layers
 
-    check_outputs(dir_out(out))  # before any training
     try:
         head_type(head)
     except ValueError as err:
@@ -115,7 +114,8 @@ def train_exits(
     # Under torchrun heads train on the cache on rank 0 alone; with --finetune-blocks every rank trains (the
     # cheap head stage identically, the blocks data-parallel) and rank 0 saves.
     train = lambda: api.train_exits(cache_path, layers, out, seed, head=head, device=device, **training)  # noqa: E731
-    path = train() if finetune_blocks > 0 else distributed.on_rank_zero(train)
+    with guarded(dir_out(out)):  # checked before any training; a failed run leaves no folder it created
+        path = train() if finetune_blocks > 0 else distributed.on_rank_zero(train)
     if distributed.is_main():
         click.echo(f"exit heads -> {path}")
 

@@ -8,8 +8,10 @@ Every command that writes names its outputs once::
 The check refuses, in one line naming the option: a folder where a file belongs (and the reverse),
 a path under a file, and a place this process cannot write (probed by creating and removing a
 temporary file there, so read-only file systems and permissions are both seen, also for root).
-Resumable outputs (caches, studies, the reference recipe) use ``check_outputs`` alone: their partial
-state is what the next run resumes from.
+Every output is also locked while it is written (``.NAME.lock`` beside it, an OS lock released when
+the process ends, however it ends): a second process writing the same output is refused by name.
+Resumable outputs (studies, the reference recipe) use ``locked`` without the clean-up: their partial
+state is what the next run resumes from (caches lock in ``cache/writer.py``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,21 +96,33 @@ def _topmost_missing(path: Path) -> Path | None:
 
 @contextmanager
 def guarded(*outputs: Output | None) -> Iterator[None]:
-    """Check ``outputs`` now; if the body raises, remove every output path (and folder) it created."""
+    """Check ``outputs`` now and lock them (one writer per output); if the body raises, remove every output
+    path (and folder) it created."""
     check_outputs(*outputs)
     created = [top for out in outputs if out is not None and (top := _topmost_missing(out.path)) is not None]
-    try:
+    with locked(*outputs):
+        try:
+            yield
+        except BaseException:
+            for path in created:
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+            raise
+
+
+@contextmanager
+def locked(*outputs: Output | None) -> Iterator[None]:
+    """Check ``outputs`` and hold a writer's lock on each while the body runs: a second process writing the same
+    output is refused by name (``io.output_lock``). Under torchrun rank 0 alone writes, so it alone locks."""
+    from probe_kit import distributed
+    from probe_kit.io import output_lock
+
+    check_outputs(*outputs)
+    with ExitStack() as stack:
+        for out in outputs:
+            if out is not None and distributed.is_main():
+                out.path.parent.mkdir(parents=True, exist_ok=True)
+                stack.enter_context(output_lock(out.path, f"{out.label}: another process is writing it"))
         yield
-    except BaseException:
-        for path in created:
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink(missing_ok=True)
-        raise
-
-
-def checked(out: Output) -> Path:
-    """``out``'s path once ``check_outputs`` accepts it, for use inline: ``build(..., checked(file_out(p)))``."""
-    check_outputs(out)
-    return out.path

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from probe_kit.cli.options import Device
-from probe_kit.cli.outputs import check_outputs, dir_out
+from probe_kit.cli.outputs import check_outputs, dir_out, locked
 
 
 @click.group("reference")
@@ -44,8 +44,8 @@ def train(config_path: Path | None, out: Path, budget_minutes: float | None, dev
     from probe_kit.reference.recipe import RecipeConfig, train_reference
 
     cfg = RecipeConfig.from_yaml(config_path) if config_path else RecipeConfig()
-    check_outputs(dir_out(out))  # before any training
-    summary = train_reference(cfg, out, budget_minutes, device=device)  # under torchrun: DDP, rank 0 writes
+    with locked(dir_out(out)):  # checked before any training; one writer per folder
+        summary = train_reference(cfg, out, budget_minutes, device=device)  # under torchrun: DDP, rank 0 writes
     if not distributed.is_main():
         return
     if summary["best_AP50"] < 0:  # stopped by the budget before the first held-out evaluation

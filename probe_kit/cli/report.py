@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from probe_kit.cli.outputs import checked, file_out
+from probe_kit.cli.outputs import file_out, guarded
 
 
 @click.command("report")
@@ -44,14 +44,16 @@ def command(
         if missing:
             raise ValueError(f"--compare: {missing[0]}: no such study folder")
         name = "compare-" + "-".join(r.resolve().name for r in runs)
-        path = build_comparison(list(runs), checked(file_out(out or Path("reports") / f"{name}.html")))
+        with guarded(file_out(out or Path("reports") / f"{name}.html")):
+            path = build_comparison(list(runs), Path(out or Path("reports") / f"{name}.html"))
     else:
         if runs:
             raise ValueError(f"unexpected argument {str(runs[0])!r}: use --results DIR, or --compare DIR DIR ...")
         if results_dir is None:
             raise ValueError("--results: missing; give a study folder (or --compare DIR DIR ...)")
-        target = checked(file_out(out or Path("reports") / f"{results_dir.resolve().name}.html"))  # before any work
-        path = api.build_report(results_dir, target)
+        target = out or Path("reports") / f"{results_dir.resolve().name}.html"
+        with guarded(file_out(target)):  # checked and locked before any work
+            path = api.build_report(results_dir, target)
     click.echo(f"report written to {path.resolve()}")
     if open_browser:
         import webbrowser

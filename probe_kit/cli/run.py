@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from probe_kit.cli.outputs import check_outputs, dir_out
+from probe_kit.cli.outputs import dir_out, locked
 
 
 @click.command("run")
@@ -22,8 +22,8 @@ def run(config: Path, out: Path | None, open_browser: bool) -> None:
         raise FileNotFoundError(f"{config}: no such file; the demo ships inside the package: run `probe-kit demo`")
     cfg = load_experiment(config)  # every config error surfaces here, before any work
     target = out or Path("runs") / cfg.name
-    check_outputs(dir_out(target))  # before any work
-    decision = run_experiment(cfg, target)  # under torchrun: the cache sharded over the processes
+    with locked(dir_out(target)):  # checked before any work; one run per study folder
+        decision = run_experiment(cfg, target)  # under torchrun: the cache sharded over the processes
     if not distributed.is_main():
         return
     click.echo(f"{decision['verdict']}: exits {decision['exits']} -> {target / 'report.html'}")
@@ -41,8 +41,8 @@ def demo(out: Path, open_browser: bool) -> None:
     from probe_kit import distributed
     from probe_kit.experiment import DEMO_CONFIG, load_experiment, run_experiment
 
-    check_outputs(dir_out(out))  # before any work
-    decision = run_experiment(load_experiment(DEMO_CONFIG), out)
+    with locked(dir_out(out)):  # checked before any work; one run per study folder
+        decision = run_experiment(load_experiment(DEMO_CONFIG), out)
     if not distributed.is_main():
         return
     click.echo(f"{decision['verdict']}: exits {decision['exits']} -> {out / 'report.html'}")

@@ -6,16 +6,17 @@ then judged in this order (``judge``):
 
 1. **Plausible?** A setting can only save time by doing less work: its FLOPs speed-up must exceed 1 by
    ``FLOPS_MARGIN``, else it "saves no compute", whatever its timing.
-2. **Consistent?** A measured speed-up the compute cannot explain, i.e. whose 95% interval lies wholly
-   above the FLOPs speed-up times the machine's efficiency in the same run (``efficiency``: the best
-   measured/FLOPs ratio of the static exits timed beside it, at least 1), is "timing inconsistent with
-   compute": noise or a broken measurement, never a verdict.
-3. **Worth it?** "pays" when the interval's lower end clears ``min_speedup`` (a minimum worthwhile
-   speed-up, default 1.10x); "does not pay" when its upper end is below it, or when even the FLOPs
-   (times the efficiency) cannot reach it; otherwise "inconclusive": the timing is too noisy to tell.
+2. **Can it reach the bar?** Not when even its FLOPs speed-up times the machine's efficiency in the
+   same run (``efficiency``: the best measured/FLOPs ratio of the static exits timed beside it, at
+   least 1) stays below ``min_speedup`` (a minimum worthwhile speed-up, default 1.10x): "does not pay".
+3. **Consistent?** A measured speed-up the compute cannot explain, i.e. whose 95% interval lies wholly
+   above that FLOPs speed-up times the efficiency, with ``CONSISTENCY_SLACK`` to spare, is "timing
+   inconsistent with compute": noise or a broken measurement, so it counts as inconclusive, never "pays".
+4. **Worth it?** "pays" when the interval's lower end clears ``min_speedup``; "does not pay" when its
+   upper end is below it; otherwise "inconclusive": the timing is too noisy to tell.
 
 Verdict: "early exit pays" (the paying setting with the lowest median latency) if any pays, else
-"inconclusive" if any candidate is, else "not viable", each with the numbers behind it.
+"inconclusive" if any candidate is inconclusive or inconsistent, else "not viable", each with the numbers.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from probe_kit.models.timing import describe_speedup
 
 VERDICTS = ("early exit pays", "not viable", "inconclusive")
 FLOPS_MARGIN = 0.02  # a FLOPs speed-up of at most 1.02x does no measurably less work
+CONSISTENCY_SLACK = 1.25  # static exits measured 0.79-0.99 of their FLOPs speed-up: 25% above it is not compute
 MIN_SPEEDUP = 1.10
 JUDGEMENTS = ("pays", "does not pay", "inconclusive", "saves no compute", "timing inconsistent with compute")
 
@@ -75,11 +77,13 @@ def judge(d: dict, min_speedup: float, machine: float) -> str:
     measured = d["measured_speedup"]
     low, high = measured.get("ci95") or measured["round_ratio_iqr"]
     explainable = d["flops_speedup"] * machine
-    if low > explainable:
+    if explainable < min_speedup:
+        return "does not pay"
+    if low > explainable * CONSISTENCY_SLACK:
         return "timing inconsistent with compute"
     if low >= min_speedup:
         return "pays"
-    if high < min_speedup or explainable < min_speedup:
+    if high < min_speedup:
         return "does not pay"
     return "inconclusive"
 
@@ -107,7 +111,7 @@ def recommend_design(result: dict, max_ap50_loss: float | None = None, min_speed
         )
     rationale += [f"{judged[i]}: {_name(designs[i])}: {_numbers(designs[i], full)}" for i in within]
     paying = [i for i in within if judged[i] == "pays"]
-    unsure = [i for i in within if judged[i] == "inconclusive"]
+    unsure = [i for i in within if judged[i] in ("inconclusive", "timing inconsistent with compute")]
     chosen = min(paying, key=lambda i: designs[i]["latency"]["median_ms"]) if paying else None
     verdict = VERDICTS[0] if paying else VERDICTS[2] if unsure else VERDICTS[1]
     summary = _summary(verdict, designs, chosen, unsure, full, tolerance, min_speedup, result)
@@ -167,15 +171,24 @@ def _summary(verdict, designs, chosen, unsure, full, tolerance, min_speedup, res
     if chosen is not None:
         return f"{_name(designs[chosen])}: {_numbers(designs[chosen], full)}"
     if verdict == VERDICTS[2]:
-        widest = max(unsure, key=lambda i: np.subtract(*designs[i]["measured_speedup"]["ci95"][::-1]))
-        low, high = designs[widest]["measured_speedup"]["ci95"]
+        widest = max(unsure, key=lambda i: np.subtract(*_interval(designs[i])[::-1]))
+        low, high = _interval(designs[widest])
         rounds = result.get("timing", {}).get("rounds", 0)
+        what = (
+            f"exceeds what its compute explains (FLOPs {designs[widest]['flops_speedup']:.2f}x)"
+            if low > designs[widest]["flops_speedup"]
+            else f"straddles the {min_speedup:.2f}x bar"
+        )
         return (
             f"inconclusive: timing spread {low:.2f}-{high:.2f}x (95% interval of {setting_name(designs[widest])}) "
-            f"straddles the {min_speedup:.2f}x bar on this machine; rerun with --timing-repeats {max(3, 2 * rounds)} "
-            "or on a quiet machine"
+            f"{what} on this machine; rerun with --timing-repeats {max(3, 2 * rounds)} or on a quiet machine"
         )
     return f"{verdict}: no setting within {tolerance} AP50 of the full model is measurably {min_speedup:.2f}x faster"
+
+
+def _interval(d: dict) -> list[float]:
+    measured = d["measured_speedup"]
+    return measured.get("ci95") or measured["round_ratio_iqr"]
 
 
 def _context(designs: list[dict], within: list[int], judged: dict, floor: float, full: dict) -> list[str]:

@@ -10,6 +10,7 @@ exits are evaluated at the input size their tokens were cached at.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from probe_kit.heads.interface import ExitHead
 from probe_kit.heads.registry import head_type
+from probe_kit.io import write_error, write_json
 from probe_kit.models.record import ModelRecord, load_recorded
 
 EXITS_SCHEMA_VERSION = 2  # 2: one head interface; fine-tune history per exit (L<k>_loss, ...); image sha256s
@@ -107,11 +109,23 @@ def save_exits(heads: ExitHead, config: ExitsConfig, out: Path, blocks: dict[str
     """``heads.safetensors`` + ``config.json`` (+ ``blocks.safetensors``: fine-tuned blocks over the base)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in heads.state_dict().items()}, out / "heads.safetensors")
+    _save_tensors({k: v.contiguous() for k, v in heads.state_dict().items()}, out / "heads.safetensors")
     if blocks:
-        save_file({k: v.contiguous() for k, v in blocks.items()}, out / "blocks.safetensors")
-    (out / "config.json").write_text(json.dumps(config.to_json(), indent=2))
+        _save_tensors({k: v.contiguous() for k, v in blocks.items()}, out / "blocks.safetensors")
+    write_json(out / "config.json", config.to_json())  # last: a folder without it is no exits folder
     return out
+
+
+def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """``save_file`` to a temporary name, renamed once written; a failure names ``path`` and leaves nothing."""
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        save_file(tensors, partial)
+        os.replace(partial, path)
+    except (SafetensorError, OSError) as err:
+        raise write_error(path, err) from None
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def read_exits_config(folder: Path) -> ExitsConfig:
