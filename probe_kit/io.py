@@ -14,6 +14,13 @@ from typing import Any
 
 from probe_kit.errors import UserError
 
+_HELD: list[Path] = []  # outputs this process is writing now (named when a signal stops it)
+
+
+def held_outputs() -> list[Path]:
+    """The outputs this process holds a writer's lock on, oldest first."""
+    return list(_HELD)
+
 
 @contextmanager
 def output_lock(out: Path, refusal: str) -> Iterator[None]:
@@ -41,9 +48,11 @@ def output_lock(out: Path, refusal: str) -> Iterator[None]:
         except FileNotFoundError:
             pass
         os.close(fd)
+    _HELD.append(out)
     try:
         yield
     finally:
+        _HELD.remove(out)
         lock.unlink(missing_ok=True)
         os.close(fd)
 

@@ -19,6 +19,7 @@ Everything else (``TypeError``, ``KeyError``, ``AttributeError``, ``IndexError``
 from __future__ import annotations
 
 import copy
+import signal
 
 import click
 
@@ -36,13 +37,24 @@ class ProbeGroup(click.Group):
     def invoke(self, ctx: click.Context):
         from probe_kit import distributed
 
+        previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGINT)} if _main_thread() else {}
         try:
             with distributed.session():
                 return super().invoke(ctx)
-        except (ValueError, OSError, click.UsageError) as err:
+        except Stopped as stop:
+            raise stop.one_line() from None
+        except Exception as err:
+            stop = _stop_behind(err)  # a signal that landed inside an import or a C call arrives wrapped
+            if stop is not None:
+                raise stop.one_line() from None
+            if not isinstance(err, (ValueError, OSError, click.UsageError)):
+                raise
             if _debug(ctx) or isinstance(err, click.exceptions.NoArgsIsHelpError):
                 raise
             raise one_line(err) from err
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def make_context(self, info_name, args, parent=None, **extra):
         try:
@@ -61,6 +73,48 @@ class ProbeGroup(click.Group):
         on_rank_zero = copy.copy(command)
         on_rank_zero.invoke = lambda sub_ctx: distributed.on_rank_zero(lambda: command.invoke(sub_ctx))
         return name, on_rank_zero, rest
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or Ctrl-C, raised where the program was, so every ``finally`` runs (locks, temporary files, the
+    outputs ``guarded`` removes); ``one_line`` then says what was being written, and the exit code is 128 + signal."""
+
+    def __init__(self, signum: int, writing: list) -> None:
+        super().__init__(signum)
+        self.signum, self.writing = signum, writing
+
+    def one_line(self) -> click.ClickException:
+        name = "SIGTERM" if self.signum == signal.SIGTERM else "Ctrl-C"
+        what = f" while writing {', '.join(map(str, self.writing))}" if self.writing else ""
+        line = click.ClickException(
+            f"stopped by {name}{what}; an output it was making was removed, except a cache, study or recipe folder, "
+            "which is kept as far as it got: rerun the same command to resume it"
+        )
+        line.exit_code = 128 + self.signum
+        return line
+
+
+def _stop_behind(err: BaseException) -> Stopped | None:
+    """The ``Stopped`` an exception was raised from or during, if any."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, Stopped):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def _stop(signum: int, _frame) -> None:
+    from probe_kit.io import held_outputs
+
+    raise Stopped(signum, held_outputs())
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 def _debug(ctx: click.Context | None) -> bool:
