@@ -4,12 +4,13 @@ and under a loaded machine (issue: a busy machine must not flip the verdict)."""
 from __future__ import annotations
 
 import multiprocessing
+import re
 import time
 
 import numpy as np
 import pytest
 
-from probe_kit.decision.design import efficiency, judge, recommend_design
+from probe_kit.decision.design import DesignRow, efficiency, judge, recommend_design
 from probe_kit.models.timing import Latency, Rounds, bootstrap_ci, interleaved_latency, speedup
 
 
@@ -63,8 +64,9 @@ def test_a_measured_speedup_beyond_what_the_flops_explain_is_inconsistent_and_ca
     assert any(line.startswith("timing inconsistent with compute:") for line in rec["rationale"])
     # the same measurement is consistent where a static exit measured 1.5x its FLOPs in the same run
     static = _setting(1.5, {"ratio": 2.25, "round_ratio_iqr": [2.2, 2.3], "ci95": [2.2, 2.3]}, "static", 6, 0.5)
-    assert efficiency([static]) == pytest.approx(1.5)
-    assert judge(_setting(1.2, {"ratio": 1.7, "ci95": [1.6, 1.8]}), 1.1, efficiency([static])) == "pays"
+    rows = [DesignRow.from_json(d, "test") for d in (static, _setting(1.2, {"ratio": 1.7, "ci95": [1.6, 1.8]}))]
+    assert efficiency(rows[:1]) == pytest.approx(1.5)
+    assert judge(rows[1], 1.1, efficiency(rows[:1])) == "pays"
 
 
 def test_ratios_scattered_around_one_are_inconclusive_never_pays():
@@ -145,3 +147,23 @@ def test_two_spinning_processes_beside_the_timing_never_flip_the_verdict():
     assert quiet[0] in ("early exit pays", "inconclusive"), quiet
     assert loaded[0] in (quiet[0], "inconclusive"), (quiet, loaded)
     assert loaded[1]["2"] == quiet[1]["2"] == "saves no compute"  # the same work never pays, whatever the load
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("AP50", 7.0, "designs[1]: AP50: expected a finite number in [0, 1], got 7.0"),
+        ("AP50", float("nan"), "designs[1]: AP50: expected a finite number in [0, 1], got nan"),
+        ("mean_gflops", float("inf"), "designs[1]: mean_gflops: expected a finite number, got inf"),
+        ("measured_speedup", {"ratio": float("nan"), "ci95": [1.0, 1.2]}, "designs[1]: measured_speedup: expected"),
+    ],
+)
+def test_a_damaged_design_row_is_refused_naming_it(field, value, message):
+    row = _setting(2.0, {"ratio": 1.5, "ci95": [1.4, 1.6]})
+    row[field] = value
+    with pytest.raises(ValueError, match=re.escape(f"--designs: {message}")):
+        recommend_design(_result([row]))
+    if field != "measured_speedup":  # required fields; an untimed row has no measured_speedup
+        del row[field]
+        with pytest.raises(ValueError, match=re.escape(f"--designs: designs[1]: no {field!r}")):
+            recommend_design(_result([row]))

@@ -21,6 +21,8 @@ Verdict: "early exit pays" (the paying setting with the lowest median latency) i
 
 from __future__ import annotations
 
+from dataclasses import MISSING, dataclass, fields
+
 import numpy as np
 
 from probe_kit.models.timing import describe_speedup
@@ -32,51 +34,95 @@ MIN_SPEEDUP = 1.10
 JUDGEMENTS = ("pays", "does not pay", "inconclusive", "saves no compute", "timing inconsistent with compute")
 
 
-def design_name(d: dict) -> str:
+@dataclass(frozen=True)
+class DesignRow:
+    """One setting of a design comparison (a row of ``designs`` in an evaluate-exits result.json), validated on
+    read: every reader of the comparison uses these attributes, never the raw keys."""
+
+    exits_dir: str
+    head: str
+    finetuned_blocks: tuple[int, ...]
+    policy: str
+    threshold: float | None
+    layer: int | None
+    AP50: float  # noqa: N815 (the COCO name, as in result.json)
+    mean_gflops: float
+    flops_speedup: float
+    bound: bool
+    latency: dict | None = None
+    measured_speedup: dict | None = None
+
+    @classmethod
+    def from_json(cls, data: object, where: str) -> DesignRow:
+        """From a result row; a missing or non-finite field, or an AP50 outside [0, 1], is refused naming it."""
+        if not isinstance(data, dict):
+            raise ValueError(f"{where}: expected a design setting (a JSON object)")  # noqa: TRY004 (user input)
+        missing = [f.name for f in fields(cls) if f.default is MISSING and f.name not in data]
+        if missing:
+            raise ValueError(f"{where}: no {missing[0]!r}; not a row of an evaluate-exits design comparison")
+        for key, low in (("AP50", 0.0), ("mean_gflops", 1e-12), ("flops_speedup", 1e-12)):
+            if not _finite(data[key]) or data[key] < low or (key == "AP50" and data[key] > 1):
+                raise ValueError(
+                    f"{where}: {key}: expected a finite number{' in [0, 1]' if key == 'AP50' else ''}, "
+                    f"got {data[key]!r}"
+                )
+        measured = data.get("measured_speedup")
+        if measured is not None:
+            numbers = [measured.get("ratio"), *measured.get("round_ratio_iqr", []), *measured.get("ci95", [])]
+            if not all(_finite(v) and v > 0 for v in numbers):
+                raise ValueError(f"{where}: measured_speedup: expected positive finite ratios, got {measured!r:.80}")
+        values = {f.name: data.get(f.name, f.default) for f in fields(cls)}
+        return cls(**{**values, "finetuned_blocks": tuple(values["finetuned_blocks"])})
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and bool(np.isfinite(value))
+
+
+def design_name(d: DesignRow) -> str:
     """``dense heads, blocks 5,6 fine-tuned`` or ``det heads, frozen``: a design entry's head type and backbone."""
-    tuned = d["finetuned_blocks"]  # 0-based block indices; named 1-based, as layer k is block k's output
+    tuned = d.finetuned_blocks  # 0-based block indices; named 1-based, as layer k is block k's output
     blocks = f"blocks {','.join(str(i + 1) for i in tuned)} fine-tuned" if tuned else "frozen"
-    return f"{d['head']} heads, {blocks}"
+    return f"{d.head} heads, {blocks}"
 
 
-def setting_name(d: dict) -> str:
+def setting_name(d: DesignRow) -> str:
     """``dense heads, frozen, exit 6`` or ``det heads, frozen, learned at 0.3``: the design and its setting."""
-    setting = f"exit {d['layer']}" if d["policy"] == "static" else f"{d['policy']} at {d['threshold']}"
+    setting = f"exit {d.layer}" if d.policy == "static" else f"{d.policy} at {d.threshold}"
     return f"{design_name(d)}, {setting}"
 
 
-def _name(d: dict) -> str:
-    return f"{setting_name(d)} ({d['exits_dir']})"
+def _name(d: DesignRow) -> str:
+    return f"{setting_name(d)} ({d.exits_dir})"
 
 
-def _numbers(d: dict, full: dict) -> str:
-    text = f"AP50 {d['AP50']:.3f} ({d['AP50'] - full['AP50']:+.3f}), {d['mean_gflops']:.3f} GFLOPs"
-    measured = d.get("measured_speedup")
+def _numbers(d: DesignRow, full: dict) -> str:
+    text = f"AP50 {d.AP50:.3f} ({d.AP50 - full['AP50']:+.3f}), {d.mean_gflops:.3f} GFLOPs"
+    measured = d.measured_speedup
     if measured:
         text += f", measured: {describe_speedup(measured)}"
         if "ci95" in measured:
             text += f", 95% interval {measured['ci95'][0]:.2f}-{measured['ci95'][1]:.2f}"
-    return text + f", FLOPs {d['flops_speedup']:.2f}x"
+    return text + f", FLOPs {d.flops_speedup:.2f}x"
 
 
-def efficiency(designs: list[dict]) -> float:
+def efficiency(designs: list[DesignRow]) -> float:
     """The machine's measured/FLOPs speed-up ratio in this run: the best of the timed static exits (not the full
     model itself), at least 1 (a machine may run a smaller model no worse than its FLOPs say)."""
     ratios = [
-        d["measured_speedup"]["ratio"] / d["flops_speedup"]
+        d.measured_speedup["ratio"] / d.flops_speedup
         for d in designs
-        if d["policy"] == "static" and "measured_speedup" in d and d["flops_speedup"] > 1 + FLOPS_MARGIN
+        if d.policy == "static" and d.measured_speedup is not None and d.flops_speedup > 1 + FLOPS_MARGIN
     ]
     return max([1.0, *ratios])
 
 
-def judge(d: dict, min_speedup: float, machine: float) -> str:
+def judge(d: DesignRow, min_speedup: float, machine: float) -> str:
     """One of ``JUDGEMENTS`` for a timed setting (see the module docstring); ``machine`` = ``efficiency``."""
-    if d["flops_speedup"] <= 1 + FLOPS_MARGIN:
+    if d.flops_speedup <= 1 + FLOPS_MARGIN:
         return "saves no compute"
-    measured = d["measured_speedup"]
-    low, high = measured.get("ci95") or measured["round_ratio_iqr"]
-    explainable = d["flops_speedup"] * machine
+    low, high = _interval(d)
+    explainable = d.flops_speedup * machine
     if explainable < min_speedup:
         return "does not pay"
     if low > explainable * CONSISTENCY_SLACK:
@@ -97,13 +143,16 @@ def recommend_design(result: dict, max_ap50_loss: float | None = None, min_speed
         raise ValueError(f"--max-ap50-loss: expected an AP50 difference in [0, 1), got {tolerance}")
     if not (np.isfinite(min_speedup) and min_speedup >= 1):
         raise ValueError(f"--min-speedup: expected a speed-up of at least 1, got {min_speedup}")
-    full, designs = result["full_model"], result["designs"]
+    full = result["full_model"]
+    if not isinstance(result["designs"], list):
+        raise ValueError("--designs: designs: expected a list of settings")
+    designs = [DesignRow.from_json(d, f"--designs: designs[{i}]") for i, d in enumerate(result["designs"])]
     floor = full["AP50"] - tolerance
     machine = efficiency(designs)
-    timed = [i for i, d in enumerate(designs) if not d["bound"] and "measured_speedup" in d]
+    timed = [i for i, d in enumerate(designs) if not d.bound and d.measured_speedup is not None]
     judged = {i: judge(designs[i], min_speedup, machine) for i in timed}
-    within = [i for i in timed if designs[i]["AP50"] >= floor and not _is_full(designs[i], designs)]
-    rationale = [_headline(result, floor, tolerance, min_speedup, machine)]
+    within = [i for i in timed if designs[i].AP50 >= floor and not _is_full(designs[i], designs)]
+    rationale = [_headline(result, sum(not d.bound for d in designs), floor, tolerance, min_speedup, machine)]
     if tolerance != result.get("max_ap50_loss", tolerance):
         rationale.append(
             f"latency was measured for the cheapest settings within {result['max_ap50_loss']} of the full AP50; with "
@@ -112,7 +161,7 @@ def recommend_design(result: dict, max_ap50_loss: float | None = None, min_speed
     rationale += [f"{judged[i]}: {_name(designs[i])}: {_numbers(designs[i], full)}" for i in within]
     paying = [i for i in within if judged[i] == "pays"]
     unsure = [i for i in within if judged[i] in ("inconclusive", "timing inconsistent with compute")]
-    chosen = min(paying, key=lambda i: designs[i]["latency"]["median_ms"]) if paying else None
+    chosen = min(paying, key=lambda i: designs[i].latency["median_ms"]) if paying else None
     verdict = VERDICTS[0] if paying else VERDICTS[2] if unsure else VERDICTS[1]
     summary = _summary(verdict, designs, chosen, unsure, full, tolerance, min_speedup, result)
     rationale += _context(designs, within, judged, floor, full)
@@ -125,17 +174,17 @@ def recommend_design(result: dict, max_ap50_loss: float | None = None, min_speed
         "efficiency": machine,
         "judgements": {str(i): judged[i] for i in timed},
         "timing": result.get("timing", {}),
-        "design": None if chosen is None else {"index": chosen, **designs[chosen]},
+        "design": None if chosen is None else {"index": chosen, **result["designs"][chosen]},
         "rationale": rationale,
     }
 
 
-def _is_full(d: dict, designs: list[dict]) -> bool:
-    depth = max((x["layer"] for x in designs if x["policy"] == "static"), default=None)
-    return d["policy"] == "static" and d["layer"] == depth and not d["finetuned_blocks"]
+def _is_full(d: DesignRow, designs: list[DesignRow]) -> bool:
+    depth = max((x.layer for x in designs if x.policy == "static"), default=None)
+    return d.policy == "static" and d.layer == depth and not d.finetuned_blocks
 
 
-def _headline(result: dict, floor: float, tolerance: float, min_speedup: float, machine: float) -> str:
+def _headline(result: dict, settings: int, floor: float, tolerance: float, min_speedup: float, machine: float) -> str:
     full, timing = result["full_model"], result.get("timing", {})
     busy = _busy(timing)
     return (
@@ -143,7 +192,7 @@ def _headline(result: dict, floor: float, tolerance: float, min_speedup: float, 
         f"median (IQR {full['latency']['iqr_ms']:.2f}); tolerance: AP50 >= {floor:.3f} (max loss {tolerance}); a "
         f"setting pays when the lower end of its speed-up's 95% interval clears {min_speedup:.2f}x; machine "
         f"efficiency {machine:.2f} (measured/FLOPs, static exits); {_conditions(timing)}{busy}; "
-        f"{sum(not d['bound'] for d in result['designs'])} settings compared on {len(result['scored_image_ids'])} "
+        f"{settings} settings compared on {len(result['scored_image_ids'])} "
         "held-out images"
     )
 
@@ -175,8 +224,8 @@ def _summary(verdict, designs, chosen, unsure, full, tolerance, min_speedup, res
         low, high = _interval(designs[widest])
         rounds = result.get("timing", {}).get("rounds", 0)
         what = (
-            f"exceeds what its compute explains (FLOPs {designs[widest]['flops_speedup']:.2f}x)"
-            if low > designs[widest]["flops_speedup"]
+            f"exceeds what its compute explains (FLOPs {designs[widest].flops_speedup:.2f}x)"
+            if low > designs[widest].flops_speedup
             else f"straddles the {min_speedup:.2f}x bar"
         )
         return (
@@ -186,31 +235,31 @@ def _summary(verdict, designs, chosen, unsure, full, tolerance, min_speedup, res
     return f"{verdict}: no setting within {tolerance} AP50 of the full model is measurably {min_speedup:.2f}x faster"
 
 
-def _interval(d: dict) -> list[float]:
-    measured = d["measured_speedup"]
+def _interval(d: DesignRow) -> list[float]:
+    measured = d.measured_speedup
     return measured.get("ci95") or measured["round_ratio_iqr"]
 
 
-def _context(designs: list[dict], within: list[int], judged: dict, floor: float, full: dict) -> list[str]:
+def _context(designs: list[DesignRow], within: list[int], judged: dict, floor: float, full: dict) -> list[str]:
     """The best found where nothing pays: the cheapest within tolerance, the most accurate that pays outside it,
     and the oracle's bound."""
     lines = []
     if within:
-        cheapest = min(within, key=lambda i: designs[i]["mean_gflops"])
+        cheapest = min(within, key=lambda i: designs[i].mean_gflops)
         lines.append(f"cheapest within tolerance besides the full model: {_name(designs[cheapest])}")
     faster = [i for i, j in judged.items() if j == "pays" and i not in within]
     if faster:
-        best = max(faster, key=lambda i: designs[i]["AP50"])
+        best = max(faster, key=lambda i: designs[i].AP50)
         lines.append(
             f"most accurate setting that pays outside the tolerance: {_name(designs[best])}: "
-            f"{_numbers(designs[best], full)}; its AP50 is {floor - designs[best]['AP50']:.3f} below the tolerance"
+            f"{_numbers(designs[best], full)}; its AP50 is {floor - designs[best].AP50:.3f} below the tolerance"
         )
-    bounds = [i for i, d in enumerate(designs) if d["bound"] and d["AP50"] >= floor]
+    bounds = [i for i, d in enumerate(designs) if d.bound and d.AP50 >= floor]
     if bounds:
-        b = min(bounds, key=lambda i: designs[i]["mean_gflops"])
+        b = min(bounds, key=lambda i: designs[i].mean_gflops)
         lines.append(
-            f"oracle bound (not a result): a perfect gate for F1 cut {designs[b]['threshold']} would run "
-            f"{designs[b]['mean_gflops']:.3f} GFLOPs ({designs[b]['flops_speedup']:.2f}x by FLOPs) at AP50 "
-            f"{designs[b]['AP50']:.3f} ({designs[b]['exits_dir']})"
+            f"oracle bound (not a result): a perfect gate for F1 cut {designs[b].threshold} would run "
+            f"{designs[b].mean_gflops:.3f} GFLOPs ({designs[b].flops_speedup:.2f}x by FLOPs) at AP50 "
+            f"{designs[b].AP50:.3f} ({designs[b].exits_dir})"
         )
     return lines

@@ -240,12 +240,13 @@ def latency_check(designs: Sequence[dict], front: Sequence[int]) -> list[dict]:
 
 def design_lines(result: dict) -> list[str]:
     """What ``evaluate-exits --policies`` prints: the full model, the Pareto front with latency, the oracle's bound."""
-    from probe_kit.decision.design import design_name, setting_name
+    from probe_kit.decision.design import DesignRow, design_name, setting_name
     from probe_kit.models.timing import describe_speedup
 
     full = result["full_model"]
+    rows = [DesignRow.from_json(d, f"designs[{i}]") for i, d in enumerate(result["designs"])]
     lines = [
-        (f"{held_out_line(result)}; {len(result['designs'])} settings over {len(result['folders'])} exits folders"),
+        (f"{held_out_line(result)}; {len(rows)} settings over {len(result['folders'])} exits folders"),
         (
             f"full model: AP50 {full['AP50']:.4f}  {full['gflops']:.3f} GFLOPs  {full['latency']['median_ms']:.2f} ms "
             f"(IQR {full['latency']['iqr_ms']:.2f})"
@@ -253,11 +254,11 @@ def design_lines(result: dict) -> list[str]:
         "Pareto front (AP50 vs mean GFLOPs; the oracle is a bound and kept off it):",
     ]
     for i in result["pareto_front"]:
-        d = result["designs"][i]
-        measured = f"  measured: {describe_speedup(d['measured_speedup'])}" if "measured_speedup" in d else ""
+        d = rows[i]
+        measured = f"  measured: {describe_speedup(d.measured_speedup)}" if d.measured_speedup else ""
         lines.append(
-            f"  {setting_name(d)}: AP50 {d['AP50']:.4f}  {d['mean_gflops']:.3f} GFLOPs "
-            f"(FLOPs {d['flops_speedup']:.2f}x){measured}"
+            f"  {setting_name(d)}: AP50 {d.AP50:.4f}  {d.mean_gflops:.3f} GFLOPs "
+            f"(FLOPs {d.flops_speedup:.2f}x){measured}"
         )
     checks = result["latency_check"]
     disagree = [c for c in checks if not c["agrees"]]
@@ -266,16 +267,15 @@ def design_lines(result: dict) -> list[str]:
         "their FLOPs predict (same: within 5% or not measurable)"
     )
     for c in disagree:
-        d = result["designs"][c["design"]]
         lines.append(
-            f"  {setting_name(d)}: FLOPs predict {c['predicted']} ({c['flops_speedup']:.2f}x); "
+            f"  {setting_name(rows[c['design']])}: FLOPs predict {c['predicted']} ({c['flops_speedup']:.2f}x); "
             f"measured {c['measured']}: {describe_speedup(c['measured_speedup'])}"
         )
-    bounds = [d for d in result["designs"] if d["bound"] and d["AP50"] >= full["AP50"] - result["max_ap50_loss"]]
+    bounds = [d for d in rows if d.bound and d.AP50 >= full["AP50"] - result["max_ap50_loss"]]
     if bounds:
-        b = min(bounds, key=lambda d: d["mean_gflops"])
+        b = min(bounds, key=lambda d: d.mean_gflops)
         lines.append(
-            f"oracle bound (not a result): {design_name(b)}, F1 cut {b['threshold']}: "
-            f"AP50 {b['AP50']:.4f} at {b['mean_gflops']:.3f} GFLOPs ({b['flops_speedup']:.2f}x by FLOPs)"
+            f"oracle bound (not a result): {design_name(b)}, F1 cut {b.threshold}: "
+            f"AP50 {b.AP50:.4f} at {b.mean_gflops:.3f} GFLOPs ({b.flops_speedup:.2f}x by FLOPs)"
         )
     return lines
