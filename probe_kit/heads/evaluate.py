@@ -42,7 +42,7 @@ FULL_MODEL_SOURCE = (
 )
 TIMING_METHOD = (
     "one timeit call per setting and round (torch.utils.benchmark clock, synchronised), settings interleaved in "
-    "rotated order, batch 1"
+    "an order shuffled per round from a seed, batch 1"
 )
 
 

@@ -1,7 +1,7 @@
 """Latency as benchmarks measure it: warm-up, interleaved repeats, a fixed thread count, medians with spread.
 
 Each setting is a callable that runs one fixed list of images (batch 1, one call per image). Every
-round times every setting once, in a rotated order, so load drift and thermal changes hit all
+round times every setting once (in an order shuffled per round, below), so load drift and thermal changes hit all
 settings alike. The clock is ``torch.utils.benchmark``'s (``timer``: it synchronises the
 accelerator before reading ``timeit.default_timer``), read through ``timeit.Timer`` (garbage
 collection off while timing) at the thread count given. ``torch.utils.benchmark.Timer`` itself is
