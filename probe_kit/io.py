@@ -131,6 +131,52 @@ def read_json(path: Path, what: str = "JSON") -> Any:
         raise UserError(f"{path}: not valid {what} (nested too deeply)") from None
 
 
+MAX_YAML_BYTES = 1 << 20  # a study's settings fit in a few kB; a larger "config" is a mistake or an attack
+
+
+def read_yaml(path: Path, what: str = "YAML") -> Any:
+    """``yaml.safe_load`` of a settings file, strictly: a duplicate key is an error naming the file and line (the
+    last value would silently win), and a file over ``MAX_YAML_BYTES`` is refused unread (YAML aliases can
+    make a small file expand without bound, so a size cap is the cheap guard)."""
+    import yaml
+
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such {what} file") from None
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder; expected a {what} file")
+    if size > MAX_YAML_BYTES:
+        raise UserError(f"{path}: {size} bytes; {what} files are at most {MAX_YAML_BYTES} bytes")
+    try:
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_unique_key_loader(path))  # noqa: S506 (SafeLoader)
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a {what} file (not UTF-8 text)") from None
+    except yaml.YAMLError as err:
+        raise UserError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+
+
+def _unique_key_loader(path: Path):
+    """A ``yaml.SafeLoader`` that refuses a mapping with the same key twice, naming ``path`` and the line."""
+    import yaml
+
+    class UniqueKeys(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                if key in seen:
+                    raise UserError(
+                        f"{path}:{key_node.start_mark.line + 1}: duplicate key {key!r} (first on line {seen[key]}); "
+                        "YAML would silently keep the last value"
+                    )
+                seen[key] = key_node.start_mark.line + 1
+            return super().construct_mapping(node, deep)
+
+    return UniqueKeys
+
+
 def read_result(path: Path) -> dict:
     """An analyzer's ``result.json``: a mapping with ``analyzer`` (text) and ``layers`` (per-layer mappings)."""
     data = read_json(path, "analyzer result")

@@ -264,3 +264,18 @@ def test_attribution_completeness_with_enough_steps(tiny_cache):
     fine = run_analyzer("attribution", tiny_cache, "2", images=1, steps=64)
     assert fine.layers[2]["relative_completeness_delta"] < 0.1
     assert fine.layers[2]["relative_completeness_delta"] < coarse.layers[2]["relative_completeness_delta"]
+
+
+def test_clustering_tsne_places_the_points_and_leaves_the_numbers_as_with_pca(tiny_cache):
+    """t-SNE only draws: with it, silhouette and k-NN are those of the PCA-only run for the same seed; the
+    embedding is reproducible from the seed, and a perplexity out of range is refused before any work."""
+    plain = run_analyzer("clustering", tiny_cache, "4", umap=False, max_points=150)
+    drawn = run_analyzer("clustering", tiny_cache, "4", umap=False, tsne=True, perplexity=10, max_points=150)
+    again = run_analyzer("clustering", tiny_cache, "4", umap=False, tsne=True, perplexity=10, max_points=150)
+    assert drawn.layers == plain.layers  # the same silhouette, k-NN and explained variance
+    points = drawn.arrays["patch_tsne_L4"]
+    assert points.shape == (len(drawn.arrays["patch_labels"]), 2) and np.isfinite(points).all()
+    np.testing.assert_array_equal(points, again.arrays["patch_tsne_L4"])
+    assert "patch_tsne_L4" not in plain.arrays and drawn.options["perplexity"] == 10
+    with pytest.raises(ValueError, match="perplexity"):
+        run_analyzer("clustering", tiny_cache, "4", tsne=True, perplexity=500)

@@ -95,3 +95,26 @@ def test_range_bounds():
     assert closed.contains(0) and closed.contains(1) and not closed.contains(1.0001)
     assert not open_.contains(0) and not open_.contains(1) and open_.contains(0.5)
     assert str(Range(min=1)) == ">= 1" and str(open_) == "in (0, 1)" and str(Range(max=5, max_open=True)) == "< 5"
+
+
+def test_settings_files_are_strict_yaml(tmp_path):
+    """A duplicate key would silently keep the last value, and a huge file (or alias bomb) would hang the loader:
+    both are refused, naming the file (and the line)."""
+    from probe_kit.errors import UserError
+    from probe_kit.experiment import load_experiment
+    from probe_kit.io import MAX_YAML_BYTES, read_yaml
+
+    twice = tmp_path / "exp.yaml"
+    twice.write_text("name: a\nseed: 1\nbatch_size: 4\nseed: 2\n")
+    with pytest.raises(UserError, match=r"exp\.yaml:4: duplicate key 'seed' \(first on line 2\)"):
+        load_experiment(twice)
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("name: a\nanalyzers:\n  lens: {}\n  lens: {val_fraction: 0.5}\n")
+    with pytest.raises(UserError, match=r"nested\.yaml:4: duplicate key 'lens'"):
+        load_experiment(nested)
+    huge = tmp_path / "huge.yaml"
+    huge.write_text("name: a\n" + "# padding\n" * (MAX_YAML_BYTES // 10 + 1))
+    with pytest.raises(UserError, match=r"huge\.yaml: \d+ bytes; experiment YAML files are at most"):
+        load_experiment(huge)
+    (tmp_path / "ok.yaml").write_text("a: [1, 2]\nb: {c: 1}\n")
+    assert read_yaml(tmp_path / "ok.yaml") == {"a": [1, 2], "b": {"c": 1}}

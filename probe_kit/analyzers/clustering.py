@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import asdict, dataclass
+from typing import Annotated
 
 import numpy as np
 from sklearn.decomposition import PCA
@@ -21,7 +22,7 @@ from sklearn.neighbors import KNeighborsClassifier
 from probe_kit.analyzers._registry import AnalyzerResult, register
 from probe_kit.cache.reader import FeatureCache
 from probe_kit.ops.matching import match_final_to_gt, patches_inside
-from probe_kit.options import Fraction, PositiveInt
+from probe_kit.options import Fraction, PositiveInt, Range
 from probe_kit.training.data import make_split, options_json
 
 
@@ -31,6 +32,8 @@ class ClusteringOptions:
     neighbours: PositiveInt = 5
     pca_dims: PositiveInt = 32  # k-NN and silhouette run in this PCA space
     umap: bool = True
+    tsne: bool = False  # a t-SNE picture too (the status report's Experiment 2); it places points, nothing is scored
+    perplexity: Annotated[float, Range(1, 100)] = 30.0  # t-SNE's perplexity (below the number of points)
     val_fraction: Fraction = 0.3
     val_sequences: tuple[str, ...] = ()
 
@@ -66,6 +69,15 @@ def _features(cache: FeatureCache, layer: int, kind: str, images: np.ndarray, to
     return block[inverse, tokens]
 
 
+def _tsne(points: np.ndarray, seed: int, perplexity: float) -> np.ndarray:
+    """2-D t-SNE of ``points`` (scikit-learn, PCA initialisation, seeded); perplexity capped below the point count."""
+    from sklearn.manifold import TSNE
+
+    perplexity = min(perplexity, max(1.0, (len(points) - 1) / 3))
+    reducer = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed)
+    return reducer.fit_transform(points).astype(np.float32)
+
+
 def _umap(points: np.ndarray, seed: int) -> np.ndarray:
     import umap
 
@@ -77,7 +89,7 @@ def _umap(points: np.ndarray, seed: int) -> np.ndarray:
 
 @register(
     "clustering",
-    "PCA/UMAP per layer: explained variance, silhouette, held-out k-NN accuracy of person labels",
+    "PCA/UMAP/t-SNE per layer: explained variance, silhouette, held-out k-NN accuracy of person labels",
     ClusteringOptions,
     role="evidence",
     metrics={
@@ -117,6 +129,8 @@ def run_clustering(cache: FeatureCache, layers: tuple[int, ...], seed: int = 0, 
             arrays[f"{kind}_pca_L{layer}"] = z_train[:, :2].astype(np.float32)
             if opts.umap:
                 arrays[f"{kind}_umap_L{layer}"] = _umap(z_train, seed)
+            if opts.tsne:
+                arrays[f"{kind}_tsne_L{layer}"] = _tsne(z_train, seed, opts.perplexity)
     if not arrays:
         raise ValueError(f"{cache.path}: no token kind has both labels among the sampled points")
     return AnalyzerResult(

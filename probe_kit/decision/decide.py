@@ -59,12 +59,9 @@ def parse_bars(text: str, option: str = "--bars") -> tuple[tuple[int, float], ..
     if ":" not in text or path.is_file():
         if not path.is_file():
             raise ValueError(f"{option} {text!r}: expected LAYER:AP50 pairs like 3:0.30,6:0.50 or a file of them")
-        import yaml
+        from probe_kit.io import read_yaml
 
-        try:
-            raw = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as err:
-            raise ValueError(f"{option} {path}: not valid YAML/JSON ({str(err).splitlines()[0]})") from None
+        raw = read_yaml(path, f"{option} YAML/JSON")
         if not isinstance(raw, dict):
             raise ValueError(f"{option} {path}: expected a mapping of layer to minimum AP50, like {{3: 0.30}}")
         return check_bars(raw, f"{option} {path}")

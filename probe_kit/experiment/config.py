@@ -13,11 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
-
 from probe_kit.analyzers import get_analyzer
 from probe_kit.data.spec import parse_data_spec
 from probe_kit.errors import UserError
+from probe_kit.io import read_yaml
 from probe_kit.options import NonNegativeInt, PositiveInt, Range, check_fields, check_value
 
 
@@ -73,18 +72,9 @@ class _ExitKeys:
 
 
 def load_experiment(path: Path) -> ExperimentConfig:
-    """Parse and validate an experiment YAML (``yaml.safe_load``); errors name the file and the key."""
+    """Parse and validate an experiment YAML (``io.read_yaml``: safe and strict); errors name the file and the key."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such experiment file") from None
-    except IsADirectoryError:
-        raise UserError(f"{path}: is a folder; expected an experiment YAML file") from None
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: not an experiment YAML file (not UTF-8 text)") from None
-    except yaml.YAMLError as err:
-        raise UserError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    raw = read_yaml(path, "experiment YAML")  # strict: duplicate keys and oversized files refused, naming the file
     if not isinstance(raw, dict):
         raise UserError(f"{path}: expected a mapping of settings, got {type(raw).__name__}")
     raw = {str(k): v for k, v in raw.items()}

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from torch import nn
 
 from probe_kit import distributed
 from probe_kit.data.synth import SceneSpec, render_scene, scene_to_sample
+from probe_kit.io import read_yaml
 from probe_kit.metrics.coco import evaluate, ground_truth_dict
 from probe_kit.models.loading import seed_token_embeddings
 from probe_kit.models.predict import sample_detections
@@ -65,7 +65,7 @@ class RecipeConfig:
 
     @classmethod
     def from_yaml(cls, path: Path) -> RecipeConfig:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
+        raw = read_yaml(Path(path), "recipe YAML") or {}
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(raw) - known)
         if unknown:

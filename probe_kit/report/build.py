@@ -211,6 +211,13 @@ def _figures(data: ReportData) -> list[dict]:
         ),
         ("pca", "PCA of patch tokens", figures.clustering_scatter(data, "pca"), "Person patches vs background."),
         ("umap", "UMAP of patch tokens", figures.clustering_scatter(data, "umap"), "Person patches vs background."),
+        (
+            "tsne",
+            "t-SNE of patch tokens",
+            figures.clustering_scatter(data, "tsne"),
+            "Person patches vs background; t-SNE only places the points (silhouette and k-NN are computed in the "
+            "PCA space, whatever the picture).",
+        ),
     ]
     for name in sorted(data.results):
         history = data.results[name].get("training")

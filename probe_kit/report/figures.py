@@ -379,7 +379,7 @@ def clustering_scatter(data: ReportData, method: str) -> str | None:
     layers = studied_layers(data, available)
     labels = arrays["patch_labels"]
     fig, axes = plt.subplots(1, len(layers), figsize=(3.2 * len(layers), 3.2), squeeze=False)
-    axis = "PC" if method == "pca" else "UMAP"
+    axis = {"pca": "PC", "umap": "UMAP", "tsne": "t-SNE"}[method]
     for ax, layer in zip(axes[0], layers):
         points = arrays[f"patch_{method}_L{layer}"]
         for value, name, colour in ((0, "background", "#bbbbbb"), (1, "person", "#d62728")):
@@ -387,5 +387,6 @@ def clustering_scatter(data: ReportData, method: str) -> str | None:
             ax.scatter(points[chosen, 0], points[chosen, 1], s=4, c=colour, label=name, alpha=0.7)
         ax.set(title=f"layer {layer}", xticks=[], yticks=[], xlabel=f"{axis} 1 (a.u.)", ylabel=f"{axis} 2 (a.u.)")
     axes[0][0].legend(fontsize=7, markerscale=3)
-    fig.suptitle(f"Patch tokens, {method.upper()} (points: {len(labels)} sampled with the seed)", y=1.04)
+    name = {"pca": "PCA", "umap": "UMAP", "tsne": "t-SNE"}[method]
+    fig.suptitle(f"Patch tokens, {name} (points: {len(labels)} sampled with the seed)", y=1.04)
     return png(fig)
