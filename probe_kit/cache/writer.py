@@ -259,12 +259,13 @@ def _check_space(out: Path, planned: int) -> None:
     sparse, pre-allocated file would otherwise be written into a full disk and read back as zeros."""
     import shutil
 
-    held = out.stat().st_blocks * 512 if out.exists() else 0
-    need = max(0, planned - held)
+    stat = out.stat() if out.exists() else None
+    need = max(0, planned - (stat.st_blocks * 512 if stat else 0))  # a resumed file already holds its blocks
     free, where = shutil.disk_usage(out.parent).free, f"free on {out.parent}"
     limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
-    if limit != resource.RLIM_INFINITY and limit - (out.stat().st_size if out.exists() else 0) < free:
-        free, where = max(0, limit - (out.stat().st_size if out.exists() else 0)), "allowed by the file-size limit"
+    room = limit - (stat.st_size if stat else 0)
+    if limit != resource.RLIM_INFINITY and room < free:
+        free, where = max(0, room), "allowed by the file-size limit"
     if need > free:
         raise OSError(
             f"{out}: needs {_size(need)} more for this cache, {_size(free)} {where}; free space or choose another --out"

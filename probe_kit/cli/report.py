@@ -43,9 +43,9 @@ def command(
         missing = [str(r) for r in runs if not r.is_dir()]
         if missing:
             raise ValueError(f"--compare: {missing[0]}: no such study folder")
-        name = "compare-" + "-".join(r.resolve().name for r in runs)
-        with guarded(file_out(out or Path("reports") / f"{name}.html")):
-            path = build_comparison(list(runs), Path(out or Path("reports") / f"{name}.html"))
+        target = out or Path("reports") / f"compare-{'-'.join(r.resolve().name for r in runs)}.html"
+        with guarded(file_out(target)):  # checked and locked before any work
+            path = build_comparison(list(runs), Path(target))
     else:
         if runs:
             raise ValueError(f"unexpected argument {str(runs[0])!r}: use --results DIR, or --compare DIR DIR ...")

@@ -93,13 +93,19 @@ def identify(
     spec: DataSpec, samples: Sequence[Sample], hash_images: Sequence[bool] | None = None, progress: bool = False
 ) -> DataIdentity:
     """Hash ``spec``'s annotation files and the bytes of each sample's image (only where ``hash_images``)."""
+    files = {name: file_sha256(path) for name, path in annotation_files(spec).items()}
+    digests = image_sha256(samples, hash_images, progress)
+    return DataIdentity(files, tuple((s.file_name, d) for s, d in zip(samples, digests, strict=True)))
+
+
+def image_sha256(samples: Sequence[Sample], wanted: Sequence[bool] | None = None, progress: bool = False) -> list[str]:
+    """Hex sha256 of each sample's image file ("" where ``wanted`` is False): what identifies an image."""
     from tqdm import tqdm
 
-    files = {name: file_sha256(path) for name, path in annotation_files(spec).items()}
-    images = []
+    digests = []
     for i, sample in enumerate(tqdm(samples, desc="hash images", unit="img", disable=not progress)):
-        wanted = hash_images is None or hash_images[i]
-        if wanted and sample.path is None:
+        hashed = wanted is None or wanted[i]
+        if hashed and sample.path is None:
             raise ValueError(f"sample {sample.file_name}: no image file to identify")
-        images.append((sample.file_name, file_sha256(sample.path) if wanted else ""))
-    return DataIdentity(files, tuple(images))
+        digests.append(file_sha256(sample.path) if hashed else "")
+    return digests

@@ -25,7 +25,7 @@ from dataclasses import MISSING, dataclass, fields
 
 import numpy as np
 
-from probe_kit.models.timing import describe_speedup
+from probe_kit.models.timing import busy_load, describe_conditions, describe_speedup
 
 VERDICTS = ("early exit pays", "not viable", "inconclusive")
 FLOPS_MARGIN = 0.02  # a FLOPs speed-up of at most 1.02x does no measurably less work
@@ -186,34 +186,16 @@ def _is_full(d: DesignRow, designs: list[DesignRow]) -> bool:
 
 def _headline(result: dict, settings: int, floor: float, tolerance: float, min_speedup: float, machine: float) -> str:
     full, timing = result["full_model"], result.get("timing", {})
-    busy = _busy(timing)
+    busy = busy_load(timing)
+    warning = f" (busy machine: load {busy:.1f} on {timing['cores']} cores)" if busy else ""
     return (
         f"full model: AP50 {full['AP50']:.3f}, {full['gflops']:.3f} GFLOPs, {full['latency']['median_ms']:.2f} ms "
         f"median (IQR {full['latency']['iqr_ms']:.2f}); tolerance: AP50 >= {floor:.3f} (max loss {tolerance}); a "
         f"setting pays when the lower end of its speed-up's 95% interval clears {min_speedup:.2f}x; machine "
-        f"efficiency {machine:.2f} (measured/FLOPs, static exits); {_conditions(timing)}{busy}; "
-        f"{settings} settings compared on {len(result['scored_image_ids'])} "
-        "held-out images"
+        f"efficiency {machine:.2f} (measured/FLOPs, static exits); "
+        f"{describe_conditions(timing) or 'timing conditions not recorded'}{warning}; "
+        f"{settings} settings compared on {len(result['scored_image_ids'])} held-out images"
     )
-
-
-def _conditions(timing: dict) -> str:
-    if "rounds" not in timing:
-        return "timing conditions not recorded"
-    where = timing.get("gpu") or timing.get("cpu", "unknown CPU")
-    return (
-        f"timed on {where}, {timing.get('threads')} thread(s), {timing['rounds']} rounds ({timing.get('stopped')}), "
-        f"load {timing.get('load_before')} before, {timing.get('load_after')} after"
-    )
-
-
-def _busy(timing: dict) -> str:
-    """A warning where the machine was loaded while timing (load average above its cores)."""
-    loads = [v[0] for v in (timing.get("load_before"), timing.get("load_after")) if v]
-    cores = timing.get("cores") or 0
-    if loads and cores and max(loads) > cores:
-        return f" (busy machine: load {max(loads):.1f} on {cores} cores)"
-    return ""
 
 
 def _summary(verdict, designs, chosen, unsure, full, tolerance, min_speedup, result) -> str:

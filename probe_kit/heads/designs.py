@@ -115,7 +115,8 @@ def compare_designs(
     gt, size = ground_truth_dict(samples), largest_input(designs[0], samples)
     every: list[Setting] = []
     for design in designs:
-        design.record(samples, size, gt, progress, sharded=False)
+        design.record(samples, size, progress, sharded=False)
+        design.score_against(gt)
         every += settings(design, fit_policies(design, policies, seed, gate_cut, progress), thresholds)
     entries = [_entry(s, samples) for s in every]
     reference = next(d for d in designs if not d.config.finetuned_blocks)

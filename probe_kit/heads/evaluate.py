@@ -70,9 +70,10 @@ def evaluate_exits(
     design = Design.load(exits_dir, device)
     kept = held_out(data_spec.load(), [design], data_spec)
     samples, dropped = kept.samples, kept.dropped
-    design.record(samples, largest_input(design, samples), ground_truth_dict(samples), progress, sharded=True)
+    design.record(samples, largest_input(design, samples), progress, sharded=True)
     if not distributed.is_main():  # rank 0 alone scores and times (latency on one rank, the others idle)
         return distributed.broadcast_object(None)
+    design.score_against(ground_truth_dict(samples))
     fitted = fit_policies(design, [policy_kind], seed, TARGET_F1, progress)
     every = settings(design, fitted, {policy_kind: tuple(thresholds)})
     static = {s: score(s, ("AP", "AP50", "AP75", "pr_curve_iou50")) for s in every if s.static}

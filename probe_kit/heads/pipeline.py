@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from probe_kit.data.identity import file_sha256
+from probe_kit.data.identity import image_sha256
 from probe_kit.data.sample import Sample
 from probe_kit.data.spec import DataSpec
 from probe_kit.heads.interface import ExitHead
@@ -102,15 +102,18 @@ class Design:
     def heads(self) -> ExitHead:
         return self.multi.heads
 
-    def record(self, samples: Sequence[Sample], size: tuple[int, int], gt: dict, progress: bool, sharded: bool) -> None:
+    def record(self, samples: Sequence[Sample], size: tuple[int, int], progress: bool, sharded: bool) -> None:
         """Step 3: every exit once per image (``sharded``: each torchrun rank its share), FLOPs at ``size``."""
         self.profile = measure_flops(self.model, size)
         recorder = record_exits_sharded if sharded else record_exits
         self.records = recorder(self.multi, self.processor, samples, progress)
-        detections = {k: self.records.detections(static_exit(self.records, k)) for k in self.records.layers}
-        self.chooser = PerImageChoice(gt, detections)
         patches = _patches(self.model, size)
         self.head_gflops = {k: self.heads.exit_gflops(k, self.profile, patches) for k in self.records.layers}
+
+    def score_against(self, gt: dict) -> None:
+        """One COCO evaluation per exit against ``gt``, from which every setting's metrics are combined."""
+        detections = {k: self.records.detections(static_exit(self.records, k)) for k in self.records.layers}
+        self.chooser = PerImageChoice(gt, detections)
 
     def tokens_read(self, layer: int, size: tuple[int, int]) -> int:
         """How many tokens exit ``layer`` reads on an input of ``size`` (what a gate pools)."""
@@ -146,23 +149,13 @@ def held_out_line(result: dict) -> str:
     )
 
 
-def content_hashes(samples: Sequence[Sample], progress: bool = False) -> list[str]:
-    """sha256 of each sample's image file (what caches and exits folders record)."""
-    from tqdm import tqdm
-
-    missing = next((s for s in samples if s.path is None), None)
-    if missing is not None:
-        raise ValueError(f"sample {missing.file_name}: no image file, so it cannot be told apart by content")
-    return [file_sha256(s.path) for s in tqdm(samples, desc="hash images", unit="img", disable=not progress)]
-
-
-def held_out(samples: Sequence[Sample], designs: Sequence[Design], data_spec: DataSpec, progress=False) -> HeldOut:
+def held_out(samples: Sequence[Sample], designs: Sequence[Design], data_spec: DataSpec) -> HeldOut:
     """Step 2: the samples that trained or early-stopped nothing in any design, decided by their bytes (by id only
     for folders made before content hashes were recorded); refuses when none is left."""
     recorded = [d.config.trained_hashes for d in designs]
     if all(h is not None for h in recorded):
         trained, by = set().union(*recorded), BY_CONTENT
-        kept = [s for s, h in zip(samples, content_hashes(samples, progress), strict=True) if h not in trained]
+        kept = [s for s, h in zip(samples, image_sha256(samples), strict=True) if h not in trained]
     else:
         trained, by = set().union(*(d.config.trained_ids for d in designs)), BY_ID
         kept = [s for s in samples if s.image_id not in trained]
@@ -202,16 +195,19 @@ def _training_records(design: Design, progress: bool) -> ExitRecords:
     """Records of the folder's training images, reloaded from the dataset of the cache the heads trained on."""
     from probe_kit.cache.reader import FeatureCache
 
-    with FeatureCache(Path(design.config.cache)) as cache:
-        spec = cache.data_spec()
-    everything = spec.load()
-    if design.config.trained_hashes is None:  # a folder made before content hashes: by id
-        wanted, keys = set(design.config.train_image_ids), [s.image_id for s in everything]
-    else:
-        wanted, keys = set(design.config.train_image_sha256), content_hashes(everything)
-    samples = [s for s, key in zip(everything, keys, strict=True) if key in wanted]
-    if len(samples) != len(wanted):
-        raise ValueError(f"{design.path}: {len(wanted) - len(samples)} training images are no longer in {spec.text()}")
+    config = design.config
+    with FeatureCache(Path(config.cache)) as cache:
+        by_id = dict(zip((int(i) for i in cache.image_ids()), cache.image_hashes(), strict=True))
+        if config.trained_hashes is None:  # a folder made before content hashes: by id
+            ids = set(config.train_image_ids)
+            missing = ids - by_id.keys()
+        else:  # the cache's rows holding those bytes
+            wanted = set(config.train_image_sha256)
+            ids = {i for i, digest in by_id.items() if digest in wanted}
+            missing = wanted - {by_id[i] for i in ids}
+        if missing:
+            raise ValueError(f"{design.path}: {len(missing)} training images are no longer in {cache.path}")
+        samples = [s for s in cache.load_dataset(ids) if s.image_id in ids]  # refused if their bytes changed
     return record_exits(design.multi, design.processor, samples, progress)
 
 

@@ -132,6 +132,31 @@ def conditions(threads: int, device: str = "cpu") -> dict:
     return info
 
 
+def describe_conditions(timing: dict) -> str | None:
+    """``timed on AMD EPYC, 1 thread(s), 17 interleaved rounds (time cap ...); load average 1.6 before, 1.2 after,
+    on 2 cores`` from a result's recorded ``timing`` (None where the conditions were not recorded)."""
+    if "rounds" not in timing:
+        return None
+    where = timing.get("gpu") or timing.get("cpu") or "an unrecorded processor"
+    return (
+        f"timed on {where}, {timing.get('threads')} thread(s), {timing['rounds']} interleaved rounds "
+        f"({timing.get('stopped')}); load average {_first(timing.get('load_before'))} before, "
+        f"{_first(timing.get('load_after'))} after, on {timing.get('cores')} cores"
+    )
+
+
+def busy_load(timing: dict) -> float | None:
+    """The highest 1-minute load average recorded around a timing when it exceeded the cores (a busy machine),
+    else None."""
+    loads = [v[0] for v in (timing.get("load_before"), timing.get("load_after")) if v]
+    cores = timing.get("cores") or 0
+    return max(loads) if loads and cores and max(loads) > cores else None
+
+
+def _first(values: list[float] | None) -> str:
+    return f"{values[0]:.1f}" if values else "unknown"
+
+
 def _cpu_name() -> str:
     try:
         for line in open("/proc/cpuinfo", encoding="utf-8"):  # noqa: SIM115 (read once, closed at exit)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from probe_kit.models.timing import busy_load, describe_conditions
 from probe_kit.report.collect import ReportData
 
 UNDERFIT_RATIO = 0.5  # a trained readout below half the lens at the last layer has not learned the model's head
@@ -157,32 +158,20 @@ def answer(data: ReportData) -> dict[str, Any]:
 
 def _timing_line(what: str, result: dict | None) -> str | None:
     """Where and how a result's latencies were measured, for the line beside them."""
-    timing = (result or {}).get("timing") or {}
-    if "rounds" not in timing:
-        return None
-    where = timing.get("gpu") or timing.get("cpu") or "an unrecorded processor"
-    return (
-        f"{what} timed on {where}, {timing.get('threads')} thread(s), {timing['rounds']} interleaved rounds "
-        f"({timing.get('stopped')}); load average {_load(timing.get('load_before'))} before, "
-        f"{_load(timing.get('load_after'))} after, on {timing.get('cores')} cores."
-    )
-
-
-def _load(values: list[float] | None) -> str:
-    return f"{values[0]:.1f}" if values else "unknown"
+    conditions = describe_conditions((result or {}).get("timing") or {})
+    return f"{what} {conditions}." if conditions else None
 
 
 def busy_machine(result: dict | None) -> str | None:
     """A warning where the 1-minute load average exceeded the cores while timing ``result``."""
     timing = (result or {}).get("timing") or {}
-    loads = [v[0] for v in (timing.get("load_before"), timing.get("load_after")) if v]
-    cores = timing.get("cores") or 0
-    if loads and cores and max(loads) > cores:
-        return (
-            f"The machine was busy while timing (load average {max(loads):.1f} on {cores} cores): latencies and "
-            "speed-ups are noisier than on a quiet machine; rerun there before acting on them."
-        )
-    return None
+    busy = busy_load(timing)
+    if busy is None:
+        return None
+    return (
+        f"The machine was busy while timing (load average {busy:.1f} on {timing['cores']} cores): latencies and "
+        "speed-ups are noisier than on a quiet machine; rerun there before acting on them."
+    )
 
 
 def _trained(result: dict) -> bool:
