@@ -12,7 +12,7 @@ from conftest import write_tiny_cache
 from probe_kit.analyzers import get_analyzer, list_analyzers, run_analyzer, write_result
 from probe_kit.analyzers.lens import TunedLens
 from probe_kit.cache.reader import FeatureCache
-from probe_kit.cache.schema import SCHEMA_VERSION, TokenLayout, layer_path
+from probe_kit.cache.schema import CHECKSUMS, SCHEMA_VERSION, TokenLayout, layer_path, row_checksums
 from probe_kit.cli.main import cli
 from probe_kit.models.heads import DetectionHead
 from probe_kit.models.loading import ModelSpec, load_yolos
@@ -144,10 +144,11 @@ def _write_linear_world_cache(path, shuffle: bool, n=90, n_det=3, dim=16, seed=0
                         "name": "none",
                         "revision": None,
                         "fingerprint": "x",
-                        "config": {"num_hidden_layers": 1, "id2label": {"0": "person"}},
+                        "config": {"num_hidden_layers": 1, "hidden_size": dim, "id2label": {"0": "person"}},
                     }
                 ),
                 "dataset": json.dumps({"kind": "synth"}),
+                "data": "{}",
                 "preprocessing": "{}",
                 "versions": "{}",
                 "created": "",
@@ -164,9 +165,16 @@ def _write_linear_world_cache(path, shuffle: bool, n=90, n_det=3, dim=16, seed=0
             data = h5.create_dataset(name, (n,), dtype=h5py.vlen_dtype(np.float32))
             for i in range(n):
                 data[i] = values[i].ravel()
-        h5[layer_path(1, "det")] = tokens.astype(np.float32)
-        h5["final/logits"] = np.zeros((n, n_det, 2), np.float32)
-        h5["final/pred_boxes"] = np.full((n, n_det, 4), 0.5, np.float32)
+        h5["images/input_size"] = np.full((n, 2), size, dtype=np.int32)
+        computed = {
+            "final/logits": np.zeros((n, n_det, 2), np.float32),
+            "final/pred_boxes": np.full((n, n_det, 4), 0.5, np.float32),
+            layer_path(1, "det"): tokens.astype(np.float32),
+        }
+        for name, values in computed.items():
+            h5[name] = values
+        h5.attrs["checksummed"] = json.dumps(list(computed))
+        h5[CHECKSUMS] = np.column_stack([row_checksums(values) for values in computed.values()])
     return path
 
 

@@ -121,9 +121,9 @@ def test_layer_out_of_range_leaves_no_file(tiny_model, synth_dir, tmp_path):
 @pytest.mark.parametrize(
     "version,message",
     [
-        (99, "cache schema version 99 was written by a newer probe_kit; this one reads version 2"),
-        (1, "cache schema version 1 was written by an older probe_kit; this one reads version 2 .*write a new cache"),
-        ("1", r"schema_version is '1' \(str\), not an integer; probe_kit caches store the integer 2"),
+        (99, "cache schema version 99 was written by a newer probe_kit; this one reads version 3"),
+        (2, "cache schema version 2 was written by an older probe_kit; this one reads version 3 .*write a new cache"),
+        ("1", r"schema_version is '1' \(str\), not an integer; probe_kit caches store the integer 3"),
     ],
 )
 def test_other_schema_version_is_refused(cache_file, tmp_path, version, message):

@@ -10,9 +10,20 @@ from typing import Self
 
 import h5py
 import numpy as np
+from tqdm import tqdm
 
 from probe_kit.cache.files import check_data, open_cache_file
-from probe_kit.cache.schema import ATTENTION_MAPS, IDENTITY_ATTRS, TokenLayout, layer_path
+from probe_kit.cache.schema import (
+    ATTENTION_MAPS,
+    CHECKSUMS,
+    IDENTITY_ATTRS,
+    REQUIRED_ATTRS,
+    TokenLayout,
+    checksummed,
+    layer_path,
+    per_image_datasets,
+    row_checksums,
+)
 from probe_kit.data.identity import identify
 from probe_kit.data.sample import Sample
 from probe_kit.data.spec import DataSpec
@@ -37,17 +48,72 @@ class FeatureCache:
                     f"{self.path}: shard {missing[0]} is missing; a sharded cache reads its shards beside it "
                     "(keep the folder together, or `probe-kit cache merge` it into one file)"
                 )
-        if not allow_incomplete and not self._h5.attrs["complete"]:
-            written, total = self.num_images, self.num_images_total
+        try:
+            self._check_attributes()
+            if not allow_incomplete and not self._h5.attrs["complete"]:
+                raise ValueError(
+                    f"{self.path}: incomplete cache ({self.num_images} of {self.num_images_total} images); rerun "
+                    "`probe-kit cache` to finish it"
+                )
+            self.layout = TokenLayout.from_json(self._h5.attrs["layout"])
+            self.model = json.loads(self._h5.attrs["model"])
+            self.dataset = json.loads(self._h5.attrs["dataset"])
+            self.options = json.loads(self._h5.attrs["options"])
+            self.preprocessing = json.loads(self._h5.attrs["preprocessing"])
+            self._check_datasets()
+        except json.JSONDecodeError as err:
             self._h5.close()
+            raise ValueError(f"{self.path}: a root attribute is not valid JSON ({err}); re-create the cache") from None
+        except ValueError:
+            self._h5.close()
+            raise
+        except (KeyError, TypeError) as err:  # a record whose fields are missing or of the wrong kind
+            self._h5.close()
+            raise ValueError(f"{self.path}: damaged cache record ({type(err).__name__}: {err}); re-create it") from None
+
+    def _check_attributes(self) -> None:
+        """Every root attribute a cache has, and a row count within the file's size."""
+        missing = [name for name in REQUIRED_ATTRS if name not in self._h5.attrs]
+        if missing:
+            raise ValueError(f"{self.path}: root attribute {missing[0]!r} is missing; not a whole probe_kit cache")
+        for name in ("images/image_id", CHECKSUMS):
+            if name not in self._h5:
+                raise ValueError(f"{self.path}: dataset {name} is missing; not a whole probe_kit cache")
+        written = self._h5.attrs["num_written"]
+        if not isinstance(written, (int, np.integer)) or not 0 <= written <= self.num_images_total:
             raise ValueError(
-                f"{self.path}: incomplete cache ({written} of {total} images); rerun `probe-kit cache` to finish it"
+                f"{self.path}: num_written is {written}, expected an integer from 0 to the "
+                f"{self.num_images_total} images the file holds; the cache was altered (re-create it)"
             )
-        self.layout = TokenLayout.from_json(self._h5.attrs["layout"])
-        self.model = json.loads(self._h5.attrs["model"])
-        self.dataset = json.loads(self._h5.attrs["dataset"])
-        self.options = json.loads(self._h5.attrs["options"])
-        self.preprocessing = json.loads(self._h5.attrs["preprocessing"])
+
+    def _check_datasets(self) -> None:
+        """Every dataset the record promises exists with the shape and dtype the model and options imply, and the
+        checksums cover exactly the computed ones; a missing, re-shaped or re-typed one is refused by name."""
+        config = self.model["config"]
+        maps = ATTENTION_MAPS if self.options.get("attention") else ()
+        expected = per_image_datasets(
+            self.layout,
+            self.layers,
+            self.tokens,
+            self.options["dtype"],
+            maps,
+            int(config["hidden_size"]),
+            len(config["id2label"]),
+        )
+        total = self.num_images_total
+        for path, shape, dtype in expected:
+            try:
+                data = self._h5[path]
+            except KeyError:  # absent, or an external link or shard whose target is gone
+                raise ValueError(f"{self.path}: dataset {path} is missing or unreadable; re-create the cache") from None
+            if data.shape != (total, *shape) or data.dtype != np.dtype(dtype):
+                raise ValueError(
+                    f"{self.path}: {path} is {data.dtype}{list(data.shape)}, expected {dtype}{[total, *shape]} from "
+                    "the cache's model and options; the cache was altered (re-create it)"
+                )
+        recorded = json.loads(self._h5.attrs.get("checksummed", "null"))
+        if recorded != checksummed(expected) or self._h5[CHECKSUMS].shape != (total, len(recorded)):
+            raise ValueError(f"{self.path}: the checksum record does not match the cache's datasets; re-create it")
 
     def __enter__(self) -> Self:
         return self
@@ -121,14 +187,25 @@ class FeatureCache:
                 "`probe-kit cache` to finish it"
             )
         self.load_dataset(progress=progress)
-        for layer in self.layers:
-            for role in (*self.tokens, *self.maps):
-                for _ in self.iter_chunks(layer, role):
-                    pass
-        for name, values in zip(("final/logits", "final/pred_boxes"), self.final_outputs(), strict=True):
+        paths = json.loads(self._h5.attrs["checksummed"])
+        for column, path in enumerate(tqdm(paths, desc="verify features", unit="dataset", disable=not progress)):
+            self._verify_rows(path, column)
+
+    def _verify_rows(self, path: str, column: int, rows: int = 64) -> None:
+        """Every row of ``path`` is finite and matches the checksum recorded when it was written."""
+        data, sums = self._h5[path], self._h5[CHECKSUMS]
+        for start in range(0, self.num_images, rows):
+            stop = min(start + rows, self.num_images)
+            values = data[start:stop]
             finite = np.isfinite(values).reshape(len(values), -1).all(1)
             if not finite.all():
-                raise ValueError(f"{self.path}: {name} row {int(np.argmin(finite))} holds NaN or infinity")
+                raise ValueError(f"{self.path}: {path} row {start + int(np.argmin(finite))} holds NaN or infinity")
+            changed = np.flatnonzero(row_checksums(values) != sums[start:stop, column])
+            if changed.size:
+                raise ValueError(
+                    f"{self.path}: {path} row {start + int(changed[0])} does not match the checksum recorded when it "
+                    "was written (zeroed by a failed write, or altered since); re-create the cache"
+                )
 
     def attrs(self) -> dict:
         return {k: (v.item() if hasattr(v, "item") else v) for k, v in self._h5.attrs.items()}

@@ -17,6 +17,8 @@ Layout of a cache file::
     /layers/<k>/<role>    [N, n_tokens(role), D] hidden state of layer k, role in det|patch|cls
     /layers/<k>/rollout_det, attn_det  [N, n_det, n_patches] with --attention (options record
                           head_fusion and discard_ratio)
+    /checksums            [N, len(CHECKSUMMED)] uint32: CRC-32 of each image's row of every dataset the
+                          root attribute ``checksummed`` lists (``final/*`` and ``layers/*``), as written
 
 Layer ``k`` is transformers' ``hidden_states[k]``: 0 = embeddings, k >= 1 = raw output of block
 k, *before* yolos-small's mid position embedding is added and before any LayerNorm (the head
@@ -31,7 +33,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-SCHEMA_VERSION = 2  # 2: the identity covers the data (``data`` attribute, ``images/sha256``)
+# 2: the identity covers the data (``data`` attribute, ``images/sha256``)
+# 3: per-row checksums of every feature and model output (``checksums``, ``checksummed``)
+SCHEMA_VERSION = 3
 TOKEN_ROLES = ("det", "patch", "cls")
 # With --attention, per layer k >= 1: det-token rows over the patch columns of the rollout R_k
 # and of the head-fused raw attention of block k ([N, n_det, n_patches]).
@@ -40,6 +44,9 @@ FEATURE_DTYPES = ("float16", "float32")
 
 # Root attributes that must agree before a run may append to an existing cache.
 IDENTITY_ATTRS = ("model", "preprocessing", "dataset", "data", "options")
+# Root attributes every cache has; a file lacking one was not written by probe_kit or was altered.
+REQUIRED_ATTRS = (*IDENTITY_ATTRS, "schema_version", "layout", "versions", "created", "complete", "num_written")
+CHECKSUMS = "checksums"
 
 
 def check_schema_version(value: object, path: object) -> None:
@@ -103,3 +110,41 @@ class TokenLayout:
 
 def layer_path(layer: int, role: str) -> str:
     return f"layers/{layer}/{role}"
+
+
+def per_image_datasets(
+    layout: TokenLayout,
+    layers: tuple[int, ...],
+    tokens: tuple[str, ...],
+    dtype: str,
+    maps: tuple[str, ...],
+    hidden_size: int,
+    num_labels: int,
+) -> list[tuple[str, tuple[int, ...], str]]:
+    """``(path, shape per image, dtype)`` of every dataset written batch by batch: what the writer allocates
+    and what a reader expects of a cache with this layout, options and model."""
+    out = [
+        ("images/input_size", (2,), "int32"),
+        ("final/logits", (layout.num_det, num_labels + 1), "float32"),
+        ("final/pred_boxes", (layout.num_det, 4), "float32"),
+    ]
+    shapes = {role: (layout.count(role), hidden_size) for role in tokens}
+    for layer in layers:
+        layer_maps = maps if layer > 0 else ()  # the embeddings have no attention
+        for name, shape in [*shapes.items(), *((m, (layout.num_det, layout.num_patches)) for m in layer_maps)]:
+            out.append((layer_path(layer, name), shape, dtype))
+    return out
+
+
+def checksummed(datasets: list[tuple[str, tuple[int, ...], str]]) -> list[str]:
+    """The datasets a cache keeps a per-row checksum of: what the model computed (``final/*``, ``layers/*``)."""
+    return [path for path, _, _ in datasets if path.split("/")[0] in ("final", "layers")]
+
+
+def row_checksums(values: np.ndarray) -> np.ndarray:
+    """CRC-32 of each row's bytes (``[n, ...]`` -> ``[n]`` uint32), computed as rows are written and again by
+    ``cache verify``: a block zeroed by a full disk or altered later no longer matches."""
+    import zlib
+
+    rows = np.ascontiguousarray(values).reshape(len(values), -1)
+    return np.array([zlib.crc32(row.tobytes()) for row in rows], dtype=np.uint32)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import resource
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,12 +26,16 @@ import torch
 from probe_kit.cache.files import check_data, open_cache_file, partial_path, writer_lock
 from probe_kit.cache.schema import (
     ATTENTION_MAPS,
+    CHECKSUMS,
     FEATURE_DTYPES,
     IDENTITY_ATTRS,
     SCHEMA_VERSION,
     TOKEN_ROLES,
     TokenLayout,
+    checksummed,
     layer_path,
+    per_image_datasets,
+    row_checksums,
 )
 from probe_kit.data.identity import DataIdentity, identify
 from probe_kit.data.sample import Sample
@@ -349,7 +353,10 @@ def _create(handle: h5py.File, job: Extraction, lo: int, hi: int) -> None:
         data = gt.create_dataset(name, (n,), dtype=ragged)
         for i, s in enumerate(samples):
             data[i] = np.asarray(getattr(s, attr), dtype=np.float32).ravel()
-    for path, shape, dtype in _image_datasets(job):
+    datasets = _image_datasets(job)
+    handle.attrs["checksummed"] = json.dumps(checksummed(datasets))
+    _preallocated(handle, CHECKSUMS, (n, len(checksummed(datasets))), "uint32")
+    for path, shape, dtype in datasets:
         # Feature chunks hold whole images of one layer/role (about 1 MiB): a layer reads contiguously.
         chunks = (
             (max(1, min(n, (1 << 20) // (shape[0] * shape[1] * 2))), *shape) if path.startswith("layers/") else None
@@ -359,31 +366,33 @@ def _create(handle: h5py.File, job: Extraction, lo: int, hi: int) -> None:
 
 def _image_datasets(job: Extraction) -> list[tuple[str, tuple[int, ...], str]]:
     """``(path, shape per image, dtype)`` of every dataset written batch by batch (allocated at creation)."""
-    layout, options, config = job.layout, job.options, job.model.config
-    out = [
-        ("images/input_size", (2,), "int32"),
-        ("final/logits", (layout.num_det, config.num_labels + 1), "float32"),
-        ("final/pred_boxes", (layout.num_det, 4), "float32"),
-    ]
-    shapes = {role: (layout.count(role), config.hidden_size) for role in options.tokens}
-    for layer in options.layers:
-        maps = options.maps() if layer > 0 else ()  # the embeddings have no attention
-        for name, shape in [*shapes.items(), *((m, (layout.num_det, layout.num_patches)) for m in maps)]:
-            out.append((layer_path(layer, name), shape, options.dtype))
-    return out
+    options, config = job.options, job.model.config
+    return per_image_datasets(
+        job.layout, options.layers, options.tokens, options.dtype, options.maps(), config.hidden_size, config.num_labels
+    )
 
 
 def _write_batch(handle: h5py.File, batch, options: CacheOptions, layout: TokenLayout) -> None:
+    """Write one batch's rows of every per-image dataset, and the checksums of those ``cache verify`` checks."""
     lo, hi = batch.start, batch.start + len(batch.samples)
-    out = batch.outputs
     handle["images/input_size"][lo:hi] = np.array([batch.input_size] * (hi - lo), dtype=np.int32)
-    handle["final/logits"][lo:hi] = out.logits.float().cpu().numpy()
-    handle["final/pred_boxes"][lo:hi] = out.pred_boxes.float().cpu().numpy()
+    order = {path: column for column, path in enumerate(json.loads(handle.attrs["checksummed"]))}
+    sums = np.zeros((hi - lo, len(order)), dtype=np.uint32)
+    for path, values in _computed_rows(batch.outputs, options, layout):
+        handle[path][lo:hi] = values
+        sums[:, order[path]] = row_checksums(values)
+    handle[CHECKSUMS][lo:hi] = sums
+
+
+def _computed_rows(out, options: CacheOptions, layout: TokenLayout) -> Iterator[tuple[str, np.ndarray]]:
+    """``(dataset path, the batch's rows as stored)`` for everything the model computed."""
+    yield "final/logits", out.logits.float().cpu().numpy()
+    yield "final/pred_boxes", out.pred_boxes.float().cpu().numpy()
     for layer in options.layers:
         state = out.hidden_states[layer]
         for role in options.tokens:
             values = state[:, layout.slice_of(role)].float().cpu().numpy()
-            handle[layer_path(layer, role)][lo:hi] = values.astype(options.dtype)
+            yield layer_path(layer, role), values.astype(options.dtype)
     if options.attention:
         rolled = rollout_layers(out.attentions, options.head_fusion, options.discard_ratio)
         det, patch = layout.slice_of("det"), layout.slice_of("patch")
@@ -393,4 +402,4 @@ def _write_batch(handle: h5py.File, batch, options: CacheOptions, layout: TokenL
                 "attn_det": fuse_heads(out.attentions[layer - 1].float(), options.head_fusion),
             }
             for name, matrix in maps.items():
-                handle[layer_path(layer, name)][lo:hi] = matrix[:, det, patch].cpu().numpy().astype(options.dtype)
+                yield layer_path(layer, name), matrix[:, det, patch].cpu().numpy().astype(options.dtype)

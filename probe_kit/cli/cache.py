@@ -111,13 +111,18 @@ def info(file: Path) -> None:
 @command.command("verify")
 @click.argument("file", type=click.Path(path_type=Path))
 def verify(file: Path) -> None:
-    """Re-hash the cache's dataset (every image and annotation file); exit 1 naming the first difference."""
+    """Re-hash the cache's dataset (every image and annotation file) and check every feature against the checksum
+    recorded as it was written; exit 1 naming the first difference."""
     from probe_kit.cache.reader import FeatureCache
 
     with FeatureCache(file, allow_incomplete=True) as cache:
         cache.verify(progress=True)
         images, files = cache.num_images_total, len(json.loads(cache.attrs()["data"])["files"])
-    click.echo(f"OK: {file} matches its dataset ({images} images, {files} annotation files, sha256)")
+        features = len(json.loads(cache.attrs()["checksummed"]))
+    click.echo(
+        f"OK: {file} matches its dataset ({images} images, {files} annotation files, sha256) and its {features} "
+        "feature and output datasets their checksums"
+    )
 
 
 @command.command("compare")
