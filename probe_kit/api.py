@@ -198,12 +198,13 @@ def compare_designs(
     return result
 
 
-def build_report(results_dir: str | Path, out: str | Path | None = None) -> Path:
-    """Self-contained HTML report of a study folder (default ``results_dir/report.html``)."""
+def build_report(results_dir: str | Path, out: str | Path | None = None, strict: bool = False) -> Path:
+    """Self-contained HTML report of a study folder (default ``results_dir/report.html``); ``strict``: refuse a
+    study with stages not measured yet."""
     from probe_kit.report.build import build_report as build
 
     results_dir = Path(results_dir)
-    return build(results_dir, Path(out) if out is not None else results_dir / "report.html")
+    return build(results_dir, Path(out) if out is not None else results_dir / "report.html", strict)
 
 
 def run_experiment(path: str | Path, out: str | Path | None = None) -> dict:

@@ -1,5 +1,6 @@
-"""One writer per output: while one process writes an output, every stage that would write the same one is
-refused by name, writes nothing, and a lock left by a killed process never blocks the next run."""
+"""One writer per output, one policy for an existing one: while one process writes an output, every stage that
+would write the same one is refused by name, writes nothing, and a lock left by a killed process never blocks
+the next run; an existing output of the same kind is replaced whole, anything else is refused."""
 
 from __future__ import annotations
 
@@ -137,3 +138,76 @@ def test_a_lock_left_by_a_killed_writer_never_blocks_the_next_run(study, tmp_pat
     rerun = CliRunner().invoke(cli, args)
     assert rerun.exit_code == 0, rerun.output
     assert (out / "config.json").is_file() and not (tmp_path / ".exits.lock").exists()
+
+
+# One policy for an existing --out: an output of the same kind is replaced whole once the new one is complete;
+# anything else there is refused in one line and left untouched.
+FILE_STAGES = ("evaluate", "decide", "report")
+FOLDER_STAGES = ("analyze", "train-exits det", "evaluate-exits", "data synth")
+
+
+@pytest.mark.parametrize("stage", FILE_STAGES + FOLDER_STAGES)
+def test_something_else_at_out_is_refused_and_left_untouched(study, tmp_path, stage):
+    out = tmp_path / "out"
+    if stage in FILE_STAGES:
+        out.write_text("my notes\n")
+    else:
+        out.mkdir()
+        (out / "notes.txt").write_text("my notes\n")
+    result = CliRunner().invoke(cli, _stages(study, out)[stage])
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith(f"Error: --out {out}: exists and is not ") and "Traceback" not in result.output
+    assert (out if stage in FILE_STAGES else out / "notes.txt").read_text() == "my notes\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no lock, no set-aside folder left
+
+
+def test_a_rerun_replaces_its_own_output_whole(study, tmp_path):
+    """Fine-tuned heads, then frozen heads into the same folder: nothing of the first run is left to be loaded."""
+    out = tmp_path / "exits"
+    base = ["train-exits", "--cache", str(study["cache"]), "--layers", "2", "--epochs", "1", "--out", str(out)]
+    first = CliRunner().invoke(cli, [*base, "--finetune-blocks", "1", "--finetune-epochs", "1"])
+    assert first.exit_code == 0 and (out / "blocks.safetensors").is_file(), first.output
+    second = CliRunner().invoke(cli, base)
+    assert second.exit_code == 0, second.output
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "heads.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exits"]
+    decision = ["decide", "--results", str(study["results"]), "--out", str(tmp_path / "d.json")]
+    assert [CliRunner().invoke(cli, decision).exit_code for _ in range(2)] == [0, 0]
+
+
+def test_a_failed_or_killed_replacement_leaves_the_previous_output(tmp_path):
+    from probe_kit.cli.outputs import EXITS, dir_out, guarded
+
+    out = tmp_path / "exits"
+    out.mkdir()
+    (out / "config.json").write_text('{"old": 1}')
+    with pytest.raises(KeyboardInterrupt), guarded(dir_out(out, EXITS)):
+        assert not out.exists()  # set aside while the new one is made
+        out.mkdir()
+        (out / "heads.safetensors").write_bytes(b"half")
+        raise KeyboardInterrupt
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exits"]
+    assert [p.name for p in out.iterdir()] == ["config.json"] and (out / "config.json").read_text() == '{"old": 1}'
+
+    # A SIGKILL while replacing leaves the old folder set aside and a half-made one in its place: the next run
+    # starts from the old one, and replaces it only when it succeeds.
+    out.rename(tmp_path / ".exits.previous")
+    out.mkdir()
+    (out / "heads.safetensors").write_bytes(b"half")
+    with guarded(dir_out(out, EXITS)):
+        assert not out.exists() and (tmp_path / ".exits.previous" / "config.json").is_file()
+        out.mkdir()
+        (out / "config.json").write_text('{"new": 1}')
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exits"]
+    assert [p.name for p in out.iterdir()] == ["config.json"] and (out / "config.json").read_text() == '{"new": 1}'
+
+
+def test_report_names_missing_stages_and_strict_refuses_them(study, tmp_path):
+    out = tmp_path / "r.html"
+    args = ["report", "--results", str(study["results"].parent), "--out", str(out)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0 and out.is_file()
+    assert "not measured yet" in result.stderr and "probe-linear" in result.stderr and "decision" in result.stderr
+    strict = CliRunner().invoke(cli, [*args[:-1], str(tmp_path / "s.html"), "--strict"])
+    assert strict.exit_code == 1 and "not measured yet: " in strict.output and "(--strict)" in strict.output
+    assert not (tmp_path / "s.html").exists()

@@ -10,7 +10,6 @@ from typing import Self
 
 import h5py
 import numpy as np
-from tqdm import tqdm
 
 from probe_kit.cache.files import check_data, open_cache_file
 from probe_kit.cache.schema import (
@@ -24,6 +23,7 @@ from probe_kit.cache.schema import (
     per_image_datasets,
     row_checksums,
 )
+from probe_kit.console import progress_bar
 from probe_kit.data.identity import identify
 from probe_kit.data.sample import Sample
 from probe_kit.data.spec import DataSpec
@@ -188,7 +188,7 @@ class FeatureCache:
             )
         self.load_dataset(progress=progress)
         paths = json.loads(self._h5.attrs["checksummed"])
-        for column, path in enumerate(tqdm(paths, desc="verify features", unit="dataset", disable=not progress)):
+        for column, path in enumerate(progress_bar(paths, desc="verify features", unit="dataset", show=progress)):
             self._verify_rows(path, column)
 
     def _verify_rows(self, path: str, column: int, rows: int = 64) -> None:

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from tqdm import tqdm
 
 from probe_kit import distributed
 from probe_kit.cache.writer import write_cache
+from probe_kit.console import progress_bar
 
 _COPIED = ("images", "gt")  # groups copied into the joined file; everything else becomes virtual
 
@@ -144,7 +144,7 @@ def merge(src: Path, dst: Path, progress: bool = True) -> Path:
         try:
             with h5py.File(staging, "w") as merged:
                 merged.attrs.update({k: v for k, v in handle.attrs.items() if k != "shards"})
-                for name in tqdm(_walk(handle), desc="merge", unit="dataset", disable=not progress):
+                for name in progress_bar(_walk(handle), desc="merge", unit="dataset", show=progress):
                     _copy(handle[name], merged, name)
             os.replace(staging, dst)
         finally:

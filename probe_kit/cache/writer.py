@@ -285,7 +285,7 @@ def _size(count: int) -> str:
 
 def _write_batches(handle: h5py.File, job: Extraction, lo: int, hi: int, start: int, progress: bool) -> None:
     """Extract and write ``job.samples[lo:hi]`` from image ``start`` on, flushing before each count update."""
-    from tqdm import tqdm
+    from probe_kit.console import progress_bar
 
     batches = run_batches(
         job.model,
@@ -296,7 +296,7 @@ def _write_batches(handle: h5py.File, job: Extraction, lo: int, hi: int, start: 
         hidden_states=True,
         attentions=job.options.attention,
     )
-    with tqdm(total=hi - lo, initial=start, desc="cache", unit="img", disable=not progress) as bar:
+    with progress_bar(total=hi - lo, initial=start, desc="cache", unit="img", show=progress) as bar:
         for batch in batches:
             _write_batch(handle, batch, job.options, job.layout)
             handle.flush()  # the batch's bytes reach the file before the count that vouches for them

@@ -53,11 +53,11 @@ def command(name, show_list, cache_path, layers, out, seed, val_sequences, devic
             raise click.UsageError(f"--device: analyzer {name} does not run the model (it reads the cache only)")
         options["device"] = device
     from probe_kit.analyzers._options import check_options
-    from probe_kit.cli.outputs import dir_out, guarded
+    from probe_kit.cli.outputs import ANALYSIS, dir_out, guarded
 
     options = check_options(get_analyzer(name), options, where="-o ", text=True)  # typed and in range
     out = out or Path("runs") / name
-    with guarded(dir_out(out)):  # checked before any work; a failed run leaves no folder it created
+    with guarded(dir_out(out, ANALYSIS)):  # checked before any work; a failed run leaves no folder it created
         result = api.analyze(name, cache_path, layers, seed=seed, **options)
         result.extra["command"] = shlex.join(
             ["probe-kit", "analyze", name, "--cache", str(cache_path), "--layers", layers, "--seed", str(seed)]

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from probe_kit.cli.options import build_data_spec, build_model_spec, data_options, model_options
-from probe_kit.cli.outputs import check_outputs, file_out
+from probe_kit.cli.outputs import RESUMABLE, check_outputs, file_out
 
 
 @click.group("cache", invoke_without_command=True)
@@ -47,6 +47,7 @@ def command(
     split,
     min_visibility,
     stride,
+    detector,
     layers,
     tokens,
     dtype,
@@ -60,11 +61,11 @@ def command(
         return
     if out is None:
         raise click.UsageError("--out is required")
-    check_outputs(file_out(out))  # before the model loads
+    check_outputs(file_out(out, RESUMABLE))  # before the model loads
     from probe_kit import distributed
     from probe_kit.cache.shards import cache_dataset
 
-    data_spec = build_data_spec(data, sequences, split, min_visibility, stride)
+    data_spec = build_data_spec(data, sequences, split, min_visibility, stride, detector)
     model_spec = build_model_spec(model, revision, device, model_dtype, shortest_edge)
     path = cache_dataset(
         out,

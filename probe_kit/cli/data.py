@@ -57,13 +57,11 @@ def _parse_mix(ctx: click.Context, param: click.Parameter, text: str) -> dict[st
 @click.option("--frames-per-sequence", type=click.IntRange(1, 99_999), default=100, show_default=True)
 def synth(out: Path, frames: int, seed: int, size: int, mix: dict[str, float], frames_per_sequence: int) -> None:
     """Write deterministic synthetic street scenes in the MOT17 layout."""
-    from probe_kit.cli.outputs import dir_out, guarded
+    from probe_kit.cli.outputs import NEW_FOLDER, dir_out, guarded
     from probe_kit.data.synth import SceneSpec, write_synth_dataset
 
-    if out.exists() and out.is_dir() and any(out.iterdir()):
-        raise click.ClickException(f"--out {out}: exists and is not empty")
     spec = SceneSpec(size, size, mix)
-    with guarded(dir_out(out)):
+    with guarded(dir_out(out, NEW_FOLDER)):
         out.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
         try:
@@ -79,16 +77,16 @@ def synth(out: Path, frames: int, seed: int, size: int, mix: dict[str, float], f
 @command.command("export-coco")
 @data_options
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="COCO ground-truth JSON to write.")
-def export_coco(data, sequences, split, min_visibility, stride, out: Path) -> None:
+def export_coco(data, sequences, split, min_visibility, stride, detector, out: Path) -> None:
     """Write a dataset's ground truth as COCO JSON (ignore regions as iscrowd: 1)."""
-    from probe_kit.cli.outputs import file_out, guarded
+    from probe_kit.cli.outputs import COCO_GROUND_TRUTH, file_out, guarded
     from probe_kit.io import write_json
     from probe_kit.metrics.coco import ground_truth_dict
 
-    spec = build_data_spec(data, sequences, split, min_visibility, stride)
+    spec = build_data_spec(data, sequences, split, min_visibility, stride, detector)
     if Path(spec.path).resolve() == out.resolve():
         raise click.UsageError(f"--out {out}: is the --data annotations file; choose another file")
-    with guarded(file_out(out)):
+    with guarded(file_out(out, COCO_GROUND_TRUTH)):
         gt = ground_truth_dict(spec.load())
         write_json(out, gt)
     click.echo(f"wrote {len(gt['images'])} images, {len(gt['annotations'])} annotations to {out}")

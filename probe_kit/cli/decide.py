@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from probe_kit.cli.outputs import file_out, guarded
+from probe_kit.cli.outputs import DECISION, file_out, guarded
 
 
 @click.command("decide")
@@ -67,7 +67,7 @@ def command(
         criteria = dataclasses.replace(criteria, max_ap50_loss=max_ap50_loss)
     if min_speedup is not None:
         criteria = dataclasses.replace(criteria, min_speedup=min_speedup)
-    with guarded(file_out(out or results_dir / "decision.json")):  # checked and locked before any work
+    with guarded(file_out(out or results_dir / "decision.json", DECISION)):  # checked and locked before any work
         decision = decide(load_results(results_dir), criteria, roles=analyzer_meta())
         data = decision.to_json()
         if designs_path is not None:

@@ -53,6 +53,7 @@ def command(
     split,
     min_visibility,
     stride,
+    detector,
     out,
     detections_out,
     thresholds,
@@ -62,11 +63,17 @@ def command(
     One of: --cache F | --data SPEC [--model M] (live run) | --gt gt.json --detections dets.json.
     """
     from probe_kit import distributed
-    from probe_kit.cli.outputs import file_out, guarded
+    from probe_kit.cli.outputs import DETECTIONS, METRICS, file_out, guarded
     from probe_kit.io import write_json
 
     source = _source(cache_path, gt, detections, data)
-    narrowing = {"--sequences": sequences, "--split": split, "--min-visibility": min_visibility, "--stride": stride}
+    narrowing = {
+        "--sequences": sequences,
+        "--split": split,
+        "--min-visibility": min_visibility,
+        "--stride": stride,
+        "--detector": detector,
+    }
     ignored = [name for name, value in narrowing.items() if value is not None]
     if ignored and source != "model":
         given = "--cache" if source == "cache" else "--gt/--detections"
@@ -77,7 +84,7 @@ def command(
     elif detections_out:
         raise click.UsageError("--detections-out: --gt/--detections runs write no detections; leave it out")
     _refuse_clashes(out, dets_path, cache_path, gt, detections)
-    with guarded(file_out(out), file_out(dets_path, "--detections-out")):
+    with guarded(file_out(out, METRICS), file_out(dets_path, DETECTIONS, "--detections-out")):
         if source == "files":
             metrics, dets, record = _score_files(gt, detections, thresholds)
         elif source == "cache":
@@ -88,7 +95,7 @@ def command(
         else:
             from probe_kit.models.evaluate import evaluate_model
 
-            data_spec = build_data_spec(data, sequences, split, min_visibility, stride)
+            data_spec = build_data_spec(data, sequences, split, min_visibility, stride, detector)
             model_spec = build_model_spec(model, revision, device, model_dtype, shortest_edge)
             metrics, dets = evaluate_model(model_spec, data_spec, batch_size, thresholds)
             record = {"model": model, "data": data_spec.describe()}

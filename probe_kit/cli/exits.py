@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from probe_kit.cli.options import Device, FloatList, build_data_spec, check_flags, data_options
-from probe_kit.cli.outputs import dir_out, guarded
+from probe_kit.cli.outputs import EXITS, EXITS_EVALUATION, dir_out, guarded
 from probe_kit.heads.options import default
 
 
@@ -114,7 +114,7 @@ def train_exits(
     # Under torchrun heads train on the cache on rank 0 alone; with --finetune-blocks every rank trains (the
     # cheap head stage identically, the blocks data-parallel) and rank 0 saves.
     train = lambda: api.train_exits(cache_path, layers, out, seed, head=head, device=device, **training)  # noqa: E731
-    with guarded(dir_out(out)):  # checked before any training; a failed run leaves no folder it created
+    with guarded(dir_out(out, EXITS)):  # checked before any training; a failed run leaves no folder it created
         path = train() if finetune_blocks > 0 else distributed.on_rank_zero(train)
     if distributed.is_main():
         click.echo(f"exit heads -> {path}")
@@ -184,6 +184,7 @@ def evaluate_exits(
     split,
     min_visibility,
     stride,
+    detector,
     out,
     policy,
     thresholds,
@@ -199,8 +200,8 @@ def evaluate_exits(
     from probe_kit.heads.evaluate import DEFAULT_THRESHOLDS, Timing, summary_lines
     from probe_kit.io import write_json
 
-    with guarded(dir_out(out)):  # checked before any work; a failed run leaves no folder it created
-        data_spec = build_data_spec(data, sequences, split, min_visibility, stride)
+    with guarded(dir_out(out, EXITS_EVALUATION)):  # checked before any work; a failed run leaves no folder it created
+        data_spec = build_data_spec(data, sequences, split, min_visibility, stride, detector)
         cuts = thresholds or DEFAULT_THRESHOLDS  # finite numbers, or refused naming --thresholds
         timing = Timing(images=timing_images, repeats=timing_repeats, threads=threads)
         if policies is not None or len(exits_dirs) > 1:  # the design comparison: rank 0 alone (it times side by side)

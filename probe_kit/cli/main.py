@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import signal
+from pathlib import Path
 
 import click
 
@@ -35,6 +36,17 @@ class ProbeGroup(click.Group):
     opens the process group when launched by torchrun."""
 
     def invoke(self, ctx: click.Context):
+        from probe_kit import console
+
+        console.set_quiet(bool(ctx.params.get("quiet")))
+        with console.log_to(ctx.params.get("log_file")):
+            try:
+                return self._invoke(ctx)
+            except click.ClickException as err:  # click prints it after this returns: log it here
+                console.log_line(f"Error: {err.format_message()}")
+                raise
+
+    def _invoke(self, ctx: click.Context):
         from probe_kit import distributed
 
         previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGINT)} if _main_thread() else {}
@@ -87,8 +99,9 @@ class Stopped(KeyboardInterrupt):
         name = "SIGTERM" if self.signum == signal.SIGTERM else "Ctrl-C"
         what = f" while writing {', '.join(map(str, self.writing))}" if self.writing else ""
         line = click.ClickException(
-            f"stopped by {name}{what}; an output it was making was removed, except a cache, study or recipe folder, "
-            "which is kept as far as it got: rerun the same command to resume it"
+            f"stopped by {name}{what}; an output it was making was removed (one it was replacing was put back), "
+            "except a cache, study or recipe folder, which is kept as far as it got: rerun the same command to "
+            "resume it"
         )
         line.exit_code = 128 + self.signum
         return line
@@ -142,7 +155,14 @@ def one_line(err: BaseException) -> click.ClickException:
 @click.group(cls=ProbeGroup)
 @click.version_option(probe_kit.__version__, prog_name="probe-kit")
 @click.option("--debug", is_flag=True, help="Show the Python traceback of every error (also PROBE_KIT_DEBUG=1).")
-def cli(debug: bool) -> None:
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars or stage lines; results and errors still print.")
+@click.option(
+    "--log-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also append everything printed to this file (progress bars as their last frame).",
+)
+def cli(debug: bool, quiet: bool, log_file: Path | None) -> None:
     """Can the intermediate layers of a YOLOS detector support detection, and where should exits go?"""
 
 

@@ -83,6 +83,12 @@ def data_options(func: Callable) -> Callable:
             help="Persons less visible than this (0..1) become ignore regions.",
         ),
         click.option("--stride", type=click.IntRange(min=1), default=None, help="Keep every n-th frame (n >= 1)."),
+        click.option(
+            "--detector",
+            type=click.Choice(["FRCNN", "DPM", "SDP"]),
+            default=None,
+            help="Which of MOT17's detector copies of each sequence to read (default FRCNN; they share images and gt).",
+        ),
     ]
     for decorator in reversed(decorators):
         func = decorator(func)
@@ -90,7 +96,12 @@ def data_options(func: Callable) -> Callable:
 
 
 def build_data_spec(
-    data: str | None, sequences: str | None, split: str | None, min_visibility: float | None, stride: int | None
+    data: str | None,
+    sequences: str | None,
+    split: str | None,
+    min_visibility: float | None,
+    stride: int | None,
+    detector: str | None = None,
 ):
     from probe_kit.data.spec import parse_data_spec
 
@@ -102,6 +113,7 @@ def build_data_spec(
         split=split,
         min_visibility=min_visibility,
         stride=stride,
+        detector=detector,
     )
 
 

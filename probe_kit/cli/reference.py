@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from probe_kit.cli.options import Device
-from probe_kit.cli.outputs import check_outputs, dir_out, locked
+from probe_kit.cli.outputs import RESUMABLE, check_outputs, dir_out, locked
 
 
 @click.group("reference")
@@ -44,7 +44,7 @@ def train(config_path: Path | None, out: Path, budget_minutes: float | None, dev
     from probe_kit.reference.recipe import RecipeConfig, train_reference
 
     cfg = RecipeConfig.from_yaml(config_path) if config_path else RecipeConfig()
-    with locked(dir_out(out)):  # checked before any training; one writer per folder
+    with locked(dir_out(out, RESUMABLE)):  # checked before any training; one writer per folder
         summary = train_reference(cfg, out, budget_minutes, device=device)  # under torchrun: DDP, rank 0 writes
     if not distributed.is_main():
         return
@@ -77,7 +77,7 @@ def export(run_dir: Path, heldout: Path) -> None:
     from probe_kit import distributed
     from probe_kit.reference.export import export_reference
 
-    check_outputs(dir_out(heldout, "--heldout"))
+    check_outputs(dir_out(heldout, RESUMABLE, "--heldout"))
     metrics = distributed.on_rank_zero(lambda: export_reference(run_dir, heldout))
     if not distributed.is_main():
         return

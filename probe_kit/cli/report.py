@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from probe_kit.cli.outputs import file_out, guarded
+from probe_kit.cli.outputs import REPORT, file_out, guarded
 
 
 @click.command("report")
@@ -30,12 +30,18 @@ from probe_kit.cli.outputs import file_out, guarded
     help="HTML file (default reports/NAME.html, or reports/compare-A-B.html).",
 )
 @click.option("--open", "open_browser", is_flag=True, help="Open the report in the default browser.")
+@click.option("--strict", is_flag=True, help="Exit 1, writing nothing, when the study has stages not measured yet.")
 def command(
-    results_dir: Path | None, compare: bool, runs: tuple[Path, ...], out: Path | None, open_browser: bool
+    results_dir: Path | None,
+    compare: bool,
+    runs: tuple[Path, ...],
+    out: Path | None,
+    open_browser: bool,
+    strict: bool,
 ) -> None:
     """Render a single self-contained HTML feasibility report (or a comparison of studies)."""
-    from probe_kit import api
     from probe_kit.report import build_comparison
+    from probe_kit.report.build import render_report
 
     if compare:
         if results_dir is not None:
@@ -44,7 +50,7 @@ def command(
         if missing:
             raise ValueError(f"--compare: {missing[0]}: no such study folder")
         target = out or Path("reports") / f"compare-{'-'.join(r.resolve().name for r in runs)}.html"
-        with guarded(file_out(target)):  # checked and locked before any work
+        with guarded(file_out(target, REPORT)):  # checked and locked before any work
             path = build_comparison(list(runs), Path(target))
     else:
         if runs:
@@ -52,8 +58,10 @@ def command(
         if results_dir is None:
             raise ValueError("--results: missing; give a study folder (or --compare DIR DIR ...)")
         target = out or Path("reports") / f"{results_dir.resolve().name}.html"
-        with guarded(file_out(target)):  # checked and locked before any work
-            path = api.build_report(results_dir, target)
+        with guarded(file_out(target, REPORT)):  # checked and locked before any work
+            path, missing = render_report(results_dir, target, strict)
+        if missing:
+            click.echo(f"not measured yet (see the report's last section): {', '.join(missing)}", err=True)
     click.echo(f"report written to {path.resolve()}")
     if open_browser:
         import webbrowser

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from probe_kit.cli.outputs import dir_out, locked
+from probe_kit.cli.outputs import RESUMABLE, dir_out, locked
 
 
 @click.command("run")
@@ -22,7 +22,7 @@ def run(config: Path, out: Path | None, open_browser: bool) -> None:
         raise FileNotFoundError(f"{config}: no such file; the demo ships inside the package: run `probe-kit demo`")
     cfg = load_experiment(config)  # every config error surfaces here, before any work
     target = out or Path("runs") / cfg.name
-    with locked(dir_out(target)):  # checked before any work; one run per study folder
+    with locked(dir_out(target, RESUMABLE)):  # checked before any work; one run per study folder
         decision = run_experiment(cfg, target)  # under torchrun: the cache sharded over the processes
     if not distributed.is_main():
         return
@@ -33,16 +33,24 @@ def run(config: Path, out: Path | None, open_browser: bool) -> None:
 
 @click.command("demo")
 @click.option(
-    "--out", type=click.Path(path_type=Path), default=Path("runs/demo"), show_default=True, help="Study folder."
+    "--out", type=click.Path(path_type=Path), default=None, help="Study folder (default runs/demo, or runs/demo-fast)."
+)
+@click.option(
+    "--fast",
+    is_flag=True,
+    help="A first look in about a minute: the same stages and report on 120 scenes with fewer epochs "
+    "(experiment demo_fast.yaml); its numbers are noisier than the demo's.",
 )
 @click.option("--open", "open_browser", is_flag=True, help="Open the report in the default browser.")
-def demo(out: Path, open_browser: bool) -> None:
+def demo(out: Path | None, fast: bool, open_browser: bool) -> None:
     """Offline: synthetic scenes + the shipped reference model -> the whole study -> OUT/report.html."""
     from probe_kit import distributed
-    from probe_kit.experiment import DEMO_CONFIG, load_experiment, run_experiment
+    from probe_kit.experiment import DEMO_CONFIG, DEMO_FAST_CONFIG, load_experiment, run_experiment
 
-    with locked(dir_out(out)):  # checked before any work; one run per study folder
-        decision = run_experiment(load_experiment(DEMO_CONFIG), out)
+    cfg = load_experiment(DEMO_FAST_CONFIG if fast else DEMO_CONFIG)
+    out = out or Path("runs") / cfg.name
+    with locked(dir_out(out, RESUMABLE)):  # checked before any work; one run per study folder
+        decision = run_experiment(cfg, out)
     if not distributed.is_main():
         return
     click.echo(f"{decision['verdict']}: exits {decision['exits']} -> {out / 'report.html'}")

@@ -178,6 +178,17 @@ def clip_to_image(boxes: list, width: int, height: int) -> np.ndarray:
     return clipped[(clipped[:, 2] > 0) & (clipped[:, 3] > 0)]
 
 
+# Pillow modes that convert to RGB without losing the picture: 8 bits per channel, a palette, CMYK or YCbCr.
+# 16-bit and float modes ("I;16", "I", "F") are clipped at 255 by ``convert("RGB")``: a white frame.
+EIGHT_BIT_MODES = frozenset({"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr"})
+
+
+def check_image_mode(path: Path | str, mode: str) -> None:
+    """Refuse an image whose pixels would not survive the conversion to 8-bit RGB (a 16-bit PNG, a float TIFF)."""
+    if mode not in EIGHT_BIT_MODES:
+        raise InputError(str(path), "an 8-bit image (RGB, greyscale, palette or CMYK)", f"Pillow mode {mode!r}")
+
+
 def check_image_size(path: Path, width: int, height: int, declared_by: str) -> None:
     """Refuse an image whose header size differs from what ``declared_by`` says (PIL reads the header only).
 
@@ -188,8 +199,9 @@ def check_image_size(path: Path, width: int, height: int, declared_by: str) -> N
 
     try:
         with Image.open(path) as image:
-            size = image.size
-    except (OSError, SyntaxError, ValueError) as err:
+            size, mode = image.size, image.mode
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise InputError.saying(f"{path}: unreadable image ({err or type(err).__name__})") from None
+    check_image_mode(path, mode)
     if size != (width, height):
         raise InputError(str(path), f"the size {width}x{height} that {declared_by} declares", f"{size[0]}x{size[1]}")

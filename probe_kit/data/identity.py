@@ -100,10 +100,10 @@ def identify(
 
 def image_sha256(samples: Sequence[Sample], wanted: Sequence[bool] | None = None, progress: bool = False) -> list[str]:
     """Hex sha256 of each sample's image file ("" where ``wanted`` is False): what identifies an image."""
-    from tqdm import tqdm
+    from probe_kit.console import progress_bar
 
     digests = []
-    for i, sample in enumerate(tqdm(samples, desc="hash images", unit="img", disable=not progress)):
+    for i, sample in enumerate(progress_bar(samples, desc="hash images", unit="img", show=progress)):
         hashed = wanted is None or wanted[i]
         if hashed and sample.path is None:
             raise ValueError(f"sample {sample.file_name}: no image file to identify")

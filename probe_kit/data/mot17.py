@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import configparser
 import hashlib
+import os
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass
@@ -136,6 +137,12 @@ def list_sequences(root: Path, detector: str = "FRCNN") -> list[Path]:
         has_copies = _base_name(folder.name) != folder.name
         if not has_copies or folder.name.endswith(f"-{detector}"):
             chosen.append(folder)
+    present = sorted({f.name.rsplit("-", 1)[1] for f in folders if _base_name(f.name) != f.name})
+    if not chosen and present:
+        raise ValueError(
+            f"{train}: no {detector} copies of the sequences, only {', '.join(present)} (e.g. {folders[0].name}); "
+            f"choose one with --detector {present[0]} (YAML: detector)"
+        )
     return chosen
 
 
@@ -250,7 +257,11 @@ def load_sequence(
     elif split == "second-half":
         frames = range(info.length // 2 + 1, info.length + 1)
     images = {f: seq_dir / info.image_dir / f"{f:06d}{info.image_ext}" for f in frames[::stride]}
-    images = {f: path for f, path in images.items() if path.is_file()}
+    images = {f: path for f, path in images.items() if os.path.lexists(path)}  # slices hold fewer frames
+    for path in images.values():
+        if not path.is_file():  # listed, but no image can be read from it: refused, never skipped
+            kind = "a dangling symlink" if path.is_symlink() and not path.exists() else "not a regular file"
+            raise InputError(str(path), "an image file", kind)
     for path in images.values():  # before gt.txt: a wrong imWidth would otherwise surface as a box error
         check_image_size(path, info.width, info.height, str(info.path / "seqinfo.ini"))
     gt = read_gt(seq_dir / "gt" / "gt.txt", info)

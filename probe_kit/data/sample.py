@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,6 +10,8 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+
+from probe_kit.data.checks import check_image_mode
 
 
 @dataclass
@@ -36,7 +39,10 @@ class Sample:
         if self.path is None:
             raise ValueError(f"sample {self.file_name}: no image path or loader")
         try:
-            with Image.open(self.path) as im:
-                return im.convert("RGB")
-        except (OSError, SyntaxError) as err:
-            raise ValueError(f"{self.path}: unreadable image ({err})") from err
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)  # a bomb is refused, not decoded
+                with Image.open(self.path) as im:
+                    check_image_mode(self.path, im.mode)
+                    return im.convert("RGB")
+        except (OSError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+            raise ValueError(f"{self.path}: unreadable image ({err})") from None

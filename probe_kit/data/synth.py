@@ -232,13 +232,13 @@ def write_synth_dataset(
     Besides ``seqinfo.ini``, ``img1/`` and ``gt/gt.txt`` each sequence has ``difficulty.txt``
     (``frame,difficulty`` per line), which the MOT17 loader attaches to each sample's metadata.
     """
-    from tqdm import tqdm
+    from probe_kit.console import progress_bar
 
     json_number(frames, "frames", lo=1, integer=True)
     json_number(frames_per_sequence, "frames_per_sequence", lo=1, hi=99_999, integer=True)  # 6-digit names
     json_number(seed, "seed", lo=0, integer=True)
     sequences = []
-    bar = tqdm(total=frames, desc="synth scenes", unit="img", disable=not progress)
+    bar = progress_bar(total=frames, desc="synth scenes", unit="img", show=progress)
     for seq_no, start in enumerate(range(0, frames, frames_per_sequence), start=1):
         length = min(frames_per_sequence, frames - start)
         seq_dir = Path(out) / "train" / f"SYNTH-{seq_no:02d}"

@@ -80,10 +80,27 @@ def _finite(value: object) -> bool:
 
 
 def design_name(d: DesignRow) -> str:
-    """``dense heads, blocks 5,6 fine-tuned`` or ``det heads, frozen``: a design entry's head type and backbone."""
-    tuned = d.finetuned_blocks  # 0-based block indices; named 1-based, as layer k is block k's output
-    blocks = f"blocks {','.join(str(i + 1) for i in tuned)} fine-tuned" if tuned else "frozen"
-    return f"{d.head} heads, {blocks}"
+    """``det heads, frozen`` or ``dense heads, blocks 2-3, 5-6 fine-tuned (2 before each exit)``: a design entry's
+    head type and backbone."""
+    return f"{d.head} heads, {tuned_blocks_text(d.finetuned_blocks)}"
+
+
+def tuned_blocks_text(blocks: tuple[int, ...]) -> str:
+    """0-based block indices as runs of 1-based blocks (layer k is block k's output): ``frozen``, ``block 6
+    fine-tuned``, ``blocks 2-3, 5-6 fine-tuned (2 before each exit)``."""
+    runs: list[list[int]] = []
+    for block in sorted(b + 1 for b in blocks):
+        if runs and block == runs[-1][-1] + 1:
+            runs[-1].append(block)
+        else:
+            runs.append([block])
+    if not runs:
+        return "frozen"
+    if len(runs) == 1 and len(runs[0]) == 1:
+        return f"block {runs[0][0]} fine-tuned"
+    text = "blocks " + ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs) + " fine-tuned"
+    lengths = {len(r) for r in runs}
+    return text + (f" ({lengths.pop()} before each exit)" if len(runs) > 1 and len(lengths) == 1 else "")
 
 
 def setting_name(d: DesignRow) -> str:
@@ -152,7 +169,7 @@ def recommend_design(result: dict, max_ap50_loss: float | None = None, min_speed
     timed = [i for i, d in enumerate(designs) if not d.bound and d.measured_speedup is not None]
     judged = {i: judge(designs[i], min_speedup, machine) for i in timed}
     within = [i for i in timed if designs[i].AP50 >= floor and not _is_full(designs[i], designs)]
-    rationale = [_headline(result, sum(not d.bound for d in designs), floor, tolerance, min_speedup, machine)]
+    rationale = [_headline(result, designs, floor, tolerance, min_speedup, machine)]
     if tolerance != result.get("max_ap50_loss", tolerance):
         rationale.append(
             f"latency was measured for the cheapest settings within {result['max_ap50_loss']} of the full AP50; with "
@@ -184,18 +201,27 @@ def _is_full(d: DesignRow, designs: list[DesignRow]) -> bool:
     return d.policy == "static" and d.layer == depth and not d.finetuned_blocks
 
 
-def _headline(result: dict, settings: int, floor: float, tolerance: float, min_speedup: float, machine: float) -> str:
+def _headline(
+    result: dict, designs: list[DesignRow], floor: float, tolerance: float, min_speedup: float, machine: float
+) -> str:
     full, timing = result["full_model"], result.get("timing", {})
     busy = busy_load(timing)
     warning = f" (busy machine: load {busy:.1f} on {timing['cores']} cores)" if busy else ""
     return (
         f"full model: AP50 {full['AP50']:.3f}, {full['gflops']:.3f} GFLOPs, {full['latency']['median_ms']:.2f} ms "
-        f"median (IQR {full['latency']['iqr_ms']:.2f}); tolerance: AP50 >= {floor:.3f} (max loss {tolerance}); a "
+        f"median (IQR {full['latency']['iqr_ms']:.2f}) in the design comparison's timing run; tolerance: AP50 >= "
+        f"{floor:.3f} (max loss {tolerance}); a "
         f"setting pays when the lower end of its speed-up's 95% interval clears {min_speedup:.2f}x; machine "
         f"efficiency {machine:.2f} (measured/FLOPs, static exits); "
         f"{describe_conditions(timing) or 'timing conditions not recorded'}{warning}; "
-        f"{settings} settings compared on {len(result['scored_image_ids'])} held-out images"
+        f"{_settings_count(designs)} compared on {len(result['scored_image_ids'])} held-out images"
     )
+
+
+def _settings_count(designs: list[DesignRow]) -> str:
+    """``124 settings (100 exits and policies, 24 oracle bounds)``: every row counted once, the bounds named."""
+    bounds = sum(d.bound for d in designs)
+    return f"{len(designs)} settings ({len(designs) - bounds} exits and policies, {bounds} oracle bounds)"
 
 
 def _summary(verdict, designs, chosen, unsure, full, tolerance, min_speedup, result) -> str:

@@ -43,6 +43,7 @@ class ExperimentConfig:
     split: Literal["first-half", "second-half"] | None = None
     min_visibility: Annotated[float, Range(0, 1)] | None = None
     stride: PositiveInt | None = None
+    detector: Literal["FRCNN", "DPM", "SDP"] | None = None  # MOT17's detector copy to read (default FRCNN)
     val_sequences: tuple[str, ...] = ()
     layers: str | int | tuple[int, ...] = "all"  # "all", "3,6,9,12", "1-4", 12 or [3, 6, 9, 12]
     tokens: tuple[Literal["det", "patch", "cls"], ...] = ("det", "patch")

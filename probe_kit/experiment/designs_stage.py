@@ -94,7 +94,7 @@ def designs_stage(cfg, cache_path: Path, data_text: str, out: Path, say: Callabl
                 stamp_inputs_key(folder, key)
             folders.append(folder)
     criteria = criteria_from(cfg.decision, "decision")
-    data_spec = parse_data_spec(data_text, stride=cfg.stride, min_visibility=cfg.min_visibility)
+    data_spec = parse_data_spec(data_text, stride=cfg.stride, min_visibility=cfg.min_visibility, detector=cfg.detector)
     say(f"[designs] comparing {len(folders)} exits folders x {list(spec.policies)} on held-out images")
     result = compare_designs(
         folders,

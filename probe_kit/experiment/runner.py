@@ -11,18 +11,25 @@ import hashlib
 import json
 import shutil
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
 from probe_kit import distributed
+from probe_kit.console import elapsed
+from probe_kit.console import say as _say
 from probe_kit.experiment.config import ExperimentConfig
 
 
-def _say(message: str) -> None:
-    import click
-
-    click.echo(message, err=True)
+@contextmanager
+def _timed(name: str, say: Callable[[str], None], times: dict[str, float]) -> Iterator[None]:
+    """``[name] done in 12.3 s`` as a stage ends; its seconds kept in ``times`` for the closing summary."""
+    start = time.monotonic()
+    yield
+    times[name] = time.monotonic() - start
+    say(f"[{name}] done in {elapsed(times[name])}")
 
 
 def _synth_stage(cfg: ExperimentConfig, out: Path, say: Callable[[str], None]) -> str:
@@ -60,6 +67,7 @@ def _cache_stage(cfg: ExperimentConfig, data_text: str, out: Path, say: Callable
         split=cfg.split,
         min_visibility=cfg.min_visibility,
         stride=cfg.stride,
+        detector=cfg.detector,
     )
     model_spec = ModelSpec(cfg.model, cfg.revision, cfg.device, shortest_edge=cfg.shortest_edge)
     say(f"[cache] {cfg.model} over {data_text} -> {path}")
@@ -88,7 +96,9 @@ def _inputs_key(fingerprint: str, name: str, layers: str, options: dict, seed: i
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _analyzer_stage(cfg: ExperimentConfig, cache_path: Path, out: Path, say: Callable[[str], None]) -> None:
+def _analyzer_stage(
+    cfg: ExperimentConfig, cache_path: Path, out: Path, say: Callable[[str], None], times: dict[str, float]
+) -> None:
     from probe_kit.analyzers import get_analyzer, run_analyzer, write_result
     from probe_kit.cache.reader import FeatureCache
 
@@ -107,10 +117,11 @@ def _analyzer_stage(cfg: ExperimentConfig, cache_path: Path, out: Path, say: Cal
         say(f"[analyze] {name} on layers {layers}")
         if "device" in get_analyzer(name).option_names():  # a run-time choice: not part of the inputs key
             options.setdefault("device", cfg.device)
-        result = run_analyzer(name, cache_path, layers, cfg.seed, **options)
-        result.extra["inputs_key"] = key
-        result.extra["command"] = f"probe-kit run (experiment {cfg.name!r}, analyzer {name})"
-        write_result(result, result_path.parent)
+        with _timed(f"analyze {name}", say, times):
+            result = run_analyzer(name, cache_path, layers, cfg.seed, **options)
+            result.extra["inputs_key"] = key
+            result.extra["command"] = f"probe-kit run (experiment {cfg.name!r}, analyzer {name})"
+            write_result(result, result_path.parent)
 
 
 _TIMING = ("images", "repeats", "warmup")  # exits.timing_<key> in the YAML -> heads.evaluate.Timing
@@ -167,7 +178,9 @@ def _exits_stage(
         return
     split = json.loads(config_path.read_text())["split"]
     options = {"sequences": tuple(split["val_groups"])} if split["unit"] == "sequence" else {}
-    data_spec = parse_data_spec(data_text, stride=cfg.stride, min_visibility=cfg.min_visibility, **options)
+    data_spec = parse_data_spec(
+        data_text, stride=cfg.stride, min_visibility=cfg.min_visibility, detector=cfg.detector, **options
+    )
     say(
         f"[exits] evaluating static exits and the adaptive policy on {split['val_images']} validation images"
         if options
@@ -189,39 +202,59 @@ def _exits_stage(
 
 
 def run_experiment(cfg: ExperimentConfig, out: Path, say: Callable[[str], None] = _say) -> dict:
-    """Run every stage of ``cfg`` into ``out``; returns the decision as JSON."""
+    """Run every stage of ``cfg`` into ``out``; returns the decision as JSON. Says each stage's elapsed time as it
+    ends, and the total with the slowest stages at the end."""
     from probe_kit.io import write_json
 
     out = Path(out)
     if not distributed.is_main():  # under torchrun rank 0 alone reports
         say = lambda _: None
+    start, times = time.monotonic(), {}
     out.mkdir(parents=True, exist_ok=True)
     distributed.on_rank_zero(lambda: write_json(out / "experiment.json", asdict(cfg)))
-    data_text = distributed.on_rank_zero(lambda: _synth_stage(cfg, out, say)) if cfg.synth else cfg.data
-    cache_path = _cache_stage(cfg, data_text, out, say)  # under torchrun: one shard per process
+    data_text = cfg.data
+    if cfg.synth:
+        with _timed("data", say, times):
+            data_text = distributed.on_rank_zero(lambda: _synth_stage(cfg, out, say))
+    with _timed("cache", say, times):
+        cache_path = _cache_stage(cfg, data_text, out, say)  # under torchrun: one shard per process
     # Every later stage reads the cache or trains on it, and runs on rank 0 alone (the others wait).
-    return distributed.on_rank_zero(lambda: _after_cache(cfg, data_text, cache_path, out, say))
+    decision = distributed.on_rank_zero(lambda: _after_cache(cfg, data_text, cache_path, out, say, times))
+    slowest = sorted(times.items(), key=lambda item: -item[1])[:3]
+    say(
+        f"[total] {elapsed(time.monotonic() - start)}; slowest: "
+        + ", ".join(f"{name} {elapsed(seconds)}" for name, seconds in slowest)
+    )
+    return decision
 
 
-def _after_cache(cfg: ExperimentConfig, data_text: str, cache_path: Path, out: Path, say: Callable[[str], None]):
+def _after_cache(
+    cfg: ExperimentConfig,
+    data_text: str,
+    cache_path: Path,
+    out: Path,
+    say: Callable[[str], None],
+    times: dict[str, float],
+) -> dict:
     """Analyzers -> decision -> exit heads -> report; returns the decision as JSON."""
     from probe_kit.analyzers import analyzer_meta
     from probe_kit.decision import criteria_from, decide, load_results
+    from probe_kit.experiment.designs_stage import designs_stage
     from probe_kit.io import write_json
+    from probe_kit.report import build_report
 
-    _analyzer_stage(cfg, cache_path, out, say)
+    _analyzer_stage(cfg, cache_path, out, say, times)
     decision = decide(load_results(out / "results"), criteria_from(cfg.decision), roles=analyzer_meta()).to_json()
     write_json(out / "results" / "decision.json", decision)
     say("[decide] " + "\n[decide] ".join(decision["rationale"]))
-    _exits_stage(cfg, cache_path, data_text, decision, out, say)
-    from probe_kit.experiment.designs_stage import designs_stage
-
-    design = designs_stage(cfg, cache_path, data_text, out, say)  # exits: designs: (the exit-design comparison)
+    with _timed("exits", say, times):
+        _exits_stage(cfg, cache_path, data_text, decision, out, say)
+    with _timed("designs", say, times):
+        design = designs_stage(cfg, cache_path, data_text, out, say)  # exits: designs: (the exit-design comparison)
     if design is not None:
         decision["design"] = design
         write_json(out / "results" / "decision.json", decision)
-    from probe_kit.report import build_report
-
-    report = build_report(out, out / "report.html")
+    with _timed("report", say, times):
+        report = build_report(out, out / "report.html")
     say(f"[report] {report}")
     return decision

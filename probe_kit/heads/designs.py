@@ -247,10 +247,13 @@ def design_lines(result: dict) -> list[str]:
     full = result["full_model"]
     rows = [DesignRow.from_json(d, f"designs[{i}]") for i, d in enumerate(result["designs"])]
     lines = [
-        (f"{held_out_line(result)}; {len(rows)} settings over {len(result['folders'])} exits folders"),
+        (
+            f"{held_out_line(result)}; {len(rows)} settings ({sum(r.bound for r in rows)} of them oracle bounds) "
+            f"over {len(result['folders'])} exits folders"
+        ),
         (
             f"full model: AP50 {full['AP50']:.4f}  {full['gflops']:.3f} GFLOPs  {full['latency']['median_ms']:.2f} ms "
-            f"(IQR {full['latency']['iqr_ms']:.2f})"
+            f"(IQR {full['latency']['iqr_ms']:.2f}) in the design comparison's timing run"
         ),
         "Pareto front (AP50 vs mean GFLOPs; the oracle is a bound and kept off it):",
     ]

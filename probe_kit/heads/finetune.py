@@ -16,7 +16,6 @@ their losses gathered, so every rank stops at the same epoch. Logged losses are 
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -61,9 +60,9 @@ def finetune_blocks(
     exits = _AllExits(multi)
     step = _Steps(exits, processor, samples, heads.loss(targets.to(device)), split, tuning)
     if tuning.progress and distributed.is_main():
-        from tqdm import tqdm
+        from probe_kit.console import say
 
-        tqdm.write(distributed.effective_batch_line("fine-tune", tuning.batch_size), file=sys.stderr)
+        say(distributed.effective_batch_line("fine-tune", tuning.batch_size))
     torch.manual_seed(tuning.seed)
     history = fit(
         distributed.data_parallel(exits),

@@ -83,12 +83,12 @@ def record_exits(
 ) -> ExitRecords:
     """Run every exit of ``multi`` (a ``MultiExitYolos``: not imported here, it imports this module) once per
     image (streamed in batches of one input size) and keep each exit's ``ExitStats``."""
-    from tqdm import tqdm
+    from probe_kit.console import progress_bar
 
     device = next(multi.parameters()).device
     dtype = next(multi.parameters()).dtype
     parts: dict[int, list[ExitStats]] = {k: [] for k in multi.heads.layers}
-    with torch.no_grad(), tqdm(total=len(samples), desc="all exits", unit="img", disable=not progress) as bar:
+    with torch.no_grad(), progress_bar(total=len(samples), desc="all exits", unit="img", show=progress) as bar:
         for lo, hi in batch_bounds(samples, processor, batch_size):
             images = [sample.load_image() for sample in samples[lo:hi]]
             pixels = processor(images=images, return_tensors="pt")["pixel_values"]

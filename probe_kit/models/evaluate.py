@@ -18,7 +18,7 @@ def evaluate_model(
     progress: bool = True,
 ) -> tuple[dict, list[dict]]:
     """``(metrics, detections)`` of the model's final-layer outputs on the dataset (on every torchrun rank)."""
-    from tqdm import tqdm
+    from probe_kit.console import progress_bar
 
     samples = data_spec.load()
     model, processor = load_yolos(model_spec)
@@ -27,7 +27,7 @@ def evaluate_model(
     # one process); rank 0 gathers the detections in image order and scores them once.
     lo, hi = distributed.shard_bounds(len(samples), distributed.rank(), distributed.world_size(), batch_size)
     detections: list[dict] = []
-    with tqdm(total=hi - lo, desc="evaluate", unit="img", disable=not progress or not distributed.is_main()) as bar:
+    with progress_bar(total=hi - lo, desc="evaluate", unit="img", show=progress and distributed.is_main()) as bar:
         for batch in run_batches(model, processor, samples[lo:hi], batch_size):
             detections += sample_detections(batch.outputs.logits, batch.outputs.pred_boxes, batch.samples, person)
             bar.update(len(batch.samples))

@@ -214,7 +214,8 @@ def interleaved_latency(
 
     import torch
     from torch.utils.benchmark.utils.timer import timer
-    from tqdm import tqdm
+
+    from probe_kit.console import progress_bar
 
     rounds = rounds if isinstance(rounds, Rounds) else Rounds(minimum=rounds, maximum=rounds)
     if rounds.minimum < 3 or images < 1:
@@ -230,7 +231,7 @@ def interleaved_latency(
             for name in names:
                 settings[name]()
         start, stopped = time.monotonic(), None
-        with tqdm(desc="latency", unit="round", disable=not progress) as bar:
+        with progress_bar(desc="latency", unit="round", show=progress) as bar:
             while stopped is None:
                 for i in order.permutation(len(names)):
                     samples[names[i]].append(1000 * timers[names[i]].timeit(1) / images)

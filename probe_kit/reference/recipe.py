@@ -107,11 +107,11 @@ class _Pool:
 
 
 def _render_pool(seed: int, frames: int, spec: SceneSpec, processor, desc: str) -> _Pool:
-    from tqdm import tqdm
+    from probe_kit.console import progress_bar
 
     pixels, boxes, samples = [], [], []
     chunk = []
-    for index in tqdm(range(frames), desc=desc, unit="img", leave=False):
+    for index in progress_bar(range(frames), desc=desc, unit="img", leave=False):
         scene = render_scene(seed, index, spec)
         sample = scene_to_sample(scene, image_id=index + 1, file_name=f"{desc}/{index:06d}")
         samples.append(sample)
@@ -179,7 +179,7 @@ def train_reference(
     batch (the effective batch stays ``cfg.batch_size``), with losses rescaled so that gradients and
     logged losses equal one process's (``_step_loss``); rank 0 alone evaluates and writes.
     """
-    from tqdm import tqdm
+    from probe_kit.console import progress_bar
 
     run_started = time.time()  # the budget counts the whole run, scene rendering included
     out = Path(out)
@@ -227,7 +227,7 @@ def train_reference(
         torch.save(state, state_path.with_suffix(".tmp"))
         state_path.with_suffix(".tmp").replace(state_path)
 
-    bar = tqdm(total=cfg.steps, initial=step, desc="reference", disable=not progress or not distributed.is_main())
+    bar = progress_bar(total=cfg.steps, initial=step, desc="reference", show=progress and distributed.is_main())
     if progress and distributed.is_main():
         bar.write(distributed.effective_batch_line("reference", cfg.batch_size))
     while step < cfg.steps:

@@ -194,7 +194,7 @@ def _figures(data: ReportData) -> list[dict]:
             "exits-by-difficulty",
             "Exit distribution per difficulty",
             figures.exit_distribution(data),
-            "Easy frames should leave early, hard ones late.",
+            _distribution_caption(data),
         ),
         (
             "attention",
@@ -253,9 +253,18 @@ def _common() -> dict:
     return {"version": probe_kit.__version__, "created": datetime.now(UTC).isoformat(timespec="seconds")}
 
 
-def build_report(results_dir: Path, out: Path) -> Path:
-    """Write the report for ``results_dir`` to ``out`` (atomically); returns the path."""
+def build_report(results_dir: Path, out: Path, strict: bool = False) -> Path:
+    """Write the report for ``results_dir`` to ``out`` (atomically); returns the path. ``strict``: refuse, before
+    writing, a study with stages missing."""
+    return render_report(results_dir, out, strict)[0]
+
+
+def render_report(results_dir: Path, out: Path, strict: bool = False) -> tuple[Path, list[str]]:
+    """``build_report``, also returning what the study has not measured yet (the report's "Not yet measured")."""
     data = collect(results_dir)
+    missing = [hint["what"] for hint in data.hints]
+    if strict and missing:
+        raise ValueError(f"--results {results_dir}: not measured yet: {', '.join(missing)} (--strict)")
     card = answer(data)
     detections = load_detections(data)
     frames_png = example_frames(detections)
@@ -283,7 +292,7 @@ def build_report(results_dir: Path, out: Path) -> Path:
         .get_template("report.html.j2")
         .render(
             title=data.name,
-            model=(data.cache_info or {}).get("model", "a YOLOS detector"),
+            model=model_title((data.cache_info or {}).get("model")),
             sections=sections,
             card=card,
             answer_table=_answer_table(card),
@@ -301,7 +310,30 @@ def build_report(results_dir: Path, out: Path) -> Path:
             **_common(),
         )
     )
-    return _write(html, out)
+    return _write(html, out), missing
+
+
+def model_title(name: str | None) -> str:
+    """How the report's title names the model: ``the reference YOLOS``, a hub id, or a folder's name."""
+    if not name:
+        return "a YOLOS detector"
+    if name == "reference":
+        return "the reference YOLOS"
+    return name if "/" not in name or not Path(name).exists() else Path(name).name
+
+
+def _distribution_caption(data) -> str:
+    """Says so where the policy never exits early (the chart is then one bar at the last layer)."""
+    dist = (data.exits_eval or {}).get("exit_distribution") or {}
+    layers = {int(k) for counts in dist.values() for k, n in counts.items() if n}
+    point = (data.exits_eval or {}).get("operating_point") or {}
+    if len(layers) == 1:
+        at = f" at threshold {point['threshold']}" if point.get("threshold") is not None else ""
+        return (
+            f"The policy never exits early{at}: every image ran to layer {layers.pop()}, so this operating point "
+            "saves nothing. Easy frames should leave early, hard ones late."
+        )
+    return "Easy frames should leave early, hard ones late."
 
 
 def _labels(folders: Sequence[Path]) -> list[str]:

@@ -27,11 +27,11 @@ def fit(
     of every loss component and the holdout loss, so each component can be plotted. ``reduce_logs``
     turns one process's epoch means into the run's (under torchrun: the mean over ranks).
     """
-    from tqdm import tqdm
+    from probe_kit.console import progress_bar
 
     optimizer = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=lr)
     best, best_state, since_best, history = float("inf"), copy.deepcopy(module.state_dict()), 0, []
-    for epoch in tqdm(range(epochs), desc=desc, leave=False, disable=not progress):
+    for epoch in progress_bar(range(epochs), desc=desc, leave=False, show=progress):
         module.train()
         sums: dict[str, list[float]] = {}
         for batch in batches(epoch):
