@@ -18,6 +18,7 @@ __all__ = [
     "decide",
     "evaluate_exits",
     "list_analyzers",
+    "missing_stages",
     "open_cache",
     "register",
     "run_experiment",

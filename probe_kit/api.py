@@ -207,6 +207,13 @@ def build_report(results_dir: str | Path, out: str | Path | None = None, strict:
     return build(results_dir, Path(out) if out is not None else results_dir / "report.html", strict)
 
 
+def missing_stages(results_dir: str | Path) -> list[str]:
+    """What a study folder has not measured yet (analyzers, decision, exit heads), by name; ``[]`` when complete."""
+    from probe_kit.report.collect import missing_stages as missing
+
+    return missing(Path(results_dir))
+
+
 def run_experiment(path: str | Path, out: str | Path | None = None) -> dict:
     """A whole study from its YAML (stages already done for the same inputs are skipped) -> the decision."""
     from probe_kit.experiment import load_experiment

@@ -230,7 +230,10 @@ def test_changed_ground_truth_or_image_is_refused_and_verify_names_it(tiny_model
     out = write_tiny_cache(tiny_model, data, tmp_path / "c.h5")
     verified = CliRunner().invoke(cli, ["cache", "verify", str(out)])
     assert verified.exit_code == 0
-    assert verified.stdout == f"OK: {out} matches its dataset (12 images, 9 annotation files, sha256)\n"
+    assert verified.stdout == (
+        f"OK: {out} matches its dataset (12 images, 9 annotation files, sha256) and its 6 feature and output "
+        "datasets their checksums\n"
+    )
     (data / "train/SYNTH-02/gt/gt.txt").write_text("")
     with pytest.raises(ValueError, match=r"\(SYNTH-02/gt/gt.txt changed\)"):
         write_tiny_cache(tiny_model, data, out)  # a complete cache is checked too, not reported complete

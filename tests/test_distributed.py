@@ -357,7 +357,7 @@ def test_the_design_comparison_under_torchrun_runs_once_on_rank_zero(runs, synth
     timing = ["--timing-images", "1", "--timing-repeats", "3"]
     done = torchrun("evaluate-exits", *spec, *timing, "--out", str(tmp_path / "ddp"), cwd=tmp_path)
     assert done.stdout.count("latency check:") == 1
-    assert (done.stdout + done.stderr).count("all exits:   0%") == 1  # one recording pass: rank 0's
+    assert "\r" not in done.stderr  # no progress frames in a redirected log, from any rank
     got = json.loads((tmp_path / "ddp" / "result.json").read_text())
     one = compare_designs(
         [exits], parse_data_spec(f"synth:{synth_dir}"), ("confidence", "oracle"), timing=Timing(1, 3), progress=False

@@ -547,13 +547,14 @@ def test_options_are_typed_by_their_declaration(cache, tmp_path):
 
 def test_guarded_outputs_remove_what_a_failed_run_created_and_nothing_else(tmp_path):
     """A failure (or Ctrl-C) inside ``guarded`` removes the outputs and folders the run created, and only those."""
-    from probe_kit.cli.outputs import dir_out, file_out, guarded
+    from probe_kit.cli.outputs import ANALYSIS, DECISION, dir_out, file_out, guarded
 
     kept = tmp_path / "kept"
     kept.mkdir()
-    (kept / "old.json").write_text("{}")
+    (kept / "old.json").write_text('{"verdict": "not viable", "exits": [12], "criteria": {}}')  # a decision
     new_dir, new_file = tmp_path / "new" / "deeper" / "out", kept / "m.json"
-    with pytest.raises(KeyboardInterrupt), guarded(dir_out(new_dir), file_out(new_file), file_out(kept / "old.json")):
+    outputs = dir_out(new_dir, ANALYSIS), file_out(new_file, DECISION), file_out(kept / "old.json", DECISION)
+    with pytest.raises(KeyboardInterrupt), guarded(*outputs):
         new_dir.mkdir(parents=True)
         (new_dir / "partial.npz").write_bytes(b"x")
         new_file.write_text("half")
@@ -561,6 +562,6 @@ def test_guarded_outputs_remove_what_a_failed_run_created_and_nothing_else(tmp_p
         raise KeyboardInterrupt
     assert not (tmp_path / "new").exists() and not new_file.exists()
     assert sorted(p.name for p in kept.iterdir()) == ["old.json"]
-    with guarded(dir_out(new_dir)):
+    with guarded(dir_out(new_dir, ANALYSIS)):
         new_dir.mkdir(parents=True)
     assert new_dir.is_dir()  # success keeps everything

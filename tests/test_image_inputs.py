@@ -84,7 +84,9 @@ def test_detector_copies_can_be_chosen_and_a_root_without_the_default_says_which
         shutil.copytree(synth_dir / "train" / source, target)
         info = target / "seqinfo.ini"
         info.write_text(info.read_text().replace(f"name = {source}", f"name = {target.name}"))
-    result = CliRunner().invoke(cli, ["data", "export-coco", "--data", f"mot17:{root}", "--out", str(tmp_path / "a.json")])
+    result = CliRunner().invoke(
+        cli, ["data", "export-coco", "--data", f"mot17:{root}", "--out", str(tmp_path / "a.json")]
+    )
     _refused(result, "no FRCNN copies of the sequences, only DPM", "--detector DPM")
     result = CliRunner().invoke(
         cli, ["data", "export-coco", "--data", f"mot17:{root}", "--detector", "DPM", "--out", str(tmp_path / "b.json")]

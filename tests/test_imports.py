@@ -29,6 +29,7 @@ LEVELS = {
     "models": 1,
     "metrics": 0.5,
     "data": 0,
+    "console": -0.5,
     "ops": -1,
     "io": -1,
     "distributed": -1,

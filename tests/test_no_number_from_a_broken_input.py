@@ -111,3 +111,15 @@ def test_result_files_are_strict_json_and_a_nan_names_the_file_and_key(tmp_path)
     assert not (tmp_path / "r.json").exists() and list(tmp_path.iterdir()) == []
     write_json(tmp_path / "ok.json", {"a": [1.0, 2]})
     assert json.loads((tmp_path / "ok.json").read_text()) == {"a": [1.0, 2]}
+
+
+def test_an_exits_folder_whose_model_record_was_edited_is_refused(exits, synth_dir, tmp_path):
+    """An edited input size (or model) in config.json would score the heads on inputs they never saw."""
+    edited = tmp_path / "edited"
+    shutil.copytree(exits, edited)
+    config = json.loads((edited / "config.json").read_text())
+    config["base_model"]["processor"]["size"] = {"shortest_edge": 512, "longest_edge": 1333}
+    (edited / "config.json").write_text(json.dumps(config))
+    args = ["evaluate-exits", "--exits", str(edited), "--data", f"synth:{synth_dir}", "--out", str(tmp_path / "e")]
+    _one_line_error(CliRunner().invoke(cli, args), "config.json", "base_model differs from the model record")
+    assert not (tmp_path / "e").exists()

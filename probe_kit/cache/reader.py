@@ -16,6 +16,7 @@ from probe_kit.cache.schema import (
     ATTENTION_MAPS,
     CHECKSUMS,
     IDENTITY_ATTRS,
+    METADATA_DATASETS,
     REQUIRED_ATTRS,
     TokenLayout,
     checksummed,
@@ -56,10 +57,9 @@ class FeatureCache:
                     "`probe-kit cache` to finish it"
                 )
             self.layout = TokenLayout.from_json(self._h5.attrs["layout"])
-            self.model = json.loads(self._h5.attrs["model"])
-            self.dataset = json.loads(self._h5.attrs["dataset"])
-            self.options = json.loads(self._h5.attrs["options"])
-            self.preprocessing = json.loads(self._h5.attrs["preprocessing"])
+            self.model, self.dataset, self.options, self.preprocessing = (
+                self._record(name) for name in ("model", "dataset", "options", "preprocessing")
+            )
             self._check_datasets()
         except json.JSONDecodeError as err:
             self._h5.close()
@@ -67,9 +67,15 @@ class FeatureCache:
         except ValueError:
             self._h5.close()
             raise
-        except (KeyError, TypeError) as err:  # a record whose fields are missing or of the wrong kind
+        except (KeyError, TypeError, AttributeError, IndexError) as err:  # a record's fields missing or mistyped
             self._h5.close()
             raise ValueError(f"{self.path}: damaged cache record ({type(err).__name__}: {err}); re-create it") from None
+
+    def _record(self, name: str) -> dict:
+        value = json.loads(self._h5.attrs[name])
+        if not isinstance(value, dict):
+            raise ValueError(f"{self.path}: root attribute {name!r} is not a JSON object; the cache was altered")
+        return value
 
     def _check_attributes(self) -> None:
         """Every root attribute a cache has, and a row count within the file's size."""
@@ -101,6 +107,12 @@ class FeatureCache:
             len(config["id2label"]),
         )
         total = self.num_images_total
+        for path in METADATA_DATASETS:
+            data = self._h5.get(path)
+            if not isinstance(data, h5py.Dataset) or data.shape[:1] != (total,):
+                raise ValueError(
+                    f"{self.path}: dataset {path} is missing or not one row per image; re-create the cache"
+                )
         for path, shape, dtype in expected:
             try:
                 data = self._h5[path]

@@ -47,6 +47,16 @@ IDENTITY_ATTRS = ("model", "preprocessing", "dataset", "data", "options")
 # Root attributes every cache has; a file lacking one was not written by probe_kit or was altered.
 REQUIRED_ATTRS = (*IDENTITY_ATTRS, "schema_version", "layout", "versions", "created", "complete", "num_written")
 CHECKSUMS = "checksums"
+# Per-image records read from the data (one row per image, first dimension N).
+METADATA_DATASETS = (
+    "images/image_id",
+    "images/file_name",
+    "images/sha256",
+    "images/orig_size",
+    "images/difficulty",
+    "gt/boxes",
+    "gt/ignore",
+)
 
 
 def check_schema_version(value: object, path: object) -> None:

@@ -182,8 +182,10 @@ def guarded(*outputs: Output | None) -> Iterator[None]:
     back what it replaced."""
     from probe_kit import distributed
 
+    outputs = tuple(out for out in outputs if out is not None)
+    # Before locking: the lock file's folder is made for it, and a failed run removes that folder too.
+    created = [top for out in outputs if (top := _topmost_missing(out.path)) is not None]
     with locked(*outputs):
-        outputs = tuple(out for out in outputs if out is not None)
         writer = distributed.is_main()  # under torchrun rank 0 alone writes (and replaces)
         for out in outputs:
             if writer and out.folder and _previous(out.path).is_dir():  # a run killed while replacing it
@@ -193,11 +195,10 @@ def guarded(*outputs: Output | None) -> Iterator[None]:
         replaced = [o.path for o in outputs if writer and o.folder and o.path.is_dir() and any(o.path.iterdir())]
         for path in replaced:
             os.replace(path, _previous(path))
-        created = [top for out in outputs if (top := _topmost_missing(out.path)) is not None]
         try:
             yield
         except BaseException:
-            for path in created:
+            for path in [*created, *replaced]:
                 _remove(path)
             for path in replaced:
                 os.replace(_previous(path), path)

@@ -40,8 +40,8 @@ def command(
     strict: bool,
 ) -> None:
     """Render a single self-contained HTML feasibility report (or a comparison of studies)."""
+    from probe_kit import api
     from probe_kit.report import build_comparison
-    from probe_kit.report.build import render_report
 
     if compare:
         if results_dir is not None:
@@ -59,7 +59,8 @@ def command(
             raise ValueError("--results: missing; give a study folder (or --compare DIR DIR ...)")
         target = out or Path("reports") / f"{results_dir.resolve().name}.html"
         with guarded(file_out(target, REPORT)):  # checked and locked before any work
-            path, missing = render_report(results_dir, target, strict)
+            path = api.build_report(results_dir, target, strict)
+        missing = api.missing_stages(results_dir)
         if missing:
             click.echo(f"not measured yet (see the report's last section): {', '.join(missing)}", err=True)
     click.echo(f"report written to {path.resolve()}")

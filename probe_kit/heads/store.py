@@ -9,6 +9,7 @@ exits are evaluated at the input size their tokens were cached at.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -23,7 +24,9 @@ from probe_kit.heads.registry import head_type
 from probe_kit.io import write_error, write_json
 from probe_kit.models.record import ModelRecord, load_recorded
 
-EXITS_SCHEMA_VERSION = 2  # 2: one head interface; fine-tune history per exit (L<k>_loss, ...); image sha256s
+# 2: one head interface; fine-tune history per exit (L<k>_loss, ...); image sha256s
+# 3: base_model_sha256, so a model record edited after training is refused
+EXITS_SCHEMA_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,12 @@ class ExitsConfig:
     finetune_history: tuple[dict, ...] = ()
     finetune_processes: int | None = None
     inputs_key: str | None = None  # set by ``probe-kit run``'s design stage: the hash of what trained it
+    base_model_sha256: str = ""  # of ``base_model`` as trained with (``record_sha256``); "" before schema 3
     schema_version: int = EXITS_SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        if not self.base_model_sha256:
+            object.__setattr__(self, "base_model_sha256", record_sha256(self.base_model))
 
     @property
     def trained_ids(self) -> set[int]:
@@ -84,9 +92,21 @@ class ExitsConfig:
             _check_hashes(data.get(key, []), len(data[ids]), f"{where}: {key}")
         if not isinstance(data.get("head", "det"), str):
             raise ValueError(f"{where}: head: expected a head type name, got {data['head']!r}")
+        recorded = data.get("base_model_sha256")
+        if recorded is not None and recorded != record_sha256(data["base_model"]):
+            raise ValueError(
+                f"{where}: base_model differs from the model record the heads were trained with (its sha256 is "
+                "recorded in base_model_sha256): it was edited after training, and would load another model or "
+                "input size; restore it or retrain the heads"
+            )
         known = {f.name for f in fields(cls)}
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known}
         return cls(**values)
+
+
+def record_sha256(record: object) -> str:
+    """sha256 of a model record's canonical JSON (sorted keys)."""
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
 
 
 def _check_ints(value: object, where: str, what: str, minimum: int | None = None, empty: bool = False) -> None:

@@ -255,12 +255,7 @@ def _common() -> dict:
 
 def build_report(results_dir: Path, out: Path, strict: bool = False) -> Path:
     """Write the report for ``results_dir`` to ``out`` (atomically); returns the path. ``strict``: refuse, before
-    writing, a study with stages missing."""
-    return render_report(results_dir, out, strict)[0]
-
-
-def render_report(results_dir: Path, out: Path, strict: bool = False) -> tuple[Path, list[str]]:
-    """``build_report``, also returning what the study has not measured yet (the report's "Not yet measured")."""
+    writing, a study with stages not measured yet."""
     data = collect(results_dir)
     missing = [hint["what"] for hint in data.hints]
     if strict and missing:
@@ -310,7 +305,7 @@ def render_report(results_dir: Path, out: Path, strict: bool = False) -> tuple[P
             **_common(),
         )
     )
-    return _write(html, out), missing
+    return _write(html, out)
 
 
 def model_title(name: str | None) -> str:

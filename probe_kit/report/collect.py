@@ -195,6 +195,11 @@ def _hints(data: ReportData, results_dir: Path) -> list[dict]:
     return hints
 
 
+def missing_stages(folder: Path) -> list[str]:
+    """What a study has not measured yet (the report's "Not yet measured" section), by name."""
+    return [hint["what"] for hint in collect(folder).hints]
+
+
 def collect(folder: Path) -> ReportData:
     """Read a study folder (``probe-kit run``/``demo`` output) or a bare results folder."""
     folder = Path(folder)
