@@ -177,7 +177,7 @@ def effective_batch_line(stage: str, batch_size: int) -> str:
     world = world_size()
     per = -(-batch_size // world)
     spread = f"{world} processes, up to {per} images each, gradients all-reduced" if world > 1 else "one process"
-    return f"{stage}: effective batch size {batch_size} images per step ({spread})"
+    return f"[{stage}] effective batch size {batch_size} images per step ({spread})"
 
 
 def data_parallel(module):

@@ -54,8 +54,11 @@ def test_every_stage_says_its_time_and_the_run_its_total(demo_fast):
 def _full_model_latencies(text: str) -> list[tuple[str, str]]:
     """``(figure, the words around it)`` for every latency given for the full model."""
     found = []
-    for match in re.finditer(r"full model[^.;]{0,120}?(\d+\.\d+) ms[^.;]{0,80}", text):
-        found.append((match.group(1), match.group(0)))
+    for start in (m.start() for m in re.finditer("full model", text)):
+        window = text[start : start + 400]
+        number = re.search(r"(\d+\.\d+) ms", window)
+        if number and "full model" not in window[len("full model") : number.start()]:
+            found.append((number.group(1), " ".join(window[: number.end() + 160].split())))
     return found
 
 
@@ -68,6 +71,9 @@ def test_each_full_model_latency_is_one_number_or_says_which_measurement_it_is(d
     labels = ("the exit evaluation's timing run", "the design comparison's timing run")
     for value, words in figures:
         assert any(label in words for label in labels), f"{value} ms without saying which measurement: {words!r}"
+    final_row = re.search(r"\(final\)[^\n]*?(\d+\.\d+ ms \(IQR \d+\.\d+\))", page)
+    caption = re.search(r"full model (\d+\.\d+ ms \(IQR \d+\.\d+\)) in the exit evaluation's", page)
+    assert final_row and caption and final_row.group(1) == caption.group(1), "the final layer's row is the full model"
     by_label = {label: {v for v, w in figures if label in w} for label in labels}
     for label, values in by_label.items():
         assert len({round(float(v), 1) for v in values}) <= 1, (label, values)

@@ -76,7 +76,8 @@ def _row(data: ReportData, layer: int, final: float | None) -> dict[str, Any]:
         "passes": None if layer == depth else evidence.get("passes"),
         "exit_AP50": exit_row["AP50"] if exit_row else None,
         "gflops_saved": None if cost is None else 1 - cost,
-        "latency": latency(exit_row),
+        # The last layer is the full model: one latency for it, the full model's, not its static exit's second timing.
+        "latency": latency(full if layer == depth and full else exit_row),
     }
 
 
