@@ -103,3 +103,50 @@ def test_the_report_fits_a_laptop_screen(demo_fast):
     for name, left, right, overflow, wider in boxes:
         assert name == "table" and left >= 0 and right <= inner_width, (name, left, right)
         assert overflow == "auto" or not wider, "a table wider than its box that cannot scroll inside it"
+
+
+def test_log_file_and_quiet_work_on_any_command(tmp_path):
+    from click.testing import CliRunner
+
+    from probe_kit.cli.main import cli
+
+    log = tmp_path / "probe-kit.log"
+    scenes = tmp_path / "s"
+    done = CliRunner().invoke(
+        cli, ["--quiet", "--log-file", str(log), "data", "synth", "--out", str(scenes), "--frames", "3"]
+    )
+    assert done.exit_code == 0 and done.stderr == "", done.output
+    refused = CliRunner().invoke(cli, ["--log-file", str(log), "cache", "info", str(tmp_path / "missing.h5")])
+    assert refused.exit_code == 1
+    lines = log.read_text().splitlines()
+    assert lines[0].startswith("$ probe-kit ") and re.search(r"  # \d{4}-\d\d-\d\dT", lines[0])  # the command, when
+    assert f"wrote 3 frames to {scenes} (seed 0)" in lines
+    assert lines[-1] == f"Error: {tmp_path / 'missing.h5'}: no such cache file"
+    assert "\r" not in log.read_text()
+
+
+def test_progress_bars_are_drawn_on_a_terminal_only(monkeypatch, capsys):
+    from probe_kit import console
+
+    class Terminal:
+        def __init__(self, tty: bool) -> None:
+            self.tty, self.text = tty, ""
+
+        def isatty(self) -> bool:
+            return self.tty
+
+        def write(self, text: str) -> int:
+            self.text += text
+            return len(text)
+
+        def flush(self) -> None:
+            pass
+
+    for tty, quiet, drawn in ((True, False, True), (False, False, False), (True, True, False)):
+        stream = Terminal(tty)
+        monkeypatch.setattr(sys, "stderr", stream)
+        console.set_quiet(quiet)
+        for _ in console.progress_bar(range(3), desc="work"):
+            pass
+        assert ("work: 100%" in stream.text) == drawn, (tty, quiet, stream.text)
+    console.set_quiet(False)
