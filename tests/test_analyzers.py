@@ -166,6 +166,7 @@ def _write_linear_world_cache(path, shuffle: bool, n=90, n_det=3, dim=16, seed=0
             for i in range(n):
                 data[i] = values[i].ravel()
         h5["images/input_size"] = np.full((n, 2), size, dtype=np.int32)
+        h5["images/sha256"] = np.array([f"{i:064x}" for i in range(n)], dtype="S64")
         computed = {
             "final/logits": np.zeros((n, n_det, 2), np.float32),
             "final/pred_boxes": np.full((n, n_det, 4), 0.5, np.float32),

@@ -80,13 +80,13 @@ def run_dense(
             return {"loss": parts.pop("loss_dense"), **parts}
 
         def holdout(m, layer=layer):
-            pred = apply_in_chunks(m, cache, layer, "patch", split.holdout, chunk=256)
+            pred = apply_in_chunks(m, cache, layer, "patch", split.holdout)
             return float(dense_loss(pred, objectness[split.holdout], box_targets[split.holdout])["loss_dense"])
 
         histories[str(layer)] = fit(module, batches, loss_fn, holdout, epochs, lr, desc=f"probe-dense L{layer}")
         val = [samples[i] for i in split.val]
         metrics = evaluate(
-            ground_truth_dict(val), decode(apply_in_chunks(module, cache, layer, "patch", split.val, chunk=256), val)
+            ground_truth_dict(val), decode(apply_in_chunks(module, cache, layer, "patch", split.val), val)
         )
         per_layer[layer] = headline(metrics) | {"epochs_trained": len(histories[str(layer)])}
     return AnalyzerResult(

@@ -269,25 +269,32 @@ class FeatureCache:
             raise ValueError(f"{self.path}: layer {layer} not cached (layers: {list(self.layers)})")
         return self._h5[layer_path(layer, role)]
 
+    def row_shape(self, layer: int, role: str = "det") -> tuple[int, ...]:
+        """Shape of one image's ``role`` tokens at ``layer`` (``[tokens, D]``, or an attention map's)."""
+        return tuple(self._dataset(layer, role).shape[1:])
+
     def read(self, layer: int, role: str = "det", index: slice | np.ndarray | None = None) -> np.ndarray:
         """Hidden states ``[n, tokens, D]`` of ``layer`` for ``role`` as float32 (all images by default);
         ``role`` may also name an attention map ``[n, n_det, n_patches]``."""
         data = self._dataset(layer, role)
         if index is None:
             index = slice(0, self.num_images)
+        reader = data.astype(np.float32) if data.dtype != np.float32 else data  # converted while reading
         if isinstance(index, np.ndarray):
-            order = np.argsort(index)  # h5py needs increasing indices
-            values = data[np.sort(index)]
-            out = np.empty_like(values)
-            out[order] = values
+            order = np.argsort(index, kind="stable")  # h5py needs increasing indices
+            out = reader[index[order]]
+            if not np.array_equal(order, np.arange(len(order))):
+                out = out[np.argsort(order)]
         else:
-            out = data[index]
+            out = reader[index]
         self._check_finite(out, layer, role, index)
-        return out.astype(np.float32)
+        return out
 
     def _check_finite(self, values: np.ndarray, layer: int, role: str, index: slice | np.ndarray) -> None:
         """Refuse features holding NaN or infinity, naming the dataset and the cache row."""
-        finite = np.isfinite(values).reshape(len(values), -1).all(1)
+        # A row's float64 sum is finite exactly when its values are (NaN and infinity propagate, float16/32 values
+        # cannot overflow it), without a boolean copy of the features.
+        finite = np.isfinite(values.reshape(len(values), -1).sum(1, dtype=np.float64))
         if not finite.all():
             rows = np.arange(self.num_images)[index] if isinstance(index, slice) else np.asarray(index)
             raise ValueError(

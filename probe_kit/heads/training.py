@@ -143,7 +143,7 @@ def _fit_on_cache(
         return iter_batches(cache, layer, role, split.train, opts.batch_size, rng)
 
     def holdout(module) -> float:
-        outputs = apply_in_chunks(module, cache, layer, role, split.holdout, chunk=256)
+        outputs = apply_in_chunks(module, cache, layer, role, split.holdout)
         return float(loss(layer, outputs, split.holdout)["loss"])
 
     return fit(

@@ -47,3 +47,16 @@ def paired_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     inter = (torch.minimum(a1, b1) - torch.maximum(a0, b0)).clamp(min=0).prod(-1)
     union = a[..., 2:].prod(-1) + b[..., 2:].prod(-1) - inter
     return inter / union.clamp(min=1e-12)
+
+
+def paired_giou_xyxy(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Generalized IoU of corresponding corner boxes ``[..., 4]`` x ``[..., 4]`` -> ``[...]``.
+
+    Equals ``diag(generalized_box_iou(a, b))`` (transformers, the set loss's own formula; tested) in O(N) memory:
+    that function builds the [N, N] matrix of every pair, 4.3 GiB of temporaries for the 10,141 positive patches
+    of a 300-image holdout. torchvision's paired form is not a dependency, hence these lines.
+    """
+    inter = (torch.minimum(a[..., 2:], b[..., 2:]) - torch.maximum(a[..., :2], b[..., :2])).clamp(min=0).prod(-1)
+    union = (a[..., 2:] - a[..., :2]).prod(-1) + (b[..., 2:] - b[..., :2]).prod(-1) - inter
+    hull = (torch.maximum(a[..., 2:], b[..., 2:]) - torch.minimum(a[..., :2], b[..., :2])).clamp(min=0).prod(-1)
+    return inter / union - (hull - union) / hull

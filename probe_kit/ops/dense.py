@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import nn
-from transformers.loss.loss_for_object_detection import generalized_box_iou
 
+from probe_kit.ops.boxes import paired_giou_xyxy
 from probe_kit.ops.set_loss import cxcywh_to_xyxy
 
 
@@ -77,7 +77,7 @@ def dense_loss(pred: torch.Tensor, objectness: torch.Tensor, boxes: torch.Tensor
         pred_boxes = pred[..., 1:][positive].sigmoid()
         target = boxes[positive]
         l1 = nn.functional.l1_loss(pred_boxes, target)
-        giou = (1 - torch.diag(generalized_box_iou(cxcywh_to_xyxy(pred_boxes), cxcywh_to_xyxy(target)))).mean()
+        giou = (1 - paired_giou_xyxy(cxcywh_to_xyxy(pred_boxes), cxcywh_to_xyxy(target))).mean()
     else:
         l1 = giou = pred.sum() * 0.0
     parts = {"dense_obj": obj_loss, "dense_l1": l1, "dense_giou": giou}

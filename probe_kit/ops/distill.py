@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import torch
-from transformers.loss.loss_for_object_detection import generalized_box_iou
 
+from probe_kit.ops.boxes import paired_giou_xyxy
 from probe_kit.ops.set_loss import cxcywh_to_xyxy
 
 DISTILL_WEIGHTS = {"loss_kl": 1.0, "loss_l1": 5.0, "loss_giou": 2.0}
@@ -27,8 +27,8 @@ def distillation_loss(
     weight = _object_weight(final_logits)
     norm = weight.sum().clamp(min=1e-6)
     l1 = ((boxes - final_boxes).abs().sum(-1) * weight).sum() / norm
-    pairs = generalized_box_iou(cxcywh_to_xyxy(boxes.reshape(-1, 4)), cxcywh_to_xyxy(final_boxes.reshape(-1, 4)))
-    giou = ((1 - torch.diag(pairs)) * weight.reshape(-1)).sum() / norm
+    paired = paired_giou_xyxy(cxcywh_to_xyxy(boxes.reshape(-1, 4)), cxcywh_to_xyxy(final_boxes.reshape(-1, 4)))
+    giou = ((1 - paired) * weight.reshape(-1)).sum() / norm
     parts = {"loss_kl": kl, "loss_l1": l1, "loss_giou": giou}
     return {"loss": sum(DISTILL_WEIGHTS[k] * v for k, v in parts.items()), **parts}
 

@@ -123,6 +123,16 @@ def box_targets(samples: Sequence[Sample], person_label: int) -> list[dict]:
     return out
 
 
+# Bytes of float32 features one read may hold: what bounds the memory of every trained readout, whatever the
+# number of images (a patch-token layer of one 512 px yolos-small image is about 2.8 MB).
+READ_BUDGET = 64 << 20
+
+
+def rows_per_read(cache: FeatureCache, layer: int, role: str) -> int:
+    """How many images of ``role`` tokens at ``layer`` fit ``READ_BUDGET`` bytes as float32 (at least one)."""
+    return max(1, READ_BUDGET // (4 * int(np.prod(cache.row_shape(layer, role)))))
+
+
 def iter_batches(
     cache: FeatureCache,
     layer: int,
@@ -132,20 +142,25 @@ def iter_batches(
     rng: np.random.Generator,
     chunk: int = 2048,
 ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
-    """Shuffled ``(indices, features)`` mini-batches read chunk by chunk: memory stays bounded by ``chunk``."""
+    """Shuffled ``(indices, features)`` mini-batches: blocks of ``chunk`` images in a random order, a random order
+    within each. A block that fits ``READ_BUDGET`` is read at once (sequential reads: det tokens); a larger one
+    (patch tokens) a mini-batch at a time, so memory is one batch. Both read the same batches from the same draws."""
     blocks = [np.sort(indices[i : i + chunk]) for i in range(0, len(indices), chunk)]
+    fits = rows_per_read(cache, layer, role) >= min(chunk, len(indices))
     for b in rng.permutation(len(blocks)):
         block = blocks[b]
-        features = cache.read(layer, role, block)
+        features = cache.read(layer, role, block) if fits else None
         order = rng.permutation(len(block))
         for start in range(0, len(block), batch_size):
             pick = order[start : start + batch_size]
-            yield block[pick], torch.from_numpy(features[pick])
+            batch = features[pick] if fits else cache.read(layer, role, block[pick])
+            yield block[pick], torch.from_numpy(batch)
 
 
-def apply_in_chunks(module, cache: FeatureCache, layer: int, role: str, indices: np.ndarray, chunk: int = 512):
-    """``module`` on the ``role`` tokens of ``layer`` at ``indices``, read chunk by chunk (no gradients);
-    outputs concatenated (a tuple of outputs stays a tuple)."""
+def apply_in_chunks(module, cache: FeatureCache, layer: int, role: str, indices: np.ndarray):
+    """``module`` on the ``role`` tokens of ``layer`` at ``indices``, read ``READ_BUDGET`` bytes at a time (no
+    gradients); outputs concatenated (a tuple of outputs stays a tuple)."""
+    chunk = rows_per_read(cache, layer, role)
     outputs = []
     with torch.no_grad():
         for start in range(0, len(indices), chunk):
