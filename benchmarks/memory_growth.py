@@ -35,7 +35,16 @@ def _stages(cache: Path, out: Path, layer: int, epochs: int) -> dict[str, list[s
     layers = ["--layers", str(layer)]
     return {
         "analyze probe-dense": ["analyze", "probe-dense", "--cache", str(cache), *layers, "-o", f"epochs={epochs}"],
-        "train-exits --head dense": ["train-exits", "--head", "dense", "--cache", str(cache), *layers],
+        "train-exits --head dense": [
+            "train-exits",
+            "--head",
+            "dense",
+            "--cache",
+            str(cache),
+            *layers,
+            "--epochs",
+            str(epochs),
+        ],
         "train-exits (det)": ["train-exits", "--cache", str(cache), *layers, "--epochs", str(epochs)],
         "analyze tuned-lens": ["analyze", "tuned-lens", "--cache", str(cache), *layers, "-o", f"epochs={epochs}"],
         "analyze probe-mlp": ["analyze", "probe-mlp", "--cache", str(cache), *layers, "-o", f"epochs={epochs}"],

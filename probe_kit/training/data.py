@@ -125,7 +125,7 @@ def box_targets(samples: Sequence[Sample], person_label: int) -> list[dict]:
 
 # Bytes of float32 features one read may hold: what bounds the memory of every trained readout, whatever the
 # number of images (a patch-token layer of one 512 px yolos-small image is about 2.8 MB).
-READ_BUDGET = 64 << 20
+READ_BUDGET = 32 << 20
 
 
 def rows_per_read(cache: FeatureCache, layer: int, role: str) -> int:
