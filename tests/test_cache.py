@@ -309,3 +309,21 @@ def test_a_leftover_partial_file_is_replaced(tiny_model, synth_dir, cache_file, 
     assert [p.name for p in tmp_path.iterdir()] == ["c.h5"]
     with FeatureCache(out) as a, FeatureCache(cache_file) as b:
         np.testing.assert_array_equal(a.read(3, "patch"), b.read(3, "patch"))
+
+
+def test_dry_run_predicts_the_cache_size_and_writes_nothing(tiny_model, synth_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from probe_kit.cli.main import cli
+
+    args = ["cache", "--model", str(tiny_model), "--data", f"synth:{synth_dir}", "--tokens", "det,patch", "--attention"]
+    planned = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "c.h5"), "--dry-run"])
+    assert planned.exit_code == 0 and not (tmp_path / "c.h5").exists(), planned.output
+    total = re.search(r"per image, ([0-9.]+) kB in all", planned.output)
+    assert total and "fits" in planned.output, planned.output
+    assert CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "c.h5")]).exit_code == 0
+    with h5py.File(tmp_path / "c.h5") as h5:  # what the writer allocated, read back from the file
+        per_image = [h5[p] for p in ("images/input_size", "final/logits", "final/pred_boxes")]
+        h5["layers"].visititems(lambda _, d: per_image.append(d) if isinstance(d, h5py.Dataset) else None)
+        written = sum(d.size * d.dtype.itemsize for d in per_image)
+    assert abs(float(total.group(1)) * 1e3 - written) <= 50  # printed to 0.1 kB

@@ -107,7 +107,8 @@ def _check_identity(handle: h5py.File, job: Extraction, lo: int, hi: int, path: 
             raise ValueError(f"{path}: refusing to append, {key} {verb} from the existing cache (fields {diff})")
 
 
-def _layout(model, input_size: tuple[int, int]) -> TokenLayout:
+def layout_for(model, input_size: tuple[int, int]) -> TokenLayout:
+    """Where each token role sits for ``model`` at ``input_size`` (width, height)."""
     patch = model.config.patch_size
     patch = patch[0] if isinstance(patch, (list, tuple)) else patch
     return TokenLayout(model.config.num_detection_tokens, input_size[1] // patch, input_size[0] // patch)
@@ -154,7 +155,7 @@ def prepare_extraction(
         )
     identity = _identity(model, processor, model_spec, data_spec, opts)
     identity["data"] = data.record()
-    layout = _layout(model, next(iter(sizes)) if len(sizes) == 1 else (0, 0))
+    layout = layout_for(model, next(iter(sizes)) if len(sizes) == 1 else (0, 0))
     return Extraction(model, processor, samples, data, identity, layout, opts)
 
 

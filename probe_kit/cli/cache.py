@@ -33,6 +33,11 @@ from probe_kit.cli.outputs import RESUMABLE, check_outputs, file_out
     help="Rollout: zero this fraction of each row's weakest attention entries.",
 )
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Cache file, e.g. feature_cache/NAME.h5")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print the cache's size, the disk it lands on and what reading it takes; write nothing.",
+)
 @click.pass_context
 def command(
     ctx,
@@ -55,6 +60,7 @@ def command(
     head_fusion,
     discard_ratio,
     out,
+    dry_run,
 ) -> None:
     """Cache the hidden states of every chosen layer over a dataset (resumes an interrupted run)."""
     if ctx.invoked_subcommand is not None:
@@ -67,12 +73,19 @@ def command(
 
     data_spec = build_data_spec(data, sequences, split, min_visibility, stride, detector)
     model_spec = build_model_spec(model, revision, device, model_dtype, shortest_edge)
+    token_list = [t.strip() for t in tokens.split(",")]
+    if dry_run:
+        from probe_kit.cache.plan import plan_cache
+
+        plan = plan_cache(model_spec, data_spec, layers, token_list, out, dtype, attention)
+        click.echo("\n".join(f"dry run: {line}" for line in plan.lines()))
+        return
     path = cache_dataset(
         out,
         model_spec=model_spec,
         data_spec=data_spec,
         layers=layers,
-        tokens=[t.strip() for t in tokens.split(",")],
+        tokens=token_list,
         dtype=dtype,
         batch_size=batch_size,
         attention=attention,

@@ -1,0 +1,116 @@
+"""What a cache will take before it is written (``probe-kit cache --dry-run``): its size from the schema's own
+dataset list, the disk it lands on, and the memory the stages that read it need.
+
+The size is exact (the writer pre-allocates the same datasets, ``schema.per_image_datasets``). Memory is bounded
+by design: the model's forward pass over one batch while caching, and, for every trained readout, one read of at
+most ``training.data.READ_BUDGET`` bytes of features plus the process itself (``benchmarks/memory_growth.py``
+measures those peaks; docs/real-study.md sizes the real study with them).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from probe_kit.cache.schema import ATTENTION_MAPS, per_image_datasets
+from probe_kit.data.spec import DataSpec
+from probe_kit.models.loading import ModelSpec
+
+
+@dataclass(frozen=True)
+class CachePlan:
+    images: int
+    input_size: tuple[int, int]  # (width, height) of the first batch; the patch grid follows from it
+    grid: tuple[int, int]
+    layers: tuple[int, ...]
+    tokens: tuple[str, ...]
+    dtype: str
+    attention: bool
+    datasets: tuple[tuple[str, tuple[int, ...], str], ...]  # per image: (path, shape, dtype)
+    free_bytes: int
+    where: Path
+
+    @property
+    def bytes_per_image(self) -> int:
+        return sum(int(np.prod(shape)) * np.dtype(dtype).itemsize for _, shape, dtype in self.datasets)
+
+    @property
+    def total_bytes(self) -> int:
+        return self.images * self.bytes_per_image
+
+    def largest_read_per_image(self) -> int:
+        """float32 bytes of one image's largest layer dataset: what a trained readout reads per image."""
+        return max(4 * int(np.prod(shape)) for path, shape, _ in self.datasets if path.startswith("layers/"))
+
+    def lines(self) -> list[str]:
+        from probe_kit.training.data import READ_BUDGET
+
+        maps = f" + attention maps ({', '.join(ATTENTION_MAPS)})" if self.attention else ""
+        fits = "fits" if self.total_bytes <= self.free_bytes else "DOES NOT FIT"
+        return [
+            f"images: {self.images}, resized to {self.input_size[0]}x{self.input_size[1]} (patch grid "
+            f"{self.grid[0]}x{self.grid[1]})",
+            f"cache: {len(self.layers)} layers x {','.join(self.tokens)} tokens ({self.dtype}){maps}: "
+            f"{_size(self.bytes_per_image)} per image, {_size(self.total_bytes)} in all",
+            f"disk: {_size(self.free_bytes)} free in {self.where}: {fits}",
+            f"readouts: one image's largest layer is {_size(self.largest_read_per_image())} as float32; every trained "
+            f"readout reads at most {_size(READ_BUDGET)} of features at a time, whatever the number of images",
+        ]
+
+
+def plan_cache(
+    model_spec: ModelSpec,
+    data_spec: DataSpec,
+    layers: str | Sequence[int],
+    tokens: Sequence[str],
+    out: Path,
+    dtype: str = "float16",
+    attention: bool = False,
+) -> CachePlan:
+    """The plan of ``probe-kit cache`` with these settings; loads the dataset listing and the model, writes nothing."""
+    from probe_kit.cache.writer import layout_for
+    from probe_kit.models.layers import resolve_layers
+    from probe_kit.models.loading import load_yolos
+    from probe_kit.models.runner import input_size
+
+    samples = data_spec.load()
+    model, processor = load_yolos(model_spec)
+    config = model.config
+    chosen = resolve_layers(layers, config.num_hidden_layers)
+    size = input_size(processor, samples[0])
+    layout = layout_for(model, size)
+    datasets = per_image_datasets(
+        layout,
+        chosen,
+        tuple(tokens),
+        dtype,
+        ATTENTION_MAPS if attention else (),
+        config.hidden_size,
+        config.num_labels,
+    )
+    where = Path(out).absolute().parent
+    while not where.exists():
+        where = where.parent
+    return CachePlan(
+        images=len(samples),
+        input_size=size,
+        grid=(layout.grid_h, layout.grid_w),
+        layers=chosen,
+        tokens=tuple(tokens),
+        dtype=dtype,
+        attention=attention,
+        datasets=tuple(datasets),
+        free_bytes=shutil.disk_usage(where).free,
+        where=where,
+    )
+
+
+def _size(count: float) -> str:
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if count >= scale:
+            return f"{count / scale:.1f} {unit}"
+    return f"{int(count)} bytes"
