@@ -250,11 +250,14 @@ FINETUNE = [
 ]
 
 
-@pytest.mark.parametrize("head", ["det", "dense"])
-def test_ddp_finetuning_matches_one_process_with_the_same_global_batch(runs, tmp_path, head):
+@pytest.mark.parametrize("head,regime", [("det", "finetune"), ("dense", "finetune"), ("det", "joint")])
+def test_ddp_finetuning_matches_one_process_with_the_same_global_batch(runs, tmp_path, head, regime):
     """2 torchrun processes, each half of every global batch, gradients all-reduced, vs one process; for every
-    head type (one fine-tuning loop), and rank 0 alone writes the folder."""
-    cache, args = str(runs["single"]), [*FINETUNE, "--head", head]
+    head type (one fine-tuning loop) and the joint regime (its holdout AP50 gathered from both ranks), and rank 0
+    alone writes the folder."""
+    at = FINETUNE.index("--finetune-blocks")
+    live = FINETUNE if regime == "finetune" else FINETUNE[:at] + FINETUNE[at + 2 :]  # joint: every block
+    cache, args = str(runs["single"]), [*live, "--head", head, "--regime", regime]
     done = torchrun("train-exits", "--cache", cache, *args, "--out", str(tmp_path / "ddp"), cwd=tmp_path)
     one = CliRunner().invoke(cli, ["train-exits", "--cache", cache, *args, "--out", str(tmp_path / "one")])
     assert one.exit_code == 0, one.output

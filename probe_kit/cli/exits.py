@@ -56,6 +56,14 @@ from probe_kit.heads.options import default
     show_default=True,
     help="Then fine-tune the k blocks before each exit with all heads, on live images (GPU path).",
 )
+@click.option(
+    "--regime",
+    type=click.Choice(["frozen", "finetune", "joint"]),
+    default=None,
+    help="frozen: heads on cached tokens (the default); finetune: then the --finetune-blocks K blocks before each "
+    "exit; joint: then every block up to the last exit with every exit's loss (weighted by depth, the final "
+    "layer's included), keeping the epoch with the best holdout AP50. The live stages run --finetune-epochs.",
+)
 @click.option("--finetune-epochs", type=int, default=default("finetune_epochs"), show_default=True)
 @click.option("--finetune-lr", type=float, default=default("finetune_lr"), show_default=True)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
@@ -80,6 +88,7 @@ def train_exits(
     val_sequences,
     split_gap,
     finetune_blocks,
+    regime,
     finetune_epochs,
     finetune_lr,
     seed,
@@ -109,13 +118,14 @@ def train_exits(
         finetune_epochs=finetune_epochs,
         finetune_lr=finetune_lr,
         split_gap=split_gap,
+        regime=regime or ("finetune" if finetune_blocks > 0 else "frozen"),
     )
     check_flags(ExitTraining, training)  # before any work
-    # Under torchrun heads train on the cache on rank 0 alone; with --finetune-blocks every rank trains (the
-    # cheap head stage identically, the blocks data-parallel) and rank 0 saves.
+    # Under torchrun heads train on the cache on rank 0 alone; with a live stage (finetune, joint) every rank
+    # trains (the cheap head stage identically, the blocks data-parallel) and rank 0 saves.
     train = lambda: api.train_exits(cache_path, layers, out, seed, head=head, device=device, **training)  # noqa: E731
     with guarded(dir_out(out, EXITS)):  # checked before any training; a failed run leaves no folder it created
-        path = train() if finetune_blocks > 0 else distributed.on_rank_zero(train)
+        path = train() if training["regime"] != "frozen" else distributed.on_rank_zero(train)
     if distributed.is_main():
         click.echo(f"exit heads -> {path}")
 

@@ -25,6 +25,8 @@ from dataclasses import MISSING, dataclass, fields
 
 import numpy as np
 
+from probe_kit.decision.budget import budget_line
+from probe_kit.decision.names import tuned_blocks_text
 from probe_kit.models.timing import busy_load, describe_conditions, describe_speedup
 
 VERDICTS = ("early exit pays", "not viable", "inconclusive")
@@ -51,6 +53,7 @@ class DesignRow:
     bound: bool
     latency: dict | None = None
     measured_speedup: dict | None = None
+    regime: str | None = None  # frozen, finetune or joint (None: written before regimes)
 
     @classmethod
     def from_json(cls, data: object, where: str) -> DesignRow:
@@ -82,25 +85,9 @@ def _finite(value: object) -> bool:
 def design_name(d: DesignRow) -> str:
     """``det heads, frozen`` or ``dense heads, blocks 2-3, 5-6 fine-tuned (2 before each exit)``: a design entry's
     head type and backbone."""
+    if d.regime == "joint":
+        return f"{d.head} heads, joint training ({tuned_blocks_text(d.finetuned_blocks)})"
     return f"{d.head} heads, {tuned_blocks_text(d.finetuned_blocks)}"
-
-
-def tuned_blocks_text(blocks: tuple[int, ...]) -> str:
-    """0-based block indices as runs of 1-based blocks (layer k is block k's output): ``frozen``, ``block 6
-    fine-tuned``, ``blocks 2-3, 5-6 fine-tuned (2 before each exit)``."""
-    runs: list[list[int]] = []
-    for block in sorted(b + 1 for b in blocks):
-        if runs and block == runs[-1][-1] + 1:
-            runs[-1].append(block)
-        else:
-            runs.append([block])
-    if not runs:
-        return "frozen"
-    if len(runs) == 1 and len(runs[0]) == 1:
-        return f"block {runs[0][0]} fine-tuned"
-    text = "blocks " + ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs) + " fine-tuned"
-    lengths = {len(r) for r in runs}
-    return text + (f" ({lengths.pop()} before each exit)" if len(runs) > 1 and len(lengths) == 1 else "")
 
 
 def setting_name(d: DesignRow) -> str:
@@ -182,6 +169,8 @@ def recommend_design(result: dict, max_ap50_loss: float | None = None, min_speed
     verdict = VERDICTS[0] if paying else VERDICTS[2] if unsure else VERDICTS[1]
     summary = _summary(verdict, designs, chosen, unsure, full, tolerance, min_speedup, result)
     rationale += _context(designs, within, judged, floor, full)
+    budget = budget_line(result.get("folders", []), verdict)
+    rationale += [budget] if budget else []
     rationale.append(f"verdict: {verdict}")
     return {
         "verdict": verdict,
@@ -192,6 +181,7 @@ def recommend_design(result: dict, max_ap50_loss: float | None = None, min_speed
         "judgements": {str(i): judged[i] for i in timed},
         "timing": result.get("timing", {}),
         "design": None if chosen is None else {"index": chosen, **result["designs"][chosen]},
+        "budget": budget,
         "rationale": rationale,
     }
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from probe_kit.errors import UserError
-from probe_kit.options import NonNegativeInt, PositiveInt, check_fields
+from probe_kit.options import NonNegativeInt, PositiveFloat, PositiveInt, check_fields
 
 HEADS = ("det", "dense")
 
@@ -27,6 +27,9 @@ class DesignsConfig:
 
     heads: tuple[str, ...] = HEADS  # HEAD_TYPES names
     finetune_blocks: tuple[NonNegativeInt, ...] = (0, 2)  # 0 = frozen backbone (heads only, from the cache)
+    joint: tuple[str, ...] = ()  # head types also trained jointly (every block, exit losses by depth; --regime joint)
+    joint_epochs: PositiveInt | None = None  # live epochs of the joint folders (default finetune_epochs)
+    joint_lr: PositiveFloat | None = None  # their learning rate (default the exits' finetune_lr)
     finetune_epochs: PositiveInt = 2
     epochs: PositiveInt | None = None  # head epochs of the added folders (default: the exits stage's)
     policies: tuple[str, ...] = ("confidence", "patience", "learned", "oracle")  # POLICIES names
@@ -43,7 +46,8 @@ class DesignsConfig:
         config = cls(**check_fields(cls, raw, prefix=f"{where}.", noun="key"))
         if 0 not in config.finetune_blocks or not config.heads or not config.policies:
             raise UserError(f"{where}: expected heads and policies, and finetune_blocks including 0 (frozen)")
-        for key, names, known in (("heads", config.heads, HEAD_TYPES), ("policies", config.policies, POLICIES)):
+        named = (("heads", config.heads, HEAD_TYPES), ("joint", config.joint, HEAD_TYPES))
+        for key, names, known in (*named, ("policies", config.policies, POLICIES)):
             unknown = [n for n in names if n not in known]
             if unknown:
                 raise UserError(f"{where}.{key}: {unknown[0]!r} is not registered; expected some of {', '.join(known)}")
@@ -73,26 +77,27 @@ def designs_stage(cfg, cache_path: Path, data_text: str, out: Path, say: Callabl
     with FeatureCache(cache_path) as cache:
         fingerprint = cache.fingerprint
     folders = []
-    for head in spec.heads:
-        for k in spec.finetune_blocks:
-            if head == "det" and k == 0:
-                folders.append(base)
-                continue
-            folder = out / "designs" / f"{head}-{'frozen' if k == 0 else f'finetune{k}'}"
-            training = replace(
-                opts, epochs=spec.epochs or opts.epochs, finetune_blocks=k, finetune_epochs=spec.finetune_epochs
-            )
-            text = json.dumps(
-                [fingerprint, head, list(layers), asdict(training), cfg.seed], sort_keys=True, default=list
-            )
-            key = hashlib.sha256(text.encode()).hexdigest()[:16]
-            if up_to_date(folder, key):
-                say(f"[designs] {folder.name}: up to date")
-            else:
-                say(f"[designs] training {head} exits at layers {list(layers)}, {k} fine-tuned blocks -> {folder}")
-                train_exits(cache_path, layers, folder, head, cfg.seed, training, device=cfg.device)
-                stamp_inputs_key(folder, key)
-            folders.append(folder)
+    regimes = [("frozen" if k == 0 else "finetune", k) for k in spec.finetune_blocks]
+    plan = [(head, regime, k) for head in spec.heads for regime, k in regimes] + [(h, "joint", 0) for h in spec.joint]
+    for head, regime, k in plan:
+        if head == "det" and regime == "frozen":
+            folders.append(base)
+            continue
+        folder = out / "designs" / f"{head}-{regime if regime != 'finetune' else f'finetune{k}'}"
+        live = {"finetune_epochs": spec.finetune_epochs}
+        if regime == "joint":
+            live = {"finetune_epochs": spec.joint_epochs or spec.finetune_epochs, "finetune_lr": spec.joint_lr}
+            live["finetune_lr"] = live["finetune_lr"] or opts.finetune_lr
+        training = replace(opts, epochs=spec.epochs or opts.epochs, finetune_blocks=k, regime=regime, **live)
+        text = json.dumps([fingerprint, head, list(layers), asdict(training), cfg.seed], sort_keys=True, default=list)
+        key = hashlib.sha256(text.encode()).hexdigest()[:16]
+        if up_to_date(folder, key):
+            say(f"[designs] {folder.name}: up to date")
+        else:
+            say(f"[designs] training {head} exits at layers {list(layers)}, {regime} regime -> {folder}")
+            train_exits(cache_path, layers, folder, head, cfg.seed, training, device=cfg.device)
+            stamp_inputs_key(folder, key)
+        folders.append(folder)
     criteria = criteria_from(cfg.decision, "decision")
     data_spec = parse_data_spec(data_text, stride=cfg.stride, min_visibility=cfg.min_visibility, detector=cfg.detector)
     say(f"[designs] comparing {len(folders)} exits folders x {list(spec.policies)} on held-out images")

@@ -32,7 +32,11 @@ from probe_kit.training.fit import fit
 
 @dataclass(frozen=True)
 class FineTuning:
-    """``blocks`` before each exit, for ``epochs`` at ``lr``, global batches of ``batch_size``, from ``seed``."""
+    """``blocks`` before each exit, for ``epochs`` at ``lr``, global batches of ``batch_size``, from ``seed``.
+
+    ``exit_weights`` weights each exit's loss in the sum (None: all 1). ``select_by``: the epoch kept is the one
+    with the lowest holdout loss (``loss``) or the highest weighted mean holdout AP50 of the exits (``AP50``);
+    the holdout AP50 of every exit is logged per epoch either way (the learning curves)."""
 
     blocks: int
     epochs: int
@@ -40,6 +44,14 @@ class FineTuning:
     batch_size: int
     seed: int
     progress: bool = True
+    exit_weights: dict[int, float] | None = None
+    select_by: str = "loss"
+
+
+def depth_weights(exits: Sequence[int], depth: int) -> dict[int, float]:
+    """Each exit's loss weighted by its depth (``k / depth``): early exits weigh less, the final layer 1, so the
+    joint regime does not trade the full model for its earliest exit."""
+    return {k: k / depth for k in exits}
 
 
 def blocks_before_exits(exits: Sequence[int], k: int) -> list[int]:
@@ -94,13 +106,18 @@ class _Steps:
         images = [self.samples[i].load_image() for i in idx]
         return self.processor(images=images, return_tensors="pt")["pixel_values"].to(device)
 
+    def _weight(self, layer: int) -> float:
+        weights = self.tuning.exit_weights
+        return 1.0 if weights is None else weights[layer]
+
     def _losses(self, module, idx: np.ndarray, whole: np.ndarray | None = None) -> dict[str, torch.Tensor]:
-        """Every exit's loss on images ``idx`` (rescaled to the global batch ``whole`` when given), and their sum."""
+        """Every exit's loss on images ``idx`` (rescaled to the global batch ``whole`` when given), and their
+        weighted sum (``loss``); the parts are logged unweighted."""
         parts = {
             f"L{layer}": self.exit_loss(layer, out, idx, whole)["loss"]
             for layer, out in module(self._pixels(idx)).items()
         }
-        return {"loss": sum(parts.values()), **parts}
+        return {"loss": sum(self._weight(int(k[1:])) * v for k, v in parts.items()), **parts}
 
     def batches(self, epoch: int):
         """``(this rank's contiguous part, the global batch)`` for each global batch of ``batch_size`` images."""
@@ -119,12 +136,46 @@ class _Steps:
             return {key: value * 0.0 for key, value in self._losses(module, idx).items()}
         return self._losses(module, idx, whole if self.world > 1 else None)
 
-    def holdout(self, _module) -> float:
+    def holdout(self, _module) -> dict[str, float]:
+        """The holdout loss, every exit's holdout AP50 (COCO, pycocotools) and what selects the epoch (``select``,
+        lower is better): the loss, or minus the weighted mean AP50 of the exits."""
+        from probe_kit.metrics.coco import evaluate, ground_truth_dict
+
         holdout, size = self.split.holdout, self.tuning.batch_size
         starts = list(range(0, len(holdout), size))
         lo, hi = distributed.shard_bounds(len(starts), self.rank, self.world)
-        mine = [float(self._losses(self.exits, holdout[i : i + size])["loss"]) for i in starts[lo:hi]]
-        return float(np.mean([v for part in distributed.all_gather_object(mine) for v in part]))
+        losses, detections = [], {}
+        for i in starts[lo:hi]:
+            idx = holdout[i : i + size]
+            losses.append(float(self._losses(self.exits, idx)["loss"]))
+            for layer, dets in self._detections(idx).items():
+                detections.setdefault(layer, []).extend(dets)
+        losses = [v for part in distributed.all_gather_object(losses) for v in part]
+        merged: dict[int, list] = {}
+        for part in distributed.all_gather_object(detections):
+            for layer, dets in part.items():
+                merged.setdefault(layer, []).extend(dets)
+        truth = ground_truth_dict([self.samples[i] for i in holdout])
+        ap50 = {layer: evaluate(truth, dets)["AP50"] for layer, dets in sorted(merged.items())}
+        record = {"holdout": float(np.mean(losses)), **{f"holdout_AP50_L{k}": v for k, v in ap50.items()}}
+        if self.tuning.select_by == "AP50":
+            total = sum(self._weight(k) for k in ap50)
+            record["select"] = -sum(self._weight(k) * v for k, v in ap50.items()) / total
+        return record
+
+    @torch.no_grad()
+    def _detections(self, idx: np.ndarray) -> dict[int, list[dict]]:
+        """Every exit's COCO detections of images ``idx`` (every det token, as ``evaluate-exits`` scores them)."""
+        from probe_kit.models.predict import detections_from_scores
+
+        multi = self.exits.multi
+        samples = [self.samples[i] for i in idx]
+        ids, sizes = [s.image_id for s in samples], [(s.width, s.height) for s in samples]
+        return {
+            layer: detections_from_scores(stats.person, stats.boxes, ids, sizes)
+            for layer, tokens in multi.exit_tokens(self._pixels(idx))
+            for stats in (multi.exit_stats(layer, tokens),)
+        }
 
 
 class _AllExits(nn.Module):

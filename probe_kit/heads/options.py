@@ -4,7 +4,7 @@ Python API read them here). Torch-free, so ``probe-kit --help`` stays instant.""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Annotated
+from typing import Annotated, Literal
 
 from probe_kit.errors import UserError
 from probe_kit.options import (
@@ -35,9 +35,21 @@ class ExitTraining:
     finetune_blocks: NonNegativeInt = 0  # then fine-tune the k blocks before each exit jointly, on live images
     finetune_epochs: PositiveInt = 3
     finetune_lr: PositiveFloat = 1e-5
+    # frozen: heads on cached tokens only; finetune: then the finetune_blocks blocks before each exit; joint: then
+    # every block up to the last exit with every exit's loss, the final layer's own included (REGIMES)
+    regime: Literal["frozen", "finetune", "joint"] = "frozen"
 
     def __post_init__(self) -> None:
         check_instance(self)  # typed and in range however it was built (CLI, YAML, Python)
+        if self.regime == "frozen" and self.finetune_blocks > 0:  # --finetune-blocks K alone: the finetune regime
+            object.__setattr__(self, "regime", "finetune")
+        if self.regime == "finetune" and self.finetune_blocks == 0:
+            raise UserError("regime finetune (--regime): needs finetune_blocks (--finetune-blocks K) of 1 or more")
+        if self.regime == "joint" and self.finetune_blocks > 0:
+            raise UserError(
+                "regime joint (--regime) trains every block up to the last exit: leave out finetune_blocks "
+                "(--finetune-blocks)"
+            )
         if self.set_weight == 0 and self.distill_weight == 0:
             raise UserError(
                 "set_weight (--set-weight) and distill_weight (--distill-weight) are both 0: no loss to train"

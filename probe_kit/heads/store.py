@@ -59,6 +59,20 @@ class ExitsConfig:
             object.__setattr__(self, "base_model_sha256", record_sha256(self.base_model))
 
     @property
+    def regime(self) -> str:
+        """How the backbone was trained: frozen, finetune (k blocks before each exit) or joint (every block)."""
+        return self.training.get("regime") or ("finetune" if self.finetuned_blocks else "frozen")
+
+    def learning_curves(self) -> dict[str, list[float]]:
+        """Holdout AP50 per exit and epoch of the live stage (finetune, joint): ``{"6": [0.21, 0.25, ...]}``."""
+        curves: dict[str, list[float]] = {}
+        for epoch in self.finetune_history:
+            for key, value in epoch.items():
+                if key.startswith("holdout_AP50_L"):
+                    curves.setdefault(key.removeprefix("holdout_AP50_L"), []).append(value)
+        return curves
+
+    @property
     def trained_ids(self) -> set[int]:
         """Ids of the images that trained or early-stopped the heads (for people; see ``trained_hashes``)."""
         return set(self.train_image_ids) | set(self.holdout_image_ids)

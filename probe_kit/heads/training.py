@@ -19,7 +19,7 @@ import torch
 
 from probe_kit import distributed
 from probe_kit.cache.reader import FeatureCache
-from probe_kit.heads.finetune import FineTuning, finetune_blocks
+from probe_kit.heads.finetune import FineTuning, depth_weights, finetune_blocks
 from probe_kit.heads.interface import ExitHead, TrainingTargets
 from probe_kit.heads.options import ExitTraining
 from probe_kit.heads.registry import head_type
@@ -59,6 +59,11 @@ def train_exits(
         samples = cache.samples()
         split = make_split(samples, opts.val_fraction, val_sequences=opts.val_sequences, gap=opts.split_gap)
         model, processor = load_recorded(cache_record(cache), "cpu", str(cache.path))
+        depth = model.config.num_hidden_layers
+        if opts.regime == "joint" and depth not in layers:  # the final layer's own loss keeps the full model
+            if depth not in cache.layers:
+                raise ValueError(f"{cache_path}: --regime joint trains the final layer {depth} too; cache it")
+            layers = (*layers, depth)
         torch.manual_seed(seed)  # fresh heads (e.g. dense) start from the seed, not from whatever ran before
         heads = cls.from_model(model, layers)
         heads.validate(cache.tokens, str(cache_path))
@@ -68,11 +73,9 @@ def train_exits(
             for k in heads.trained_layers(opts.train_last)
         }
         finetuned, finetune_history = [], []
-        if opts.finetune_blocks > 0:
+        if opts.regime != "frozen":
             live = live_dataset(cache, samples)
-            tuning = FineTuning(
-                opts.finetune_blocks, opts.finetune_epochs, opts.finetune_lr, opts.batch_size, seed, progress
-            )
+            tuning = _fine_tuning(opts, heads, depth, seed, progress)
             finetuned, finetune_history = finetune_blocks(model, processor, heads, live, split, targets, tuning, device)
         config = ExitsConfig(
             layers=heads.layers,
@@ -90,6 +93,17 @@ def train_exits(
     }
     # Under torchrun with --finetune-blocks every rank holds the same all-reduced weights; rank 0 saves them.
     return distributed.on_rank_zero(lambda: save_exits(heads, config, out, blocks))
+
+
+def _fine_tuning(opts: ExitTraining, heads: ExitHead, depth: int, seed: int, progress: bool) -> FineTuning:
+    """The live stage of a regime: ``finetune``, the k blocks before each exit, every exit's loss counted once,
+    the lowest holdout loss kept; ``joint``, every block up to the last exit, exit losses weighted by depth,
+    the epoch with the best holdout AP50 kept."""
+    common = {"epochs": opts.finetune_epochs, "lr": opts.finetune_lr, "batch_size": opts.batch_size, "seed": seed}
+    if opts.regime == "finetune":
+        return FineTuning(opts.finetune_blocks, progress=progress, **common)
+    weights = depth_weights(heads.layers, depth)
+    return FineTuning(max(heads.finetuned_exits()), progress=progress, exit_weights=weights, select_by="AP50", **common)
 
 
 def _provenance(cache: FeatureCache, samples: list, split: Split) -> dict:

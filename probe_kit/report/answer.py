@@ -123,6 +123,12 @@ def _design(decision: dict | None) -> str | None:
     return design or None
 
 
+def _budget(decision: dict | None) -> str | None:
+    """Whether more training could change the design verdict (``decision.budget``), if the study trained live."""
+    design = (decision or {}).get("design")
+    return design.get("budget") if isinstance(design, dict) else None
+
+
 def answer(data: ReportData) -> dict[str, Any]:
     """The answer card: ``sentence`` (the verdict in words), ``measured``, ``design``, ``rows``, ``full``."""
     final = _final_ap50(data)
@@ -143,6 +149,7 @@ def answer(data: ReportData) -> dict[str, Any]:
         "candidates": candidates,
         "measured": _measured_sentence(data),
         "design": _design(data.decision),
+        "budget": _budget(data.decision),
         "timing": [
             line
             for line in (

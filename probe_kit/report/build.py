@@ -230,6 +230,16 @@ def _figures(data: ReportData) -> list[dict]:
                     CAPTIONS["training"],
                 )
             )
+    if data.designs and data.designs.get("folders"):
+        specs.append(
+            (
+                "learning-curves",
+                "Learning curves: exits trained with their blocks",
+                figures.learning_curves(data.designs["folders"]),
+                "Holdout AP50 per exit and epoch of the designs whose blocks were trained (finetune, joint): still "
+                "rising at the last epoch means more training may change the verdict (the decision's budget line).",
+            )
+        )
     if data.exits_config and data.exits_config.get("history"):
         specs.append(
             (

@@ -275,6 +275,27 @@ def training_curves(histories: dict[str, list[dict]], title: str, layers: list[i
     return png(fig)
 
 
+def learning_curves(folders: list[dict]) -> str | None:
+    """Holdout AP50 per epoch of every exit of every live-trained design (finetune, joint): one panel per design."""
+    from probe_kit.decision.budget import curves
+
+    found = curves(folders)
+    if not found:
+        return None
+    designs = list(dict.fromkeys(c.design for c in found))
+    fig, axes = plt.subplots(1, len(designs), figsize=(3.4 * len(designs), 3), squeeze=False, sharey=True)
+    for ax, design in zip(axes[0], designs):
+        mine = [c for c in found if c.design == design]
+        for colour, curve in zip(sns.color_palette("viridis", len(mine)), mine):
+            ax.plot(
+                range(1, len(curve.values) + 1), curve.values, marker="o", color=colour, label=f"exit {curve.layer}"
+            )
+        ax.set(title=design, xlabel="epoch (live training)", ylabel="holdout AP50")
+        ax.title.set_fontsize(7)
+    axes[0][-1].legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
+    return png(fig)
+
+
 def exit_distribution(data: ReportData) -> str | None:
     if not data.exits_eval or not data.exits_eval.get("exit_distribution"):
         return None

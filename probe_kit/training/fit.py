@@ -13,7 +13,7 @@ def fit(
     module: torch.nn.Module,
     batches: Callable[[int], Iterable],
     loss_fn: Callable[[torch.nn.Module, object], dict[str, torch.Tensor]],
-    holdout_loss: Callable[[torch.nn.Module], float],
+    holdout_loss: Callable[[torch.nn.Module], float | dict[str, float]],
     epochs: int,
     lr: float,
     patience: int = 5,
@@ -22,6 +22,9 @@ def fit(
     reduce_logs: Callable[[dict[str, float]], dict[str, float]] | None = None,
 ) -> list[dict]:
     """Adam on ``loss_fn(module, batch)["loss"]``; keeps the weights of the best holdout epoch.
+
+    ``holdout_loss`` returns the holdout loss, or a dict of holdout figures to log with ``holdout`` (the loss)
+    and, optionally, ``select``: what picks the best epoch (lower is better; the loss by default).
 
     ``batches(epoch)`` yields one epoch's mini-batches. Returns one record per epoch with the mean
     of every loss component and the holdout loss, so each component can be plotted. ``reduce_logs``
@@ -44,8 +47,11 @@ def fit(
         module.eval()
         with torch.no_grad():
             held = holdout_loss(module)
+        record = held if isinstance(held, dict) else {"holdout": held}
         means = {k: float(np.mean(v)) for k, v in sums.items()}
-        history.append({"epoch": epoch + 1, **(reduce_logs(means) if reduce_logs else means), "holdout": held})
+        logs = {k: v for k, v in record.items() if k != "select"}
+        history.append({"epoch": epoch + 1, **(reduce_logs(means) if reduce_logs else means), **logs})
+        held = record.get("select", record["holdout"])
         if held < best - 1e-6:
             best, best_state, since_best = held, copy.deepcopy(module.state_dict()), 0
         else:

@@ -1,0 +1,129 @@
+"""Exit-training regimes: frozen (heads on cached tokens), finetune (k blocks before each exit), joint (every block
+up to the last exit, exit losses weighted by depth, the final layer's own loss in, the epoch with the best holdout
+AP50 kept); learning curves logged per exit (issue: can exits pay? not viable vs not trained enough)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import write_tiny_cache
+from safetensors.torch import load_file
+
+from probe_kit.cli.main import cli
+from probe_kit.heads.finetune import depth_weights
+from probe_kit.heads.options import ExitTraining
+from probe_kit.training.fit import fit
+
+
+@pytest.fixture(scope="module")
+def cache(tiny_model, synth_dir, tmp_path_factory):
+    return write_tiny_cache(tiny_model, synth_dir, tmp_path_factory.mktemp("regimes") / "c.h5", tokens=("det", "patch"))
+
+
+def _train(cache, out, *args):
+    base = ["train-exits", "--cache", str(cache), "--layers", "2", "--epochs", "1", "--finetune-epochs", "2"]
+    done = CliRunner().invoke(cli, [*base, "--finetune-lr", "1e-3", *args, "--out", str(out)])
+    assert done.exit_code == 0, done.output
+    return json.loads((out / "config.json").read_text())
+
+
+def test_joint_trains_every_block_up_to_the_last_exit_and_frozen_none(cache, tiny_model, tmp_path):
+    from transformers import YolosForObjectDetection
+
+    base = YolosForObjectDetection.from_pretrained(tiny_model).state_dict()
+    joint = _train(cache, tmp_path / "joint", "--regime", "joint")
+    assert joint["training"]["regime"] == "joint"
+    assert joint["layers"] == [2, 4]  # the final layer (4) joined: its own loss keeps the full model
+    assert joint["finetuned_blocks"] == [0, 1, 2, 3]
+    blocks = load_file(tmp_path / "joint" / "blocks.safetensors")
+    for i in range(4):
+        name = f"vit.encoder.layer.{i}.attention.attention.query.weight"
+        assert not torch.equal(blocks[name], base[name]), f"block {i + 1} did not move"
+    curve = joint["finetune_history"]
+    assert [sorted(k for k in e if k.startswith("holdout_AP50")) for e in curve] == [
+        ["holdout_AP50_L2", "holdout_AP50_L4"]
+    ] * 2
+    frozen = _train(cache, tmp_path / "frozen", "--regime", "frozen")
+    assert frozen["finetuned_blocks"] == [] and not (tmp_path / "frozen" / "blocks.safetensors").exists()
+    finetune = _train(cache, tmp_path / "finetune", "--finetune-blocks", "1")
+    assert finetune["training"]["regime"] == "finetune" and finetune["finetuned_blocks"] == [1, 3]  # before 2 and 4
+
+
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        ({"regime": "finetune"}, "regime finetune .*needs finetune_blocks"),
+        ({"regime": "joint", "finetune_blocks": 2}, "regime joint .*leave out finetune_blocks"),
+        ({"regime": "both"}, "regime"),
+    ],
+)
+def test_inconsistent_regimes_are_refused(options, message):
+    with pytest.raises(ValueError, match=message):
+        ExitTraining(**options)
+
+
+def test_joint_weights_early_exits_less():
+    assert depth_weights((3, 6, 9, 12), 12) == {3: 0.25, 6: 0.5, 9: 0.75, 12: 1.0}
+
+
+def test_the_kept_epoch_is_the_best_by_the_selection_not_the_lowest_loss():
+    """A toy where the holdout loss falls every epoch while AP50 peaks at epoch 2: selection by AP50 keeps
+    epoch 2's weights, by loss the last epoch's."""
+    ap50 = [0.2, 0.6, 0.4, 0.3]
+    for select_by, kept_epoch in (("AP50", 2), ("loss", 4)):
+        module = torch.nn.Linear(1, 1, bias=False)
+        torch.nn.init.zeros_(module.weight)
+        snapshots, calls = [], []
+
+        def holdout(m, select_by=select_by, snapshots=snapshots, calls=calls):
+            snapshots.append(m.weight.detach().clone())
+            record = {"holdout": 10.0 - len(calls), "holdout_AP50_L1": ap50[len(calls)]}
+            calls.append(1)
+            return record | ({"select": -record["holdout_AP50_L1"]} if select_by == "AP50" else {})
+
+        history = fit(
+            module,
+            lambda epoch: [torch.ones(1, 1)],
+            lambda m, x: {"loss": (m(x) - 5).pow(2).sum()},
+            holdout,
+            epochs=4,
+            lr=0.1,
+            patience=10,
+            progress=False,
+        )
+        assert [e["holdout_AP50_L1"] for e in history] == ap50
+        assert torch.equal(module.weight, snapshots[kept_epoch - 1]), select_by
+
+
+def _folder(regime: str, curves: dict[str, list[float]]) -> dict:
+    return {
+        "exits_dir": "/s/designs/det-joint",
+        "head": "det",
+        "finetuned_blocks": [0, 1, 2, 3],
+        "regime": regime,
+        "layers": [2, 4],
+        "learning_curves": curves,
+        "training": {"cache": "/s/cache.h5", "regime": regime},
+    }
+
+
+def test_the_budget_line_tells_not_viable_from_not_trained_enough():
+    from probe_kit.decision.budget import budget_line
+
+    rising = _folder("joint", {"2": [0.10, 0.15, 0.18, 0.24], "4": [0.8, 0.8, 0.8, 0.8]})
+    line = budget_line([rising], "not viable")
+    assert line.startswith("not viable at this budget, but det heads, joint (blocks 1-4 fine-tuned) exit 2 is still")
+    assert "0.150 at epoch 2 -> 0.240 at epoch 4 (+0.090 per doubling of epochs)" in line
+    assert line.endswith(
+        "probe-kit train-exits --cache /s/cache.h5 --layers 2,4 --head det --regime joint --finetune-epochs 8 "
+        "--device cuda --out /s/designs/det-joint-longer"
+    )
+    flat = _folder("joint", {"2": [0.10, 0.15, 0.155, 0.158], "4": [0.2, 0.9, 0.9, 0.9]})  # the final layer: ignored
+    line = budget_line([flat], "not viable")
+    assert line.startswith("not viable at this budget, and the curves are flat: the steepest") and "+0.008" in line
+    assert line.endswith("more training is unlikely to help")
+    assert budget_line([_folder("frozen", {})], "not viable") is None  # nothing trained live: nothing to judge
+    assert budget_line([_folder("joint", {"2": [0.3]})], "not viable") is None  # one epoch: no curve
