@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 # No test may reach the network: the hub is offline for the whole session.
@@ -111,3 +112,76 @@ def synth_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synth") / "scenes"
     write_synth_dataset(out, frames=12, seed=3, frames_per_sequence=5, progress=False)
     return out
+
+
+def write_cache_by_hand(
+    path: Path,
+    layout,
+    dim: int,
+    boxes: np.ndarray,
+    features: dict[str, object],
+    size: int,
+    images_per_sequence: int,
+    dtype: str = "float32",
+) -> Path:
+    """A complete schema-current cache written without a model, for readouts on features of a known structure.
+
+    ``boxes``: one person box (x, y, w, h, pixels) per image of ``size`` x ``size``; ``features``: layer-1 datasets
+    by token role, each an array ``[n, tokens, dim]`` or a function ``(start, stop) -> rows`` written in blocks.
+    """
+    import json
+
+    import h5py
+
+    from probe_kit.cache.schema import CHECKSUMS, SCHEMA_VERSION, layer_path, row_checksums
+
+    n = len(boxes)
+    config = {"num_hidden_layers": 1, "hidden_size": dim, "id2label": {"0": "person"}}
+    options = {"layers": [1], "tokens": list(features), "dtype": dtype, "batch_size": 1}
+    computed = {
+        "final/logits": np.zeros((n, layout.num_det, 2), np.float32),
+        "final/pred_boxes": np.full((n, layout.num_det, 4), 0.5, np.float32),
+    }
+    strings = h5py.string_dtype()
+    with h5py.File(path, "w") as h5:
+        h5.attrs.update(
+            {
+                "schema_version": SCHEMA_VERSION,
+                "complete": True,
+                "num_written": n,
+                "layout": layout.to_json(),
+                "model": json.dumps({"name": "none", "revision": None, "fingerprint": "x", "config": config}),
+                "dataset": json.dumps({"kind": "synth"}),
+                "data": "{}",
+                "preprocessing": "{}",
+                "versions": "{}",
+                "created": "",
+                "options": json.dumps(options),
+            }
+        )
+        names = [f"SEQ-{i // images_per_sequence:02d}/{i:06d}.jpg" for i in range(n)]
+        h5["images/image_id"] = np.arange(1, n + 1)
+        h5["images/file_name"] = np.array(names, dtype=object).astype(strings)
+        h5["images/sha256"] = np.array([f"{i:064x}" for i in range(n)], dtype="S64")
+        h5["images/orig_size"] = np.full((n, 2), size, dtype=np.int32)
+        h5["images/input_size"] = np.full((n, 2), size, dtype=np.int32)
+        h5["images/difficulty"] = np.array([""] * n, dtype=object).astype(strings)
+        for name, values in (("gt/boxes", boxes.astype(np.float32)), ("gt/ignore", np.zeros((n, 0), np.float32))):
+            data = h5.create_dataset(name, (n,), dtype=h5py.vlen_dtype(np.float32))
+            for i in range(n):
+                data[i] = values[i].ravel()
+        sums = np.zeros((n, len(computed) + len(features)), dtype=np.uint32)
+        for column, (name, values) in enumerate(computed.items()):
+            h5[name] = values
+            sums[:, column] = row_checksums(values)
+        for column, (role, rows) in enumerate(features.items(), start=len(computed)):
+            tokens = layout.count(role)
+            data = h5.create_dataset(layer_path(1, role), (n, tokens, dim), dtype=dtype, chunks=(4, tokens, dim))
+            for start in range(0, n, 100):
+                stop = min(n, start + 100)
+                block = (rows(start, stop) if callable(rows) else rows[start:stop]).astype(dtype)
+                data[start:stop] = block
+                sums[start:stop, column] = row_checksums(block)
+        h5.attrs["checksummed"] = json.dumps([*computed, *(layer_path(1, role) for role in features)])
+        h5[CHECKSUMS] = sums
+    return path

@@ -2,17 +2,16 @@
 
 import json
 
-import h5py
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import write_tiny_cache
+from conftest import write_cache_by_hand, write_tiny_cache
 
 from probe_kit.analyzers import get_analyzer, list_analyzers, run_analyzer, write_result
 from probe_kit.analyzers.lens import TunedLens
 from probe_kit.cache.reader import FeatureCache
-from probe_kit.cache.schema import CHECKSUMS, SCHEMA_VERSION, TokenLayout, layer_path, row_checksums
+from probe_kit.cache.schema import TokenLayout
 from probe_kit.cli.main import cli
 from probe_kit.models.heads import DetectionHead
 from probe_kit.models.loading import ModelSpec, load_yolos
@@ -132,51 +131,9 @@ def _write_linear_world_cache(path, shuffle: bool, n=90, n_det=3, dim=16, seed=0
             cxcywh[:, 3] * size,
         ]
     ).astype(np.float32)
-    with h5py.File(path, "w") as h5:
-        h5.attrs.update(
-            {
-                "schema_version": SCHEMA_VERSION,
-                "complete": True,
-                "num_written": n,
-                "layout": TokenLayout(n_det, 0, 0).to_json(),
-                "model": json.dumps(
-                    {
-                        "name": "none",
-                        "revision": None,
-                        "fingerprint": "x",
-                        "config": {"num_hidden_layers": 1, "hidden_size": dim, "id2label": {"0": "person"}},
-                    }
-                ),
-                "dataset": json.dumps({"kind": "synth"}),
-                "data": "{}",
-                "preprocessing": "{}",
-                "versions": "{}",
-                "created": "",
-                "options": json.dumps({"layers": [1], "tokens": ["det"], "dtype": "float32", "batch_size": 1}),
-            }
-        )
-        h5["images/image_id"] = np.arange(1, n + 1)
-        h5["images/file_name"] = np.array([f"SEQ-{i // 10:02d}/{i:06d}.jpg" for i in range(n)], dtype=object).astype(
-            h5py.string_dtype()
-        )
-        h5["images/orig_size"] = np.full((n, 2), size, dtype=np.int32)
-        h5["images/difficulty"] = np.array([""] * n, dtype=object).astype(h5py.string_dtype())
-        for name, values in (("gt/boxes", xywh), ("gt/ignore", np.zeros((n, 0), np.float32))):
-            data = h5.create_dataset(name, (n,), dtype=h5py.vlen_dtype(np.float32))
-            for i in range(n):
-                data[i] = values[i].ravel()
-        h5["images/input_size"] = np.full((n, 2), size, dtype=np.int32)
-        h5["images/sha256"] = np.array([f"{i:064x}" for i in range(n)], dtype="S64")
-        computed = {
-            "final/logits": np.zeros((n, n_det, 2), np.float32),
-            "final/pred_boxes": np.full((n, n_det, 4), 0.5, np.float32),
-            layer_path(1, "det"): tokens.astype(np.float32),
-        }
-        for name, values in computed.items():
-            h5[name] = values
-        h5.attrs["checksummed"] = json.dumps(list(computed))
-        h5[CHECKSUMS] = np.column_stack([row_checksums(values) for values in computed.values()])
-    return path
+    return write_cache_by_hand(
+        path, TokenLayout(n_det, 0, 0), dim, xywh, {"det": tokens.astype(np.float32)}, size, images_per_sequence=10
+    )
 
 
 def test_linear_probe_finds_a_linear_world_and_fails_on_shuffled_features(tmp_path):

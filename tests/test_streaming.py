@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import write_tiny_cache
+from conftest import write_cache_by_hand, write_tiny_cache
 from transformers.loss.loss_for_object_detection import generalized_box_iou
 
 from probe_kit.cache.reader import FeatureCache
@@ -69,66 +69,14 @@ def test_apply_in_chunks_reads_within_the_budget_and_gives_the_same_outputs(cach
 def _write_wide_patch_cache(path, n=1200, grid=(24, 24), dim=64, seed=0):
     """A cache (written directly, no model) whose float32 patch layer (n x 576 x 64 x 4 = 177 MB at n=1200) is more
     than the memory the child below may add, with one person box per image covering about 40% of the grid."""
-    import json
-
-    import h5py
-
-    from probe_kit.cache.schema import CHECKSUMS, SCHEMA_VERSION, TokenLayout, layer_path, row_checksums
+    from probe_kit.cache.schema import TokenLayout
 
     rng = np.random.default_rng(seed)
-    size, patches = 384, grid[0] * grid[1]
     boxes = np.column_stack([rng.uniform(0, 130, n), rng.uniform(0, 130, n), np.full(n, 250.0), np.full(n, 250.0)])
-    with h5py.File(path, "w") as h5:
-        h5.attrs.update(
-            {
-                "schema_version": SCHEMA_VERSION,
-                "complete": True,
-                "num_written": n,
-                "layout": TokenLayout(2, *grid).to_json(),
-                "model": json.dumps(
-                    {
-                        "name": "none",
-                        "config": {"num_hidden_layers": 1, "hidden_size": dim, "id2label": {"0": "person"}},
-                    }
-                ),
-                "dataset": json.dumps({"kind": "synth"}),
-                "data": "{}",
-                "preprocessing": "{}",
-                "versions": "{}",
-                "created": "",
-                "options": json.dumps({"layers": [1], "tokens": ["patch"], "dtype": "float16", "batch_size": 1}),
-            }
-        )
-        h5["images/image_id"] = np.arange(1, n + 1)
-        h5["images/file_name"] = np.array([f"SEQ-{i // 100:02d}/{i:06d}.jpg" for i in range(n)], dtype=object).astype(
-            h5py.string_dtype()
-        )
-        h5["images/sha256"] = np.array([f"{i:064x}" for i in range(n)], dtype="S64")
-        h5["images/orig_size"] = np.full((n, 2), size, dtype=np.int32)
-        h5["images/input_size"] = np.full((n, 2), size, dtype=np.int32)
-        h5["images/difficulty"] = np.array([""] * n, dtype=object).astype(h5py.string_dtype())
-        for name, values in (("gt/boxes", boxes.astype(np.float32)), ("gt/ignore", np.zeros((n, 0), np.float32))):
-            data = h5.create_dataset(name, (n,), dtype=h5py.vlen_dtype(np.float32))
-            for i in range(n):
-                data[i] = values[i].ravel()
-        computed = {
-            "final/logits": np.zeros((n, 2, 2), np.float32),
-            "final/pred_boxes": np.full((n, 2, 4), 0.5, np.float32),
-        }
-        features = h5.create_dataset(
-            layer_path(1, "patch"), (n, patches, dim), dtype="float16", chunks=(4, patches, dim)
-        )
-        sums = np.zeros((n, 3), dtype=np.uint32)
-        for start in range(0, n, 100):
-            block = rng.normal(size=(min(100, n - start), patches, dim)).astype(np.float16)
-            features[start : start + len(block)] = block
-            sums[start : start + len(block), 2] = row_checksums(block)
-        for column, (name, values) in enumerate(computed.items()):
-            h5[name] = values
-            sums[:, column] = row_checksums(values)
-        h5.attrs["checksummed"] = json.dumps([*computed, layer_path(1, "patch")])
-        h5[CHECKSUMS] = sums
-    return path
+    patches = grid[0] * grid[1]
+    rows = lambda start, stop: rng.normal(size=(stop - start, patches, dim))  # noqa: E731
+    layout = TokenLayout(2, *grid)
+    return write_cache_by_hand(path, layout, dim, boxes, {"patch": rows}, 384, images_per_sequence=100, dtype="float16")
 
 
 # The child: imports, then caps its address space at what it holds plus 512 MiB, then trains the dense probe.
