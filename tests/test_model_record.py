@@ -15,7 +15,7 @@ from probe_kit.cache.writer import write_cache
 from probe_kit.cli.main import cli
 from probe_kit.data.spec import parse_data_spec
 from probe_kit.heads.options import ExitTraining
-from probe_kit.heads.store import load_exits
+from probe_kit.heads.store import load_exits, record_sha256
 from probe_kit.heads.training import train_exits
 from probe_kit.models.layers import resolve_layers
 from probe_kit.models.loading import ModelSpec
@@ -92,11 +92,9 @@ def test_changed_weights_are_refused_everywhere(cache_96, exits_96, model_dir, t
     other = ModelRecord(**{**record.to_json(), "name": str(moved)})
     with pytest.raises(ValueError, match="now has weights .* were recorded"):
         load_recorded(other)
-    config = json.loads((exits_96 / "config.json").read_text())
-    config["base_model"]["name"] = str(moved)
     copy = tmp_path / "exits"
     shutil.copytree(exits_96, copy)
-    (copy / "config.json").write_text(json.dumps(config))
+    _edit(copy, lambda c: c["base_model"].update(name=str(moved)))
     with pytest.raises(ValueError, match="base_model: .* now has weights"):
         load_exits(copy)
 
@@ -156,8 +154,12 @@ def test_broken_exits_folders_are_refused_in_one_line(exits_96, tmp_path, breaka
 
 
 def _edit(folder, change) -> None:
+    """Change config.json as a consistent writer would: the record's sha256 follows the record, so the checks
+    behind it are reached (an edit that leaves the sha256 behind is refused first: test_no_number_...)."""
     config = json.loads((folder / "config.json").read_text())
     change(config)
+    if "base_model" in config:
+        config["base_model_sha256"] = record_sha256(config["base_model"])
     (folder / "config.json").write_text(json.dumps(config))
 
 

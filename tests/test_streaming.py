@@ -9,6 +9,7 @@ import torch
 from conftest import write_cache_by_hand, write_tiny_cache
 from transformers.loss.loss_for_object_detection import generalized_box_iou
 
+from probe_kit.cache import reader
 from probe_kit.cache.reader import FeatureCache
 from probe_kit.ops.boxes import paired_giou_xyxy
 from probe_kit.training import data as training_data
@@ -43,7 +44,7 @@ def test_batches_are_the_same_whether_a_block_is_read_at_once_or_a_batch_at_a_ti
         reads = []
         original = opened.read
         monkeypatch.setattr(opened, "read", lambda *args: reads.append(len(args[2])) or original(*args))
-        monkeypatch.setattr(training_data, "READ_BUDGET", 1)  # not even one image fits: a batch at a time
+        monkeypatch.setattr(reader, "READ_BUDGET", 1)  # not even one image fits: a batch at a time
         batched = list(training_data.iter_batches(opened, 2, role, indices, 5, np.random.default_rng(3), chunk=8))
     assert [ids.tolist() for ids, _ in whole] == [ids.tolist() for ids, _ in batched]
     for (_, x), (_, y) in zip(whole, batched, strict=True):
@@ -60,7 +61,7 @@ def test_apply_in_chunks_reads_within_the_budget_and_gives_the_same_outputs(cach
         reads = []
         original = opened.read
         monkeypatch.setattr(opened, "read", lambda *args: reads.append(len(args[2])) or original(*args))
-        monkeypatch.setattr(training_data, "READ_BUDGET", 5 * row_bytes)
+        monkeypatch.setattr(reader, "READ_BUDGET", 5 * row_bytes)
         chunked = training_data.apply_in_chunks(module, opened, 2, "patch", indices)
     assert reads == [5, 5, 2]
     torch.testing.assert_close(chunked, whole, rtol=0, atol=0)

@@ -23,7 +23,7 @@ from probe_kit.analyzers._registry import AnalyzerResult, register
 from probe_kit.cache.reader import FeatureCache
 from probe_kit.ops.matching import match_final_to_gt, patches_inside
 from probe_kit.options import Fraction, PositiveInt, Range
-from probe_kit.training.data import make_split, options_json, rows_per_read
+from probe_kit.training.data import make_split, options_json
 
 
 @dataclass(frozen=True)
@@ -69,11 +69,11 @@ def _sample(rng: np.random.Generator, images: np.ndarray, allowed: np.ndarray, l
 
 
 def _features(cache: FeatureCache, layer: int, kind: str, images: np.ndarray, tokens: np.ndarray) -> np.ndarray:
-    """The sampled ``(image, token)`` points' features, read a budget of images at a time (``training.data``):
-    only the chosen tokens are kept, so memory is the points plus one read, whatever the number of images."""
+    """The sampled ``(image, token)`` points' features, read a budget of images at a time
+    (``FeatureCache.rows_per_read``): only the chosen tokens are kept, so memory is the points plus one read."""
     unique, inverse = np.unique(images, return_inverse=True)
     out = np.empty((len(images), cache.row_shape(layer, kind)[-1]), dtype=np.float32)
-    step = rows_per_read(cache, layer, kind)
+    step = cache.rows_per_read(layer, kind)
     for start in range(0, len(unique), step):
         block = cache.read(layer, kind, unique[start : start + step])
         here = (inverse >= start) & (inverse < start + step)

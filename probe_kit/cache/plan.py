@@ -3,7 +3,7 @@ dataset list, the disk it lands on, and the memory the stages that read it need.
 
 The size is exact (the writer pre-allocates the same datasets, ``schema.per_image_datasets``). Memory is bounded
 by design: the model's forward pass over one batch while caching, and, for every trained readout, one read of at
-most ``training.data.READ_BUDGET`` bytes of features plus the process itself (``benchmarks/memory_growth.py``
+most ``cache.reader.READ_BUDGET`` bytes of features plus the process itself (``benchmarks/memory_growth.py``
 measures those peaks; docs/real-study.md sizes the real study with them).
 """
 
@@ -47,7 +47,7 @@ class CachePlan:
         return max(4 * int(np.prod(shape)) for path, shape, _ in self.datasets if path.startswith("layers/"))
 
     def lines(self) -> list[str]:
-        from probe_kit.training.data import READ_BUDGET
+        from probe_kit.cache.reader import READ_BUDGET
 
         maps = f" + attention maps ({', '.join(ATTENTION_MAPS)})" if self.attention else ""
         fits = "fits" if self.total_bytes <= self.free_bytes else "DOES NOT FIT"

@@ -29,6 +29,11 @@ from probe_kit.data.identity import identify
 from probe_kit.data.sample import Sample
 from probe_kit.data.spec import DataSpec
 
+# Bytes of float32 features one read of a trained readout may hold (``FeatureCache.rows_per_read``): what bounds the
+# memory of every readout, whatever the number of images (a patch-token layer of one 512 px yolos-small image is
+# 2.8 MB, so 11 images).
+READ_BUDGET = 32 << 20
+
 
 class FeatureCache:
     """A finished cache file, opened read-only; refuses unknown schema versions and unfinished files.
@@ -268,6 +273,10 @@ class FeatureCache:
         if layer not in self.layers:
             raise ValueError(f"{self.path}: layer {layer} not cached (layers: {list(self.layers)})")
         return self._h5[layer_path(layer, role)]
+
+    def rows_per_read(self, layer: int, role: str = "det") -> int:
+        """How many images of ``role`` tokens at ``layer`` fit ``READ_BUDGET`` bytes as float32 (at least one)."""
+        return max(1, READ_BUDGET // (4 * int(np.prod(self.row_shape(layer, role)))))
 
     def row_shape(self, layer: int, role: str = "det") -> tuple[int, ...]:
         """Shape of one image's ``role`` tokens at ``layer`` (``[tokens, D]``, or an attention map's)."""

@@ -123,16 +123,6 @@ def box_targets(samples: Sequence[Sample], person_label: int) -> list[dict]:
     return out
 
 
-# Bytes of float32 features one read may hold: what bounds the memory of every trained readout, whatever the
-# number of images (a patch-token layer of one 512 px yolos-small image is about 2.8 MB).
-READ_BUDGET = 32 << 20
-
-
-def rows_per_read(cache: FeatureCache, layer: int, role: str) -> int:
-    """How many images of ``role`` tokens at ``layer`` fit ``READ_BUDGET`` bytes as float32 (at least one)."""
-    return max(1, READ_BUDGET // (4 * int(np.prod(cache.row_shape(layer, role)))))
-
-
 def iter_batches(
     cache: FeatureCache,
     layer: int,
@@ -143,10 +133,11 @@ def iter_batches(
     chunk: int = 2048,
 ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
     """Shuffled ``(indices, features)`` mini-batches: blocks of ``chunk`` images in a random order, a random order
-    within each. A block that fits ``READ_BUDGET`` is read at once (sequential reads: det tokens); a larger one
-    (patch tokens) a mini-batch at a time, so memory is one batch. Both read the same batches from the same draws."""
+    within each. A block that fits the cache's ``READ_BUDGET`` is read at once (sequential reads: det tokens); a
+    larger one (patch tokens) a mini-batch at a time, so memory is one batch. Both read the same batches from the
+    same draws."""
     blocks = [np.sort(indices[i : i + chunk]) for i in range(0, len(indices), chunk)]
-    fits = rows_per_read(cache, layer, role) >= min(chunk, len(indices))
+    fits = cache.rows_per_read(layer, role) >= min(chunk, len(indices))
     for b in rng.permutation(len(blocks)):
         block = blocks[b]
         features = cache.read(layer, role, block) if fits else None
@@ -158,9 +149,9 @@ def iter_batches(
 
 
 def apply_in_chunks(module, cache: FeatureCache, layer: int, role: str, indices: np.ndarray):
-    """``module`` on the ``role`` tokens of ``layer`` at ``indices``, read ``READ_BUDGET`` bytes at a time (no
+    """``module`` on the ``role`` tokens of ``layer`` at ``indices``, ``READ_BUDGET`` bytes read at a time (no
     gradients); outputs concatenated (a tuple of outputs stays a tuple)."""
-    chunk = rows_per_read(cache, layer, role)
+    chunk = cache.rows_per_read(layer, role)
     outputs = []
     with torch.no_grad():
         for start in range(0, len(indices), chunk):
