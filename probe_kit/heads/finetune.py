@@ -3,7 +3,9 @@
 Cached tokens cannot train blocks, so this stage runs the model (the GPU path for real models; it
 also runs on CPU for tiny ones). The loss is the sum over exits of the head type's loss (ground truth
 plus distillation towards the *original* model's cached final outputs, so the teacher does not drift
-with the blocks). Only the chosen blocks and the heads' ``finetuned_parameters`` change; the blocks are
+with the blocks), each weighted by ``FineTuning.exit_weights`` (the joint regime: by depth). Every epoch
+logs each exit's holdout AP50; the epoch kept is the lowest holdout loss or the best weighted AP50. Only
+the chosen blocks and the heads' ``finetuned_parameters`` change; the blocks are
 saved beside the heads and applied on load over the unchanged base checkpoint.
 
 Under torchrun this stage is data-parallel (DistributedDataParallel, gradients all-reduced): each
@@ -158,7 +160,7 @@ class _Steps:
         truth = ground_truth_dict([self.samples[i] for i in holdout])
         ap50 = {layer: evaluate(truth, dets)["AP50"] for layer, dets in sorted(merged.items())}
         record = {"holdout": float(np.mean(losses)), **{f"holdout_AP50_L{k}": v for k, v in ap50.items()}}
-        if self.tuning.select_by == "AP50":
+        if self.tuning.select_by == "AP50" and ap50:  # no holdout images: the loss (NaN) decides, as before
             total = sum(self._weight(k) for k in ap50)
             record["select"] = -sum(self._weight(k) * v for k, v in ap50.items()) / total
         return record
