@@ -123,6 +123,10 @@ def test_log_file_and_quiet_work_on_any_command(tmp_path):
     assert f"wrote 3 frames to {scenes} (seed 0)" in lines
     assert lines[-1] == f"Error: {tmp_path / 'missing.h5'}: no such cache file"
     assert "\r" not in log.read_text()
+    nowhere = CliRunner().invoke(cli, ["--log-file", str(tmp_path / "no" / "x.log"), "cache", "info", "c.h5"])
+    assert (
+        nowhere.exit_code == 1 and nowhere.output == f"Error: {tmp_path / 'no' / 'x.log'}: No such file or directory\n"
+    )
 
 
 def test_progress_bars_are_drawn_on_a_terminal_only(monkeypatch, capsys):

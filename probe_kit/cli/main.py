@@ -39,12 +39,15 @@ class ProbeGroup(click.Group):
         from probe_kit import console
 
         console.set_quiet(bool(ctx.params.get("quiet")))
-        with console.log_to(ctx.params.get("log_file")):
-            try:
-                return self._invoke(ctx)
-            except click.ClickException as err:  # click prints it after this returns: log it here
-                console.log_line(f"Error: {err.format_message()}")
-                raise
+        try:
+            with console.log_to(ctx.params.get("log_file")):
+                try:
+                    return self._invoke(ctx)
+                except click.ClickException as err:  # click prints it after this returns: log it here
+                    console.log_line(f"Error: {err.format_message()}")
+                    raise
+        except OSError as err:  # the log file itself (the command's own errors are one line already)
+            raise one_line(err) from err
 
     def _invoke(self, ctx: click.Context):
         from probe_kit import distributed
