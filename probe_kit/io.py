@@ -187,7 +187,20 @@ def read_result(path: Path) -> dict:
     layers = data.get("layers", {})
     if not isinstance(layers, dict) or not all(isinstance(v, dict) for v in layers.values()):
         raise UserError(f"{path}: layers: expected a mapping of layer -> metrics")
-    for layer in layers:
+    for layer, metrics in layers.items():
         if not str(layer).lstrip("-").isdigit():
             raise UserError(f"{path}: layers: {layer!r} is not a layer number")
+        for key, value in metrics.items():  # every analyzer's per-layer metrics are numbers; anything else is damage
+            if not _finite_number(value):
+                raise UserError(f"{path}: layers.{layer}.{key}: expected a finite number, got {value!r:.40}")
+    if "profile" in data:  # the FLOP profile the decision reads the model's depth and costs from
+        profile = data["profile"]
+        blocks = isinstance(profile, dict) and isinstance(profile.get("blocks"), list) and profile["blocks"]
+        others = blocks and all(_finite_number(profile[k]) for k in ("embeddings", "head") if k in profile)
+        if not others or not all(_finite_number(b) for b in profile["blocks"]):
+            raise UserError(f"{path}: profile: expected a list of per-block GFLOPs and numbers for embeddings, head")
     return data
+
+
+def _finite_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

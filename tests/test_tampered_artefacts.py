@@ -108,3 +108,61 @@ def test_a_tampered_exits_config_is_refused_by_name_or_loads(artefacts, data):
             load_exits(copy)
         except Exception as err:  # noqa: BLE001 (the property: which exceptions)
             _refused_by_name(err, str(copy))
+
+
+def _other_type(value) -> st.SearchStrategy:
+    """A JSON value of another type than ``value`` (a number becomes text, a list, null, ...)."""
+    kinds = {
+        bool: st.booleans(),
+        int: st.integers(-5, 5),
+        float: st.floats(-2, 2, allow_nan=False),
+        str: st.text(max_size=5),
+        list: st.lists(st.integers(), max_size=2),
+        dict: st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+        type(None): st.none(),
+    }
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    excluded = (int, float) if number else (type(value),)  # another number is another valid result, not damage
+    return st.one_of([s for kind, s in kinds.items() if kind not in excluded])
+
+
+@pytest.fixture(scope="module")
+def results(artefacts, tmp_path_factory):
+    from click.testing import CliRunner
+
+    from probe_kit.cli.main import cli
+
+    folder = tmp_path_factory.mktemp("tamper-results") / "results"
+    for name in ("lens", "flops"):
+        args = ["analyze", name, "--cache", str(artefacts["cache"]), "--out", str(folder / name)]
+        assert CliRunner().invoke(cli, args).exit_code == 0
+    decided = CliRunner().invoke(cli, ["decide", "--results", str(folder), "--out", str(folder.parent / "d.json")])
+    assert decided.exit_code == 0, decided.output
+    return {"folder": folder, "decision": json.loads((folder.parent / "d.json").read_text())}
+
+
+@TAMPER
+@given(data=st.data())
+def test_a_result_file_with_a_field_of_another_type_is_refused_by_name_or_decides_the_same(results, data):
+    from click.testing import CliRunner
+
+    from probe_kit.cli.main import cli
+
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / "results"
+        shutil.copytree(results["folder"], copy)
+        name = data.draw(st.sampled_from(["lens", "flops"]))
+        path = copy / name / "result.json"
+        result = json.loads(path.read_text())
+        field = data.draw(st.sampled_from(list(_paths(result))[1:]))
+        original = result
+        for key in field:
+            original = original[key]
+        path.write_text(json.dumps(_replace(result, field, data.draw(_other_type(original)))))
+        done = CliRunner().invoke(cli, ["decide", "--results", str(copy), "--out", str(Path(tmp) / "d.json")])
+        if done.exit_code == 0:
+            assert json.loads((Path(tmp) / "d.json").read_text()) == results["decision"], field
+        else:
+            assert done.exit_code == 1 and "Traceback" not in done.output, done.output
+            errors = [line for line in done.output.splitlines() if line.startswith("Error: ")]
+            assert len(errors) == 1 and "result.json" in errors[0], (field, done.output)
