@@ -190,9 +190,9 @@ def read_result(path: Path) -> dict:
     for layer, metrics in layers.items():
         if not str(layer).lstrip("-").isdigit():
             raise UserError(f"{path}: layers: {layer!r} is not a layer number")
-        for key, value in metrics.items():  # every analyzer's per-layer metrics are numbers; anything else is damage
-            if not _finite_number(value):
-                raise UserError(f"{path}: layers.{layer}.{key}: expected a finite number, got {value!r:.40}")
+        for key, value in metrics.items():  # numbers, or null for "not measured here"; anything else is damage
+            if value is not None and not _finite_number(value):
+                raise UserError(f"{path}: layers.{layer}.{key}: expected a finite number or null, got {value!r:.40}")
     if "profile" in data:  # the FLOP profile the decision reads the model's depth and costs from
         profile = data["profile"]
         blocks = isinstance(profile, dict) and isinstance(profile.get("blocks"), list) and profile["blocks"]

@@ -92,7 +92,11 @@ def test_sigterm_during_cache_leaves_a_cache_that_says_incomplete_and_resumes(st
 
 
 def test_ctrl_c_during_run_exits_130_and_the_study_resumes(study, tmp_path):
-    args = ["run", str(study["folder"] / "exp.yaml"), "--out", "study"]
+    # A long analyzer after the cache: the signal lands in a stage under way, whatever the machine's speed (the
+    # cache of 40 small scenes alone can end before a busy parent has seen its file).
+    slow = tmp_path / "slow.yaml"
+    slow.write_text((study["folder"] / "exp.yaml").read_text() + "analyzers:\n  probe-linear: {epochs: 100000}\n")
+    args = ["run", str(slow), "--out", "study"]
     done = _terminate_when(args, tmp_path, lambda: (tmp_path / "study" / "cache.h5").exists(), signal.SIGINT)
     assert "stopped by Ctrl-C" in _stopped(done, 130)
     _no_leftovers(tmp_path)
