@@ -2,8 +2,8 @@
 
 - **Progress bars** (``progress_bar``, tqdm) are drawn only when stderr is a terminal and ``--quiet`` is off: a
   redirected stderr gets no carriage-return frames, only the lines the commands print.
-- **Stage lines** (``say``, ``stage``): one line as a stage starts and one with its elapsed time as it ends, on
-  stderr; ``--quiet`` keeps them off the console (a ``--log-file`` still gets them).
+- **Stage lines** (``say``; ``elapsed`` formats a stage's time): one line per stage event on stderr; ``--quiet``
+  keeps them off the console (a ``--log-file`` still gets them).
 - **``--log-file PATH``** (``log_to``): everything printed on stdout and stderr is also appended to PATH, with a
   progress bar reduced to its last frame, so the log reads as lines.
 """
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import shlex
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -47,15 +46,6 @@ def say(message: str) -> None:
     elif _log is not None:
         _log.write(message + "\n")
         _log.flush()
-
-
-@contextmanager
-def stage(name: str, what: str) -> Iterator[None]:
-    """``[name] what`` as the stage starts and ``[name] done in 12.3 s`` as it ends."""
-    say(f"[{name}] {what}")
-    start = time.monotonic()
-    yield
-    say(f"[{name}] done in {elapsed(time.monotonic() - start)}")
 
 
 def elapsed(seconds: float) -> str:

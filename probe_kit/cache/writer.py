@@ -297,9 +297,10 @@ def _write_batches(handle: h5py.File, job: Extraction, lo: int, hi: int, start: 
         hidden_states=True,
         attentions=job.options.attention,
     )
+    columns = {path: column for column, path in enumerate(checksummed(_image_datasets(job)))}
     with progress_bar(total=hi - lo, initial=start, desc="cache", unit="img", show=progress) as bar:
         for batch in batches:
-            _write_batch(handle, batch, job.options, job.layout)
+            _write_batch(handle, batch, job.options, job.layout, columns)
             handle.flush()  # the batch's bytes reach the file before the count that vouches for them
             handle.attrs.modify("num_written", batch.start + len(batch.samples))  # in place: no reallocation
             handle.flush()
@@ -373,15 +374,15 @@ def _image_datasets(job: Extraction) -> list[tuple[str, tuple[int, ...], str]]:
     )
 
 
-def _write_batch(handle: h5py.File, batch, options: CacheOptions, layout: TokenLayout) -> None:
-    """Write one batch's rows of every per-image dataset, and the checksums of those ``cache verify`` checks."""
+def _write_batch(handle: h5py.File, batch, options: CacheOptions, layout: TokenLayout, columns: dict[str, int]):
+    """Write one batch's rows of every per-image dataset, and the checksums of those ``cache verify`` checks
+    (``columns``: each checksummed dataset's column, as the file's ``checksummed`` attribute lists them)."""
     lo, hi = batch.start, batch.start + len(batch.samples)
     handle["images/input_size"][lo:hi] = np.array([batch.input_size] * (hi - lo), dtype=np.int32)
-    order = {path: column for column, path in enumerate(json.loads(handle.attrs["checksummed"]))}
-    sums = np.zeros((hi - lo, len(order)), dtype=np.uint32)
+    sums = np.zeros((hi - lo, len(columns)), dtype=np.uint32)
     for path, values in _computed_rows(batch.outputs, options, layout):
         handle[path][lo:hi] = values
-        sums[:, order[path]] = row_checksums(values)
+        sums[:, columns[path]] = row_checksums(values)
     handle[CHECKSUMS][lo:hi] = sums
 
 

@@ -112,6 +112,11 @@ def _nearest_existing(path: Path) -> Path:
 
 def _check(out: Output) -> None:
     _check_place(out)
+    _check_kind(out)
+
+
+def _check_kind(out: Output) -> None:
+    """Nothing at the path, an empty folder, or an earlier output of the same kind (which may be replaced)."""
     if out.path.exists() and not (_empty_folder(out.path) or out.kind.looks_like(out.path)):
         raise UserError(
             f"{out.label}: exists and is not {out.kind.name}; refusing to replace it (remove it, or choose "
@@ -191,7 +196,8 @@ def guarded(*outputs: Output | None) -> Iterator[None]:
             if writer and out.folder and _previous(out.path).is_dir():  # a run killed while replacing it
                 _remove(out.path)
                 os.replace(_previous(out.path), out.path)
-        check_outputs(*outputs)
+        for out in outputs:
+            _check_kind(out)  # its place was checked by ``locked``
         replaced = [o.path for o in outputs if writer and o.folder and o.path.is_dir() and any(o.path.iterdir())]
         for path in replaced:
             os.replace(path, _previous(path))

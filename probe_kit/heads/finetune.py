@@ -115,10 +115,10 @@ class _Steps:
     def _losses(self, module, idx: np.ndarray, whole: np.ndarray | None = None) -> dict[str, torch.Tensor]:
         """Every exit's loss on images ``idx`` (rescaled to the global batch ``whole`` when given), and their
         weighted sum (``loss``); the parts are logged unweighted."""
-        parts = {
-            f"L{layer}": self.exit_loss(layer, out, idx, whole)["loss"]
-            for layer, out in module(self._pixels(idx)).items()
-        }
+        return self._weighted(module(self._pixels(idx)), idx, whole)
+
+    def _weighted(self, outputs: dict, idx: np.ndarray, whole: np.ndarray | None = None) -> dict[str, torch.Tensor]:
+        parts = {f"L{layer}": self.exit_loss(layer, out, idx, whole)["loss"] for layer, out in outputs.items()}
         return {"loss": sum(self._weight(int(k[1:])) * v for k, v in parts.items()), **parts}
 
     def batches(self, epoch: int):
@@ -148,9 +148,9 @@ class _Steps:
         lo, hi = distributed.shard_bounds(len(starts), self.rank, self.world)
         losses, detections = [], {}
         for i in starts[lo:hi]:
-            idx = holdout[i : i + size]
-            losses.append(float(self._losses(self.exits, idx)["loss"]))
-            for layer, dets in self._detections(idx).items():
+            loss, dets_by_exit = self._holdout_batch(holdout[i : i + size])
+            losses.append(loss)
+            for layer, dets in dets_by_exit.items():
                 detections.setdefault(layer, []).extend(dets)
         losses = [v for part in distributed.all_gather_object(losses) for v in part]
         merged: dict[int, list] = {}
@@ -166,18 +166,20 @@ class _Steps:
         return record
 
     @torch.no_grad()
-    def _detections(self, idx: np.ndarray) -> dict[int, list[dict]]:
-        """Every exit's COCO detections of images ``idx`` (every det token, as ``evaluate-exits`` scores them)."""
+    def _holdout_batch(self, idx: np.ndarray) -> tuple[float, dict[int, list[dict]]]:
+        """The weighted loss of images ``idx`` and every exit's COCO detections of them (every det token, as
+        ``evaluate-exits`` scores them), from one pass of the model."""
         from probe_kit.models.predict import detections_from_scores
 
         multi = self.exits.multi
         samples = [self.samples[i] for i in idx]
         ids, sizes = [s.image_id for s in samples], [(s.width, s.height) for s in samples]
-        return {
-            layer: detections_from_scores(stats.person, stats.boxes, ids, sizes)
-            for layer, tokens in multi.exit_tokens(self._pixels(idx))
-            for stats in (multi.exit_stats(layer, tokens),)
-        }
+        outputs, detections = {}, {}
+        for layer, tokens in multi.exit_tokens(self._pixels(idx)):
+            outputs[layer] = multi.heads(layer, tokens)  # what ``all_exits`` returns, tokens kept for the stats
+            stats = multi.heads.stats(layer, outputs[layer], tokens, multi.person_index)
+            detections[layer] = detections_from_scores(stats.person, stats.boxes, ids, sizes)
+        return float(self._weighted(outputs, idx)["loss"]), detections
 
 
 class _AllExits(nn.Module):
