@@ -1,7 +1,7 @@
 """What a cache will take before it is written (``probe-kit cache --dry-run``): its size from the schema's own
 dataset list, the disk it lands on, and the memory the stages that read it need.
 
-The size is exact (the writer pre-allocates the same datasets, ``schema.per_image_datasets``). Memory is bounded
+The size is exact (the writer pre-allocates the same datasets, ``writer.image_datasets``). Memory is bounded
 by design: the model's forward pass over one batch while caching, and, for every trained readout, one read of at
 most ``cache.reader.READ_BUDGET`` bytes of features plus the process itself (``benchmarks/memory_growth.py``
 measures those peaks; docs/real-study.md sizes the real study with them).
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from probe_kit.cache.schema import ATTENTION_MAPS, per_image_datasets
+from probe_kit.cache.schema import ATTENTION_MAPS
 from probe_kit.data.spec import DataSpec
 from probe_kit.models.loading import ModelSpec
 
@@ -24,7 +24,7 @@ from probe_kit.models.loading import ModelSpec
 @dataclass(frozen=True)
 class CachePlan:
     images: int
-    input_size: tuple[int, int]  # (width, height) of the first batch; the patch grid follows from it
+    input_size: tuple[int, int] | None  # (width, height) every image resizes to; None: several sizes
     grid: tuple[int, int]
     layers: tuple[int, ...]
     tokens: tuple[str, ...]
@@ -52,8 +52,12 @@ class CachePlan:
         maps = f" + attention maps ({', '.join(ATTENTION_MAPS)})" if self.attention else ""
         fits = "fits" if self.total_bytes <= self.free_bytes else "DOES NOT FIT"
         return [
-            f"images: {self.images}, resized to {self.input_size[0]}x{self.input_size[1]} (patch grid "
-            f"{self.grid[0]}x{self.grid[1]})",
+            f"images: {self.images}, "
+            + (
+                f"resized to {self.input_size[0]}x{self.input_size[1]} (patch grid {self.grid[0]}x{self.grid[1]})"
+                if self.input_size
+                else "resized to several sizes (det and cls tokens only: no patch grid)"
+            ),
             f"cache: {len(self.layers)} layers x {','.join(self.tokens)} tokens ({self.dtype}){maps}: "
             f"{_size(self.bytes_per_image)} per image, {_size(self.total_bytes)} in all",
             f"disk: {_size(self.free_bytes)} free in {self.where}: {fits}",
@@ -71,35 +75,20 @@ def plan_cache(
     dtype: str = "float16",
     attention: bool = False,
 ) -> CachePlan:
-    """The plan of ``probe-kit cache`` with these settings; loads the dataset listing and the model, writes nothing."""
-    from probe_kit.cache.writer import layout_for
-    from probe_kit.models.layers import resolve_layers
-    from probe_kit.models.loading import load_yolos
-    from probe_kit.models.runner import input_size
+    """The plan of ``probe-kit cache`` with these settings: the writer's own set-up (dataset listing, model,
+    options checked), without hashing the data or writing anything."""
+    from probe_kit.cache.writer import image_datasets, prepare_setup
 
-    samples = data_spec.load()
-    model, processor = load_yolos(model_spec)
-    config = model.config
-    chosen = resolve_layers(layers, config.num_hidden_layers)
-    size = input_size(processor, samples[0])
-    layout = layout_for(model, size)
-    datasets = per_image_datasets(
-        layout,
-        chosen,
-        tuple(tokens),
-        dtype,
-        ATTENTION_MAPS if attention else (),
-        config.hidden_size,
-        config.num_labels,
-    )
+    setup = prepare_setup(model_spec, data_spec, layers, tokens, {"dtype": dtype, "attention": attention})
+    datasets = image_datasets(setup.model.config, setup.options, setup.layout)
     where = Path(out).absolute().parent
     while not where.exists():
         where = where.parent
     return CachePlan(
-        images=len(samples),
-        input_size=size,
-        grid=(layout.grid_h, layout.grid_w),
-        layers=chosen,
+        images=len(setup.samples),
+        input_size=setup.input_size,
+        grid=(setup.layout.grid_h, setup.layout.grid_w),
+        layers=setup.options.layers,
         tokens=tuple(tokens),
         dtype=dtype,
         attention=attention,

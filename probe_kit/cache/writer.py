@@ -131,18 +131,25 @@ class Extraction:
         return DataIdentity(self.data.files, self.data.images[lo:hi])
 
 
-def prepare_extraction(
-    model_spec: ModelSpec,
-    data_spec: DataSpec,
-    layers: str | Sequence[int],
-    tokens: Sequence[str],
-    options: dict,
-    progress: bool = True,
-) -> Extraction:
-    """Load the dataset and the model, hash the dataset's files, and check every option against them."""
+@dataclass(frozen=True)
+class Setup:
+    """What an extraction runs on, checked against its options: everything but the data's content hashes."""
+
+    samples: list[Sample]
+    model: torch.nn.Module
+    processor: object
+    options: CacheOptions
+    layout: TokenLayout
+    input_size: tuple[int, int] | None  # (width, height) every image resizes to; None where sizes differ
+
+
+def prepare_setup(
+    model_spec: ModelSpec, data_spec: DataSpec, layers: str | Sequence[int], tokens: Sequence[str], options: dict
+) -> Setup:
+    """Load the dataset listing and the model, and check every option against them (``cache --dry-run`` stops
+    here; an extraction goes on to hash the data)."""
     samples = data_spec.load()
     model, processor = load_yolos(model_spec)  # a refused model ends the run before the hashing bar starts
-    data = identify(data_spec, samples, progress=progress)
     opts = CacheOptions(resolve_layers(layers, model.config.num_hidden_layers), tuple(tokens), **options)
     fuse_heads(torch.zeros(1, 1, 1, 1), opts.head_fusion)  # validates the settings before any work
     rollout_layers([torch.eye(1)[None, None]], opts.head_fusion, opts.discard_ratio)
@@ -153,10 +160,24 @@ def prepare_extraction(
             f"--tokens patch/--attention: images of {data_spec.text()} resize to {len(sizes)} different sizes; "
             "patch tokens and attention maps need one grid (cache det/cls tokens only, or use images of one size)"
         )
-    identity = _identity(model, processor, model_spec, data_spec, opts)
+    size = next(iter(sizes)) if len(sizes) == 1 else None
+    return Setup(samples, model, processor, opts, layout_for(model, size or (0, 0)), size)
+
+
+def prepare_extraction(
+    model_spec: ModelSpec,
+    data_spec: DataSpec,
+    layers: str | Sequence[int],
+    tokens: Sequence[str],
+    options: dict,
+    progress: bool = True,
+) -> Extraction:
+    """``prepare_setup``, then hash the dataset's files: what the cache's identity records."""
+    setup = prepare_setup(model_spec, data_spec, layers, tokens, options)
+    data = identify(data_spec, setup.samples, progress=progress)
+    identity = _identity(setup.model, setup.processor, model_spec, data_spec, setup.options)
     identity["data"] = data.record()
-    layout = layout_for(model, next(iter(sizes)) if len(sizes) == 1 else (0, 0))
-    return Extraction(model, processor, samples, data, identity, layout, opts)
+    return Extraction(setup.model, setup.processor, setup.samples, data, identity, setup.layout, setup.options)
 
 
 def write_cache(
@@ -368,9 +389,13 @@ def _create(handle: h5py.File, job: Extraction, lo: int, hi: int) -> None:
 
 def _image_datasets(job: Extraction) -> list[tuple[str, tuple[int, ...], str]]:
     """``(path, shape per image, dtype)`` of every dataset written batch by batch (allocated at creation)."""
-    options, config = job.options, job.model.config
+    return image_datasets(job.model.config, job.options, job.layout)
+
+
+def image_datasets(config, options: CacheOptions, layout: TokenLayout) -> list[tuple[str, tuple[int, ...], str]]:
+    """The per-image datasets of a cache of a model with ``config`` under ``options`` and ``layout``."""
     return per_image_datasets(
-        job.layout, options.layers, options.tokens, options.dtype, options.maps(), config.hidden_size, config.num_labels
+        layout, options.layers, options.tokens, options.dtype, options.maps(), config.hidden_size, config.num_labels
     )
 
 
