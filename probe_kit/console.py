@@ -3,7 +3,7 @@
 - **Progress bars** (``progress_bar``, tqdm) are drawn only when stderr is a terminal and ``--quiet`` is off: a
   redirected stderr gets no carriage-return frames, only the lines the commands print.
 - **Stage lines** (``say``; ``elapsed`` formats a stage's time): one line per stage event on stderr; ``--quiet``
-  keeps them off the console (a ``--log-file`` still gets them).
+  keeps them off the console (a ``--log-file`` still gets them). ``warn`` lines print whatever ``--quiet`` says.
 - **``--log-file PATH``** (``log_to``): everything printed on stdout and stderr is also appended to PATH, with a
   progress bar reduced to its last frame, so the log reads as lines.
 """
@@ -46,6 +46,11 @@ def say(message: str) -> None:
     elif _log is not None:
         _log.write(message + "\n")
         _log.flush()
+
+
+def warn(message: str) -> None:
+    """``warning: message`` on stderr (so in the log file too), ``--quiet`` or not."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 def elapsed(seconds: float) -> str:

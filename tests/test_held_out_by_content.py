@@ -12,7 +12,7 @@ from conftest import write_tiny_cache
 
 import probe_kit
 from probe_kit.data.identity import file_sha256
-from probe_kit.heads.pipeline import Timing
+from probe_kit.heads.pipeline import Timing, held_out_line
 
 TIMING = Timing(images=1, repeats=3, max_repeats=3)
 
@@ -52,16 +52,36 @@ def test_the_same_images_renamed_renumbered_and_reordered_are_still_recognised(t
     assert not set(result["scored_image_ids"]) & (set(config["train_image_ids"]) | set(config["holdout_image_ids"]))
     total = len(_hashes(moved))
     assert len(result["scored_image_ids"]) == total - used
+    (counts,) = result["evaluated_vs_training_caches"].values()  # the same bytes as the cache: nothing to say
+    assert counts == {"evaluated": total, "shared": total, "cache_images": total}
+    assert "not the data of the training cache" not in held_out_line(result)
 
 
-def test_other_pixels_under_the_same_names_are_all_scored(trained, tmp_path):
+def test_other_pixels_under_the_same_names_are_all_scored(trained, synth_dir, tmp_path):
     from probe_kit.data.synth import write_synth_dataset
 
-    exits, _ = trained
+    exits, config = trained
     other = tmp_path / "other"
     write_synth_dataset(other, frames=12, seed=99, frames_per_sequence=5, progress=False)  # same names, new scenes
     result = probe_kit.evaluate_exits(exits, f"synth:{other}", thresholds=(0.5,), timing=TIMING)
     assert result["dropped_training_images"] == 0 and len(result["scored_image_ids"]) == 12
+    cache = str(Path(config["cache"]))
+    cached = len(_hashes(synth_dir))
+    assert result["evaluated_vs_training_caches"] == {cache: {"evaluated": 12, "shared": 0, "cache_images": cached}}
+    assert f"not the data of the training cache {cache}: 0 of its 12 images are among that cache's {cached}" in (
+        held_out_line(result)
+    )
+
+
+def test_a_training_cache_gone_since_training_is_not_compared(trained, synth_dir, tmp_path):
+    exits, config = trained
+    moved = tmp_path / "exits"
+    shutil.copytree(exits, moved)
+    edited = {**json.loads((moved / "config.json").read_text()), "cache": str(tmp_path / "deleted.h5")}
+    (moved / "config.json").write_text(json.dumps(edited))
+    result = probe_kit.evaluate_exits(moved, f"synth:{synth_dir}", thresholds=(0.5,), timing=TIMING)
+    assert result["evaluated_vs_training_caches"] == {}
+    assert result["dropped_training_images"] == len(config["train_image_sha256"]) + len(config["holdout_image_sha256"])
 
 
 def test_mot17_image_ids_do_not_depend_on_which_other_sequences_exist(tmp_path):

@@ -3,11 +3,17 @@ be chosen (issue: held out by content, and no number from a broken input)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 import shutil
+from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import real_data
 from PIL import Image
 
 from probe_kit.cli.main import cli
@@ -99,3 +105,49 @@ def test_the_cli_offers_every_detector_the_loader_knows():
 
     params = {p.name: p for p in data_options(lambda **_: None).__click_params__}
     assert tuple(params["detector"].type.choices) == DETECTORS
+
+
+def test_frames_listed_without_an_image_are_named_in_a_warning_and_counted_in_the_cache(scenes, tiny_model, tmp_path):
+    frames = scenes / "train" / "SYNTH-02" / "img1"
+    for name in ("000002.jpg", "000003.jpg", "000005.jpg"):
+        (frames / name).unlink()
+    out = tmp_path / "c.h5"
+    made = _cache(tiny_model, f"synth:{scenes}", out)
+    assert made.exit_code == 0, made.output
+    warning = f"warning: {frames}: 3 of the 5 frames that seqinfo.ini lists have no image file and are skipped: "
+    assert f"{warning}000002-000003, 000005\n" in made.stderr
+    info = CliRunner().invoke(cli, ["cache", "info", str(out)])
+    assert "skipped:      3 listed frames had no image file (SYNTH-02 3)" in info.output, info.output
+    with h5py.File(out) as handle:
+        assert json.loads(handle.attrs["skipped_frames"]) == {"SYNTH-02": 3}
+        assert len(handle["images/image_id"]) == 12 - 3
+
+
+def test_a_complete_dataset_warns_of_nothing_and_records_no_skipped_frame(synth_dir, tiny_model, tmp_path):
+    made = _cache(tiny_model, f"synth:{synth_dir}", tmp_path / "c.h5")
+    assert made.exit_code == 0 and "warning" not in made.stderr, made.output
+    with h5py.File(tmp_path / "c.h5") as handle:
+        assert json.loads(handle.attrs["skipped_frames"]) == {}
+
+
+def test_the_real_excerpts_name_the_frames_of_each_sequence_they_leave_out():
+    root = real_data("MOT17")
+    spec = parse_data_spec(f"mot17:{root}", stride=2)
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        samples = spec.load()
+    lines = stderr.getvalue().splitlines()
+    assert len(lines) == 6  # one per sequence: each excerpt holds the first 4-7 frames of a long sequence
+    folder = root / "train" / "MOT17-02-FRCNN" / "img1"  # 600 frames listed, 000001-000004 present
+    assert lines[0] == (
+        f"warning: {folder}: 298 of the 300 frames that seqinfo.ini lists (stride 2) have no image file and are "
+        "skipped: 000005-000599"
+    )
+    counts = spec.skipped_frames()
+    assert sum(counts.values()) + len(samples) == sum(
+        len(range(1, int(_seq_length(root / "train" / name)) + 1, 2)) for name in counts
+    )
+
+
+def _seq_length(folder: Path) -> str:
+    return next(line.split("=")[1] for line in (folder / "seqinfo.ini").read_text().splitlines() if "seqLength" in line)

@@ -3,7 +3,8 @@
 Layout of a cache file::
 
     /                     attrs: schema_version, model, preprocessing, dataset, data, options,
-                                 versions, created, complete, num_written, layout
+                                 versions, created, complete, num_written, layout, skipped_frames
+                                 (per sequence, how many frames seqinfo.ini lists have no image file)
     /images/image_id      [N] int64
     /images/file_name     [N] str
     /images/sha256        [N] 64-byte ascii: sha256 of each image file's bytes

@@ -125,6 +125,7 @@ class Extraction:
     identity: dict[str, str]  # the root attributes in IDENTITY_ATTRS
     layout: TokenLayout
     options: CacheOptions
+    skipped_frames: dict[str, int]  # per sequence, listed frames without an image file (warned of, not cached)
 
     def data_slice(self, lo: int, hi: int) -> DataIdentity:
         """The data identity of ``samples[lo:hi]`` (the rows of one file)."""
@@ -177,7 +178,10 @@ def prepare_extraction(
     data = identify(data_spec, setup.samples, progress=progress)
     identity = _identity(setup.model, setup.processor, model_spec, data_spec, setup.options)
     identity["data"] = data.record()
-    return Extraction(setup.model, setup.processor, setup.samples, data, identity, setup.layout, setup.options)
+    skipped = data_spec.skipped_frames()
+    return Extraction(
+        setup.model, setup.processor, setup.samples, data, identity, setup.layout, setup.options, skipped
+    )
 
 
 def write_cache(
@@ -363,6 +367,7 @@ def _create(handle: h5py.File, job: Extraction, lo: int, hi: int) -> None:
     handle.attrs["created"] = datetime.now(UTC).isoformat(timespec="seconds")
     handle.attrs["complete"] = False
     handle.attrs["num_written"] = 0
+    handle.attrs["skipped_frames"] = json.dumps(job.skipped_frames)
     strings = h5py.string_dtype()
     images = handle.create_group("images")
     images["image_id"] = np.array([s.image_id for s in samples], dtype=np.int64)

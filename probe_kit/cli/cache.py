@@ -111,6 +111,7 @@ def info(file: Path) -> None:
             f"model:        {model['name']} ({_revision(model['revision'])}weights {model['fingerprint']})",
             f"dataset:      {cache.dataset['kind']}:{cache.dataset['path']}",
             f"data:         {_data_line(cache.attrs().get('data'))}",
+            f"skipped:      {_skipped_line(cache.attrs().get('skipped_frames'))}",
             f"layers:       {', '.join(map(str, cache.layers))}",
             f"tokens:       {', '.join(cache.tokens)} ({cache.options['dtype']})",
             f"attention:    {_attention_line(cache.options)}",
@@ -160,6 +161,16 @@ def _data_line(record: str | None) -> str:
         return "not recorded"
     data = json.loads(record)
     return f"{data['num_images']} images and {len(data['files'])} annotation files, sha256 {data['images'][:16]}"
+
+
+def _skipped_line(record: str | None) -> str:
+    if record is None:
+        return "not recorded"
+    counts = json.loads(record)
+    if not counts:
+        return "no frame (every frame listed has its image)"
+    listed = ", ".join(f"{name} {count}" for name, count in counts.items())
+    return f"{sum(counts.values())} listed frames had no image file ({listed})"
 
 
 def _attention_line(options: dict) -> str:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from probe_kit import console
 from probe_kit.data.checks import (
     InputError,
     check_box_extent,
@@ -247,17 +248,17 @@ def load_sequence(
     min_visibility: float = 0.0,
     stride: int = 1,
 ) -> list[Sample]:
-    """Samples of one sequence, one per frame whose image file exists (slices may hold fewer)."""
+    """Samples of one sequence, one per listed frame whose image file exists; the listed frames without one
+    are named in a warning line (a slice of a sequence holds fewer)."""
     if split not in (None, *SPLITS):
         raise InputError("split", f"one of {SPLITS}", short(split))
     info = read_seqinfo(seq_dir)
-    frames = range(1, info.length + 1)
-    if split == "first-half":
-        frames = range(1, info.length // 2 + 1)
-    elif split == "second-half":
-        frames = range(info.length // 2 + 1, info.length + 1)
-    images = {f: seq_dir / info.image_dir / f"{f:06d}{info.image_ext}" for f in frames[::stride]}
-    images = {f: path for f, path in images.items() if os.path.lexists(path)}  # slices hold fewer frames
+    images, skipped = _frame_files(info, split, stride)
+    if skipped:  # a slice of a sequence (as in our real excerpts) holds fewer frames than seqinfo.ini lists
+        console.warn(
+            f"{seq_dir / info.image_dir}: {len(skipped)} of the {len(images) + len(skipped)} frames that seqinfo.ini "
+            f"lists{_selection_text(split, stride)} have no image file and are skipped: {_frame_ranges(skipped, stride)}"
+        )
     for path in images.values():
         if not path.is_file():  # listed, but no image can be read from it: refused, never skipped
             kind = "a dangling symlink" if path.is_symlink() and not path.exists() else "not a regular file"
@@ -285,6 +286,48 @@ def load_sequence(
             )
         )
     return samples
+
+
+def _frame_files(info: SequenceInfo, split: str | None, stride: int) -> tuple[dict[int, Path], list[int]]:
+    """The image file of each frame ``info`` lists (within ``split``, every ``stride``-th) that exists, and the
+    listed frames that have none."""
+    frames = range(1, info.length + 1)
+    if split == "first-half":
+        frames = range(1, info.length // 2 + 1)
+    elif split == "second-half":
+        frames = range(info.length // 2 + 1, info.length + 1)
+    listed = {f: info.path / info.image_dir / f"{f:06d}{info.image_ext}" for f in frames[::stride]}
+    images = {f: path for f, path in listed.items() if os.path.lexists(path)}
+    return images, [f for f in listed if f not in images]
+
+
+def _selection_text(split: str | None, stride: int) -> str:
+    parts = [split.replace("-", " ")] * bool(split) + [f"stride {stride}"] * (stride > 1)
+    return f" ({', '.join(parts)})" if parts else ""
+
+
+def _frame_ranges(frames: list[int], stride: int) -> str:
+    """``000005-000600, 000700``: ascending ``frames`` as runs of consecutive listed frames (``stride`` apart)."""
+    runs: list[list[int]] = []
+    for frame in frames:
+        if runs and frame == runs[-1][-1] + stride:
+            runs[-1][-1] = frame
+        else:
+            runs.append([frame, frame])
+    return ", ".join(f"{lo:06d}" if lo == hi else f"{lo:06d}-{hi:06d}" for lo, hi in runs)
+
+
+def skipped_frames(
+    root: Path, sequences: list[str] | None, detector: str, split: str | None, stride: int
+) -> dict[str, int]:
+    """How many listed frames each selected sequence has no image file for (the ones ``load_mot17`` skips with a
+    warning); what a cache records as ``skipped_frames``."""
+    counts = {}
+    for folder in select_sequences(list_sequences(root, detector), sequences):
+        skipped = _frame_files(read_seqinfo(folder), split, stride)[1]
+        if skipped:
+            counts[folder.name] = len(skipped)
+    return counts
 
 
 def _split_rows(rows: list[tuple[float, ...]], min_visibility: float) -> tuple[list, list]:

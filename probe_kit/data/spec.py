@@ -7,7 +7,7 @@ from pathlib import Path
 
 from probe_kit.data.checks import InputError, short
 from probe_kit.data.coco import load_coco
-from probe_kit.data.mot17 import DETECTORS, SPLITS, check_selection, load_mot17
+from probe_kit.data.mot17 import DETECTORS, SPLITS, check_selection, load_mot17, skipped_frames
 from probe_kit.data.sample import Sample
 
 KINDS = ("mot17", "coco", "synth")
@@ -53,6 +53,12 @@ class DataSpec:
         if not samples:
             raise ValueError(f"dataset {self.text()}: no images found")
         return samples
+
+    def skipped_frames(self) -> dict[str, int]:
+        """Per sequence, the listed frames without an image file that ``load`` skipped (none for COCO)."""
+        if self.kind == "coco":
+            return {}
+        return skipped_frames(Path(self.path), list(self.sequences) or None, self.detector, self.split, self.stride)
 
     def text(self) -> str:
         suffix = f":{self.images}" if self.images else ""

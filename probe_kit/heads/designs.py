@@ -112,7 +112,7 @@ def compare_designs(
     designs = _load_designs(exits_dirs, device)
     loaded = data_spec.load()
     kept = held_out(loaded, designs, data_spec)
-    samples, dropped = kept.samples, kept.dropped
+    samples = kept.samples
     gt, size = ground_truth_dict(samples), largest_input(designs[0], samples)
     every: list[Setting] = []
     for design in designs:
@@ -138,8 +138,7 @@ def compare_designs(
     return {
         "schema_version": RESULT_SCHEMA_VERSION,
         "scored_image_ids": [int(s.image_id) for s in samples],
-        "dropped_training_images": dropped,
-        "held_out_by": kept.by,
+        **kept.to_json(),
         "full_model": {
             **{k: full[k] for k in ("exits_dir", "AP", "AP50")},
             "gflops": reference.profile.full,

@@ -17,6 +17,7 @@ from probe_kit import distributed
 from probe_kit.data.spec import DataSpec
 from probe_kit.heads.pipeline import (
     Design,
+    HeldOut,
     Setting,
     Timing,
     by_difficulty,
@@ -69,7 +70,7 @@ def evaluate_exits(
     check_thresholds(thresholds)
     design = Design.load(exits_dir, device)
     kept = held_out(data_spec.load(), [design], data_spec)
-    samples, dropped = kept.samples, kept.dropped
+    samples = kept.samples
     design.record(samples, largest_input(design, samples), progress, sharded=True)
     if not distributed.is_main():  # rank 0 alone scores and times (latency on one rank, the others idle)
         return distributed.broadcast_object(None)
@@ -88,17 +89,17 @@ def evaluate_exits(
         for s in static:
             name = "full" if s is every[len(static) - 1] else f"exit-{int(s.layers[0])}"
             write_json(Path(detections_dir) / f"{name}.json", design.records.detections(s.layers))
-    context = _Context(design, samples, run, timing, tolerance, dropped)
+    context = _Context(design, samples, run, timing, tolerance, kept)
     result = _result(context, data_spec, policy_kind, static, sweep, chosen, bool(within))
-    return distributed.broadcast_object({**result, "held_out_by": kept.by})
+    return distributed.broadcast_object(result)
 
 
 class _Context:
     """What the result is assembled from besides the scored settings."""
 
-    def __init__(self, design: Design, samples, run: TimedRun, timing: Timing, tolerance, dropped):
+    def __init__(self, design: Design, samples, run: TimedRun, timing: Timing, tolerance, kept: HeldOut):
         self.design, self.samples, self.run, self.latency = design, samples, run, run.latency
-        self.timing, self.tolerance, self.dropped = timing, tolerance, dropped
+        self.timing, self.tolerance, self.kept = timing, tolerance, kept
 
 
 def _result(c: _Context, data_spec: DataSpec, policy: str, static: dict, sweep: dict, chosen: Setting, within) -> dict:
@@ -122,7 +123,7 @@ def _result(c: _Context, data_spec: DataSpec, policy: str, static: dict, sweep: 
         "data": data_spec.describe(),
         "policy": policy,
         "scored_image_ids": list(records.image_ids),
-        "dropped_training_images": c.dropped,
+        **c.kept.to_json(),
         "full_model": {
             **{k: full[k] for k in ("AP", "AP50")},
             "gflops": profile.full,

@@ -133,29 +133,49 @@ BY_ID = "image id (an exits folder predates content hashes: retrain it to decide
 
 @dataclass(frozen=True)
 class HeldOut:
-    """Step 2's answer: the ``samples`` that trained nothing, how many were ``dropped``, and ``by`` what."""
+    """Step 2's answer: the ``samples`` that trained nothing, how many were ``dropped``, and ``by`` what;
+    ``in_training_caches``: for each cache the heads trained on that can still be read, how many of the
+    evaluated images (all of them, dropped ones included) it holds and how many images it has."""
 
     samples: list[Sample]
     dropped: int
     by: str
+    in_training_caches: dict[str, dict[str, int]]
+
+    def to_json(self) -> dict:
+        """The result.json keys: ``dropped_training_images``, ``held_out_by``, ``evaluated_vs_training_caches``."""
+        return {
+            "dropped_training_images": self.dropped,
+            "held_out_by": self.by,
+            "evaluated_vs_training_caches": self.in_training_caches,
+        }
 
 
 def held_out_line(result: dict) -> str:
-    """``scored 40 held-out images (60 training images dropped, matched by content)``, for the console."""
+    """``scored 40 held-out images (60 training images dropped, matched by content)``, for the console, and
+    a clause naming each training cache whose images are not the evaluated ones (how many are shared)."""
     by = "content" if result.get("held_out_by", BY_CONTENT) == BY_CONTENT else "image id"
-    return (
+    line = (
         f"scored {len(result['scored_image_ids'])} held-out images ({result['dropped_training_images']} training "
         f"images dropped, matched by {by})"
     )
+    for cache, counts in result.get("evaluated_vs_training_caches", {}).items():
+        if not counts["shared"] == counts["evaluated"] == counts["cache_images"]:
+            line += (
+                f"; the evaluated data is not the data of the training cache {cache}: {counts['shared']} of its "
+                f"{counts['evaluated']} images are among that cache's {counts['cache_images']}"
+            )
+    return line
 
 
 def held_out(samples: Sequence[Sample], designs: Sequence[Design], data_spec: DataSpec) -> HeldOut:
     """Step 2: the samples that trained or early-stopped nothing in any design, decided by their bytes (by id only
     for folders made before content hashes were recorded); refuses when none is left."""
     recorded = [d.config.trained_hashes for d in designs]
+    hashes = image_sha256(samples)
     if all(h is not None for h in recorded):
         trained, by = set().union(*recorded), BY_CONTENT
-        kept = [s for s, h in zip(samples, image_sha256(samples), strict=True) if h not in trained]
+        kept = [s for s, h in zip(samples, hashes, strict=True) if h not in trained]
     else:
         trained, by = set().union(*(d.config.trained_ids for d in designs)), BY_ID
         kept = [s for s in samples if s.image_id not in trained]
@@ -171,7 +191,23 @@ def held_out(samples: Sequence[Sample], designs: Sequence[Design], data_spec: Da
             f"--data {data_spec.text()}: all {len(samples)} images trained or early-stopped the heads in {where}; "
             f"pass held-out data, e.g. {hint}"
         )
-    return HeldOut(kept, len(samples) - len(kept), by)
+    return HeldOut(kept, len(samples) - len(kept), by, _in_training_caches(designs, hashes))
+
+
+def _in_training_caches(designs: Sequence[Design], hashes: Sequence[str]) -> dict[str, dict[str, int]]:
+    """For each readable cache the ``designs`` trained on: how many of the evaluated images (``hashes``) it holds.
+    A cache moved or deleted since training is left out: held-out is decided by the folders' own hashes."""
+    from probe_kit.cache.reader import FeatureCache
+
+    evaluated, out = set(hashes), {}
+    for cache in sorted({d.config.cache for d in designs}):
+        try:
+            with FeatureCache(Path(cache)) as opened:
+                cached = set(opened.image_hashes())
+        except (OSError, ValueError):
+            continue
+        out[cache] = {"evaluated": len(evaluated), "shared": len(evaluated & cached), "cache_images": len(cached)}
+    return out
 
 
 def largest_input(design: Design, samples: Sequence[Sample]) -> tuple[int, int]:
