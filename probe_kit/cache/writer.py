@@ -179,9 +179,7 @@ def prepare_extraction(
     identity = _identity(setup.model, setup.processor, model_spec, data_spec, setup.options)
     identity["data"] = data.record()
     skipped = data_spec.skipped_frames()
-    return Extraction(
-        setup.model, setup.processor, setup.samples, data, identity, setup.layout, setup.options, skipped
-    )
+    return Extraction(setup.model, setup.processor, setup.samples, data, identity, setup.layout, setup.options, skipped)
 
 
 def write_cache(

@@ -257,7 +257,8 @@ def load_sequence(
     if skipped:  # a slice of a sequence (as in our real excerpts) holds fewer frames than seqinfo.ini lists
         console.warn(
             f"{seq_dir / info.image_dir}: {len(skipped)} of the {len(images) + len(skipped)} frames that seqinfo.ini "
-            f"lists{_selection_text(split, stride)} have no image file and are skipped: {_frame_ranges(skipped, stride)}"
+            f"lists{_selection_text(split, stride)} have no image file and are skipped: "
+            + _frame_ranges(skipped, stride)
         )
     for path in images.values():
         if not path.is_file():  # listed, but no image can be read from it: refused, never skipped
@@ -302,7 +303,7 @@ def _frame_files(info: SequenceInfo, split: str | None, stride: int) -> tuple[di
 
 
 def _selection_text(split: str | None, stride: int) -> str:
-    parts = [split.replace("-", " ")] * bool(split) + [f"stride {stride}"] * (stride > 1)
+    parts = ([split.replace("-", " ")] if split else []) + ([f"stride {stride}"] if stride > 1 else [])
     return f" ({', '.join(parts)})" if parts else ""
 
 
