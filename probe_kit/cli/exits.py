@@ -168,6 +168,20 @@ def train_exits(
     default=None,
     help="With --policies: each policy's cheapest setting within this AP50 loss is timed [default: 0.01].",
 )
+@click.option(
+    "--baseline-resolutions",
+    callback=lambda _ctx, _param, text: None if text is None else _fractions(text),
+    default=None,
+    help="With --policies: also score and time the reference folder's model at these fractions of its input size "
+    "(e.g. 0.75,0.5): the lower-resolution baseline an exit design must beat at equal measured latency.",
+)
+@click.option(
+    "--baseline-model",
+    "baseline_models",
+    multiple=True,
+    help="With --policies: also score and time this YOLOS checkpoint (hub id, folder, or shallow-reference) on the "
+    "same held-out images, e.g. a smaller model trained on its own; repeat for several.",
+)
 @click.option("--device", type=Device(), default="cpu", show_default=True)
 @click.option(
     "--timing-images",
@@ -200,6 +214,8 @@ def evaluate_exits(
     thresholds,
     policies,
     max_ap50_loss,
+    baseline_resolutions,
+    baseline_models,
     device,
     timing_images,
     timing_repeats,
@@ -231,12 +247,17 @@ def evaluate_exits(
                     max_ap50_loss=0.01 if max_ap50_loss is None else max_ap50_loss,
                     device=device,
                     timing=timing,
+                    baseline_resolutions=baseline_resolutions or (),
+                    baseline_models=baseline_models,
                 )
             )
             lines = design_lines(result)
         else:
-            if max_ap50_loss is not None:
-                raise click.UsageError("--max-ap50-loss applies to the design comparison: add --policies")
+            for given, name in ((max_ap50_loss, "--max-ap50-loss"), (baseline_resolutions, "--baseline-resolutions")):
+                if given is not None:
+                    raise click.UsageError(f"{name} applies to the design comparison: add --policies")
+            if baseline_models:
+                raise click.UsageError("--baseline-model applies to the design comparison: add --policies")
             result = api.evaluate_exits(
                 exits_dirs[0],
                 data_spec,
@@ -253,3 +274,12 @@ def evaluate_exits(
     for line in lines:
         click.echo(line)
     click.echo(f"-> {path}")
+
+
+def _fractions(text: str) -> tuple[float, ...]:
+    from probe_kit.heads.baselines import parse_fractions
+
+    try:
+        return parse_fractions(text)
+    except ValueError as err:
+        raise click.BadParameter(str(err).split(": ", 1)[-1], param_hint="--baseline-resolutions") from None

@@ -33,7 +33,14 @@ VERDICTS = ("early exit pays", "not viable", "inconclusive")
 FLOPS_MARGIN = 0.02  # a FLOPs speed-up of at most 1.02x does no measurably less work
 CONSISTENCY_SLACK = 1.25  # static exits measured 0.79-0.99 of their FLOPs speed-up: 25% above it is not compute
 MIN_SPEEDUP = 1.10
-JUDGEMENTS = ("pays", "does not pay", "inconclusive", "saves no compute", "timing inconsistent with compute")
+JUDGEMENTS = (
+    "pays",
+    "does not pay",
+    "inconclusive",
+    "saves no compute",
+    "timing inconsistent with compute",
+    "beaten by a baseline",
+)
 
 
 @dataclass(frozen=True)
@@ -76,6 +83,36 @@ class DesignRow:
                 raise ValueError(f"{where}: measured_speedup: expected positive finite ratios, got {measured!r:.80}")
         values = {f.name: data.get(f.name, f.default) for f in fields(cls)}
         return cls(**{**values, "finetuned_blocks": tuple(values["finetuned_blocks"])})
+
+
+@dataclass(frozen=True)
+class BaselineRow:
+    """A model deployed instead of exits (a row of ``baselines``: lower resolution or another model), validated."""
+
+    name: str
+    kind: str
+    AP50: float  # noqa: N815 (the COCO name, as in result.json)
+    gflops: float
+    flops_speedup: float
+    latency: dict
+    measured_speedup: dict
+
+    @classmethod
+    def from_json(cls, data: object, where: str) -> BaselineRow:
+        if not isinstance(data, dict):
+            raise ValueError(f"{where}: expected a baseline (a JSON object)")  # noqa: TRY004 (user input)
+        missing = [f.name for f in fields(cls) if f.name not in data]
+        if missing:
+            raise ValueError(f"{where}: no {missing[0]!r}; not a baseline of an evaluate-exits design comparison")
+        if not _finite(data["AP50"]) or not 0 <= data["AP50"] <= 1:
+            raise ValueError(f"{where}: AP50: expected a finite number in [0, 1], got {data['AP50']!r}")
+        for key in ("gflops", "flops_speedup"):
+            if not _finite(data[key]) or data[key] <= 0:
+                raise ValueError(f"{where}: {key}: expected a positive finite number, got {data[key]!r}")
+        median = data["latency"].get("median_ms") if isinstance(data["latency"], dict) else None
+        if not _finite(median) or median <= 0:
+            raise ValueError(f"{where}: latency: expected a positive finite median_ms, got {data['latency']!r:.80}")
+        return cls(**{f.name: data[f.name] for f in fields(cls)})
 
 
 def _finite(value: object) -> bool:
@@ -154,7 +191,12 @@ def recommend_design(result: dict, max_ap50_loss: float | None = None, min_speed
     floor = full["AP50"] - tolerance
     machine = efficiency(designs)
     timed = [i for i, d in enumerate(designs) if not d.bound and d.measured_speedup is not None]
+    baselines = [
+        BaselineRow.from_json(b, f"--designs: baselines[{i}]") for i, b in enumerate(result.get("baselines", []))
+    ]
     judged = {i: judge(designs[i], min_speedup, machine) for i in timed}
+    beaten = {i: _beaten_by(designs[i], baselines) for i in timed if judged[i] == "pays"}
+    judged.update({i: "beaten by a baseline" for i, by in beaten.items() if by is not None})
     within = [i for i in timed if designs[i].AP50 >= floor and not _is_full(designs[i], designs)]
     rationale = [_headline(result, designs, floor, tolerance, min_speedup, machine)]
     if tolerance != result.get("max_ap50_loss", tolerance):
@@ -162,13 +204,17 @@ def recommend_design(result: dict, max_ap50_loss: float | None = None, min_speed
             f"latency was measured for the cheapest settings within {result['max_ap50_loss']} of the full AP50; with "
             f"{tolerance} only settings timed then are candidates"
         )
-    rationale += [f"{judged[i]}: {_name(designs[i])}: {_numbers(designs[i], full)}" for i in within]
+    rationale += [
+        f"{judged[i]}: {_name(designs[i])}: {_numbers(designs[i], full)}" + _beaten_text(beaten.get(i)) for i in within
+    ]
     paying = [i for i in within if judged[i] == "pays"]
     unsure = [i for i in within if judged[i] in ("inconclusive", "timing inconsistent with compute")]
     chosen = min(paying, key=lambda i: designs[i].latency["median_ms"]) if paying else None
     verdict = VERDICTS[0] if paying else VERDICTS[2] if unsure else VERDICTS[1]
     summary = _summary(verdict, designs, chosen, unsure, full, tolerance, min_speedup, result)
     rationale += _context(designs, within, judged, floor, full)
+    compared = [_against_exits(b, designs, full) for b in baselines]
+    rationale += [c["line"] for c in compared]
     budget = budget_line(result.get("folders", []), verdict)
     rationale += [budget] if budget else []
     rationale.append(f"verdict: {verdict}")
@@ -182,8 +228,52 @@ def recommend_design(result: dict, max_ap50_loss: float | None = None, min_speed
         "timing": result.get("timing", {}),
         "design": None if chosen is None else {"index": chosen, **result["designs"][chosen]},
         "budget": budget,
+        "baselines": compared,
         "rationale": rationale,
     }
+
+
+def _beaten_by(d: DesignRow, baselines: list[BaselineRow]) -> BaselineRow | None:
+    """The most accurate baseline at least as accurate as ``d`` and measured at least as fast, if any: an exit
+    design pays only where nothing a team could deploy instead does as well at equal latency."""
+    rivals = [b for b in baselines if b.AP50 >= d.AP50 and b.latency["median_ms"] <= d.latency["median_ms"]]
+    return max(rivals, key=lambda b: b.AP50, default=None)
+
+
+def _beaten_text(b: BaselineRow | None) -> str:
+    if b is None:
+        return ""
+    return (
+        f"; {b.name} does as well or better (AP50 {b.AP50:.3f}, {b.latency['median_ms']:.2f} ms median) at equal or "
+        "lower measured latency"
+    )
+
+
+def _against_exits(b: BaselineRow, designs: list[DesignRow], full: dict) -> dict:
+    """The baseline beside the most accurate timed exit setting measured at least as fast as it: which one a team
+    should deploy at that latency, with the numbers."""
+    as_fast = [
+        i
+        for i, d in enumerate(designs)
+        if not d.bound and d.latency is not None and d.latency["median_ms"] <= b.latency["median_ms"]
+    ]
+    best = max(as_fast, key=lambda i: designs[i].AP50, default=None)
+    line = (
+        f"baseline {b.name}: AP50 {b.AP50:.3f} ({b.AP50 - full['AP50']:+.3f}), {b.gflops:.3f} GFLOPs, measured: "
+        f"{describe_speedup(b.measured_speedup)}; "
+    )
+    if best is None:
+        line += "no timed exit setting was measured as fast"
+        return {"name": b.name, "best_exit_as_fast": None, "exit_minus_baseline_ap50": None, "line": line}
+    gap = designs[best].AP50 - b.AP50
+    winner = "the exit setting" if gap > 0 else "the baseline"
+    line += (
+        f"the most accurate exit setting measured as fast or faster, {setting_name(designs[best])}, reaches AP50 "
+        f"{designs[best].AP50:.3f} ({designs[best].latency['median_ms']:.2f} ms against "
+        f"{b.latency['median_ms']:.2f} ms): "
+        + (f"{winner} is better by {abs(gap):.3f} AP50" if gap else "the same AP50")
+    )
+    return {"name": b.name, "best_exit_as_fast": best, "exit_minus_baseline_ap50": gap, "line": line}
 
 
 def _is_full(d: DesignRow, designs: list[DesignRow]) -> bool:

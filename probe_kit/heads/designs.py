@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from probe_kit.data.spec import DataSpec
+from probe_kit.heads.baselines import model_baselines, resolution_baselines, score_baseline
 from probe_kit.heads.gate import TARGET_F1
 from probe_kit.heads.pipeline import (
     Design,
@@ -106,10 +107,18 @@ def compare_designs(
     device: str = "cpu",
     timing: Timing | None = None,
     progress: bool = True,
+    baseline_resolutions: Sequence[float] = (),
+    baseline_models: Sequence[str] = (),
 ) -> dict:
-    """The ``designs`` part of ``evaluate-exits`` over several folders (see the module docstring)."""
+    """The ``designs`` part of ``evaluate-exits`` over several folders (see the module docstring), with the
+    baselines a team would deploy instead (``heads/baselines.py``): the reference design's model at each of
+    ``baseline_resolutions`` (fractions of its input size) and each of ``baseline_models``."""
     thresholds, timing = _checked(policies, thresholds, max_ap50_loss), timing or Timing()
     designs = _load_designs(exits_dirs, device)
+    reference = next(d for d in designs if not d.config.finetuned_blocks)
+    baselines = resolution_baselines(
+        reference.model, reference.processor, reference.config.base_model["name"], baseline_resolutions
+    ) + model_baselines(baseline_models, device)
     loaded = data_spec.load()
     kept = held_out(loaded, designs, data_spec)
     samples = kept.samples
@@ -120,7 +129,7 @@ def compare_designs(
         design.score_against(gt)
         every += settings(design, fit_policies(design, policies, seed, gate_cut, progress), thresholds)
     entries = [_entry(s, samples) for s in every]
-    reference = next(d for d in designs if not d.config.finetuned_blocks)
+    compared = [score_baseline(b, samples, gt, progress) for b in baselines]
     full = next(
         e
         for s, e in zip(every, entries, strict=True)
@@ -130,11 +139,15 @@ def compare_designs(
         entry["flops_speedup"] = reference.profile.full / entry["mean_gflops"]
     front = pareto_front(entries)
     timed = sorted(set(_spread(front, MAX_TIMED_FRONT)) | _cheapest_within(entries, full["AP50"] - max_ap50_loss))
-    run = time_settings(reference, samples, {i: every[i] for i in timed}, timing, progress)
+    run = time_settings(reference, samples, {i: every[i] for i in timed}, timing, progress, baselines)
     latency = run.latency
     for i in timed:
         entries[i]["latency"] = latency[i].to_json()
         entries[i]["measured_speedup"] = speedup(latency["full"], latency[i])
+    for i, row in enumerate(compared):
+        row["flops_speedup"] = reference.profile.full / row["gflops"]
+        row["latency"] = latency[f"baseline-{i}"].to_json()
+        row["measured_speedup"] = speedup(latency["full"], latency[f"baseline-{i}"])
     return {
         "schema_version": RESULT_SCHEMA_VERSION,
         "scored_image_ids": [int(s.image_id) for s in samples],
@@ -148,6 +161,7 @@ def compare_designs(
         "folders": [_describe(d) for d in designs],
         "policies": {name: POLICIES[name].summary for name in policies},
         "designs": entries,
+        "baselines": compared,
         "pareto_front": front,
         "latency_check": latency_check(entries, front),
         "oracle": "bound, not a result: each image at the earliest exit whose kept detections reach F1 >= the cut "
@@ -277,6 +291,11 @@ def design_lines(result: dict) -> list[str]:
         lines.append(
             f"  {setting_name(rows[c['design']])}: FLOPs predict {c['predicted']} ({c['flops_speedup']:.2f}x); "
             f"measured {c['measured']}: {describe_speedup(c['measured_speedup'])}"
+        )
+    for b in result.get("baselines", []):
+        lines.append(
+            f"baseline {b['name']}: AP50 {b['AP50']:.4f}  {b['gflops']:.3f} GFLOPs (FLOPs {b['flops_speedup']:.2f}x)  "
+            f"measured: {describe_speedup(b['measured_speedup'])}"
         )
     bounds = [d for d in rows if d.bound and d.AP50 >= full["AP50"] - result["max_ap50_loss"]]
     if bounds:

@@ -31,6 +31,7 @@ import torch
 from probe_kit.data.identity import image_sha256
 from probe_kit.data.sample import Sample
 from probe_kit.data.spec import DataSpec
+from probe_kit.heads.baselines import Baseline
 from probe_kit.heads.interface import ExitHead
 from probe_kit.heads.multi_exit import MultiExitYolos, Policy
 from probe_kit.heads.policies import FittedPolicy, PolicyInputs, PolicySpec, static_exit
@@ -313,18 +314,27 @@ def timed_picks(samples: Sequence[Sample], timing: Timing) -> np.ndarray:
 
 
 def time_settings(
-    reference: Design, samples: Sequence[Sample], plans: dict, timing: Timing, progress: bool
+    reference: Design,
+    samples: Sequence[Sample],
+    plans: dict,
+    timing: Timing,
+    progress: bool,
+    baselines: Sequence[Baseline] = (),
 ) -> TimedRun:
-    """Step 5: interleaved latency of the unmodified model (``full``) and each planned ``Setting`` on the same
-    timed images (batch 1)."""
+    """Step 5: interleaved latency of the unmodified model (``full``), each planned ``Setting`` and each baseline
+    model (``baseline-<i>``, at its own input size) on the same timed images (batch 1)."""
     picks = timed_picks(samples, timing)
     params = next(reference.model.parameters())
-    pixels = [
-        reference.processor(images=[samples[i].load_image()], return_tensors="pt")["pixel_values"].to(
-            device=params.device, dtype=params.dtype
-        )
-        for i in picks
-    ]
+
+    def inputs(processor) -> list[torch.Tensor]:
+        return [
+            processor(images=[samples[i].load_image()], return_tensors="pt")["pixel_values"].to(
+                device=params.device, dtype=params.dtype
+            )
+            for i in picks
+        ]
+
+    pixels = inputs(reference.processor)
 
     def runner(run: Callable[[torch.Tensor, int], object]) -> Callable[[], None]:
         def go() -> None:
@@ -338,6 +348,9 @@ def time_settings(
     for key, setting in plans.items():
         policies = setting.timed_policy(picks)
         runs[key] = runner(lambda p, i, s=setting, ps=policies: s.design.multi(p, ps[i]))
+    for i, baseline in enumerate(baselines):
+        own = inputs(baseline.processor)
+        runs[f"baseline-{i}"] = runner(lambda _p, j, m=baseline.model, own=own: m(pixel_values=own[j]))
     device = str(params.device)
     return interleaved_latency(
         runs, len(picks), timing.rounds(), timing.warmup, timing.threads, progress, "full", device
