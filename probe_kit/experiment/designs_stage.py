@@ -35,6 +35,9 @@ class DesignsConfig:
     policies: tuple[str, ...] = ("confidence", "patience", "learned", "oracle")  # POLICIES names
     timing_images: PositiveInt = 16
     timing_repeats: PositiveInt = 15
+    # what a team would deploy instead (heads/baselines.py): the model at fractions of its input size, other models
+    baseline_resolutions: tuple[PositiveFloat, ...] = ()
+    baseline_models: tuple[str, ...] = ()
 
     @classmethod
     def from_yaml(cls, raw: Any, where: str) -> DesignsConfig:
@@ -51,6 +54,13 @@ class DesignsConfig:
             unknown = [n for n in names if n not in known]
             if unknown:
                 raise UserError(f"{where}.{key}: {unknown[0]!r} is not registered; expected some of {', '.join(known)}")
+        if config.baseline_resolutions:
+            from probe_kit.heads.baselines import parse_fractions
+
+            try:
+                parse_fractions(",".join(map(str, config.baseline_resolutions)), f"{where}.baseline_resolutions")
+            except ValueError as err:
+                raise UserError(str(err)) from None
         return config
 
 
@@ -109,6 +119,8 @@ def designs_stage(cfg, cache_path: Path, data_text: str, out: Path, say: Callabl
         seed=cfg.seed,
         device=cfg.device,
         timing=Timing(images=spec.timing_images, repeats=spec.timing_repeats),
+        baseline_resolutions=spec.baseline_resolutions,
+        baseline_models=spec.baseline_models,
     )
     result["command"] = f"probe-kit run (experiment {cfg.name!r}, exits.designs)"
     write_json(out / "designs" / "result.json", result)

@@ -7,10 +7,11 @@ same images, those of ``--data`` that trained or early-stopped nothing in *any* 
 that is a ``bound`` (the oracle) is flagged ``"bound": true``, kept off the Pareto front and never timed.
 
 The Pareto front is over (AP50 up, mean GFLOPs down) of every non-bound setting. Latency is then
-measured for the unmodified model, up to ``MAX_TIMED_FRONT`` front points (evenly spaced along it,
-both ends included) and every (folder, policy)'s cheapest setting within ``max_ap50_loss`` of the
-full model, all interleaved in one run; the *latency check* says, per timed front point, whether its
-measured speed-up is measurable and on the side its FLOPs predict.
+measured for the unmodified model, every folder's static exits, up to ``MAX_TIMED_FRONT`` front points
+(evenly spaced along it, both ends included), every (folder, policy)'s cheapest setting within
+``max_ap50_loss`` of the full model and every baseline (``heads/baselines.py``), all interleaved in
+one run; the *latency check* says, per timed front point, whether its measured speed-up is measurable
+and on the side its FLOPs predict.
 """
 
 from __future__ import annotations
@@ -138,7 +139,10 @@ def compare_designs(
     for entry in entries:  # against the unmodified model, whichever folder it came with
         entry["flops_speedup"] = reference.profile.full / entry["mean_gflops"]
     front = pareto_front(entries)
-    timed = sorted(set(_spread(front, MAX_TIMED_FRONT)) | _cheapest_within(entries, full["AP50"] - max_ap50_loss))
+    statics = {i for i, setting in enumerate(every) if setting.static}  # every design at each layer, as a table
+    timed = sorted(
+        set(_spread(front, MAX_TIMED_FRONT)) | _cheapest_within(entries, full["AP50"] - max_ap50_loss) | statics
+    )
     run = time_settings(reference, samples, {i: every[i] for i in timed}, timing, progress, baselines)
     latency = run.latency
     for i in timed:

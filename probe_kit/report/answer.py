@@ -129,6 +129,12 @@ def _budget(decision: dict | None) -> str | None:
     return design.get("budget") if isinstance(design, dict) else None
 
 
+def _baselines(decision: dict | None) -> list[str]:
+    """Each baseline beside the best exit setting as fast (``decision.design.baselines``), if compared."""
+    design = (decision or {}).get("design")
+    return [b["line"] for b in design.get("baselines", [])] if isinstance(design, dict) else []
+
+
 def answer(data: ReportData) -> dict[str, Any]:
     """The answer card: ``sentence`` (the verdict in words), ``measured``, ``design``, ``rows``, ``full``."""
     final = _final_ap50(data)
@@ -150,6 +156,7 @@ def answer(data: ReportData) -> dict[str, Any]:
         "measured": _measured_sentence(data),
         "design": _design(data.decision),
         "budget": _budget(data.decision),
+        "baselines": _baselines(data.decision),
         "timing": [
             line
             for line in (

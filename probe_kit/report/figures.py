@@ -191,14 +191,16 @@ def compare_ap_vs_gflops(runs: list[ReportData], labels: list[str]) -> str | Non
 
 def design_pareto(data: ReportData) -> str | None:
     """Every exit design's settings: AP50 against mean GFLOPs (left) and against measured latency (right, timed
-    settings); one colour per exits folder, the Pareto front, the oracle drawn hollow as a bound."""
+    settings); one colour per exits folder, the Pareto front, the oracle drawn hollow as a bound, the baselines
+    (lower resolution, another model) in black."""
     if not data.designs:
         return None
     designs, front = data.designs["designs"], data.designs["pareto_front"]
     full = data.designs["full_model"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     for colour, folder in zip(PALETTE, data.designs["folders"]):
-        label = f"{folder['head']}, {'fine-tuned' if folder['finetuned_blocks'] else 'frozen'}"
+        regime = folder.get("regime") or ("finetune" if folder["finetuned_blocks"] else "frozen")
+        label = f"{folder['head']}, {regime}"
         mine = [d for d in designs if d["exits_dir"] == folder["exits_dir"]]
         real, bound = [d for d in mine if not d["bound"]], [d for d in mine if d["bound"]]
         left.scatter([d["mean_gflops"] for d in real], [d["AP50"] for d in real], s=14, color=colour, label=label)
@@ -218,6 +220,9 @@ def design_pareto(data: ReportData) -> str | None:
         label="Pareto front",
     )
     left.scatter([], [], s=22, facecolors="none", edgecolors="grey", label="oracle (bound, not a result)")
+    for marker, b in zip("Dsp^v<>", data.designs.get("baselines", [])):  # what a team would deploy instead
+        left.scatter(b["gflops"], b["AP50"], s=40, marker=marker, color="black", label=f"baseline: {b['name']}")
+        right.scatter(b["latency"]["median_ms"], b["AP50"], s=40, marker=marker, color="black")
     for ax, x in ((left, full["gflops"]), (right, full["latency"]["median_ms"])):
         ax.axhline(full["AP50"] - data.designs["max_ap50_loss"], color="grey", linewidth=0.8, linestyle=":")
         ax.axvline(x, color="grey", linewidth=0.8)
