@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from probe_kit.models import REFERENCE_NAME
+from probe_kit.models import EMBEDDED_MODELS, REFERENCE_NAME
 
 
 class FiniteFloat(click.ParamType):
@@ -148,6 +148,6 @@ def model_options(func: Callable) -> Callable:
 def build_model_spec(model: str, revision: str | None, device: str, model_dtype: str, shortest_edge: int | None):
     from probe_kit.models.loading import ModelSpec
 
-    if revision is not None and model == REFERENCE_NAME:
-        raise click.UsageError(f"--revision: the shipped {REFERENCE_NAME!r} model has no revisions; drop it")
+    if revision is not None and model in EMBEDDED_MODELS:
+        raise click.UsageError(f"--revision: the shipped {model!r} model has no revisions; drop it")
     return ModelSpec(name=model, revision=revision, device=device, dtype=model_dtype, shortest_edge=shortest_edge)

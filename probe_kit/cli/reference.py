@@ -8,6 +8,7 @@ import click
 
 from probe_kit.cli.options import Device
 from probe_kit.cli.outputs import RESUMABLE, check_outputs, dir_out, locked
+from probe_kit.models import EMBEDDED_MODELS, REFERENCE_NAME
 
 
 @click.group("reference")
@@ -72,13 +73,30 @@ def train(config_path: Path | None, out: Path, budget_minutes: float | None, dev
     required=True,
     help="Folder for the held-out synthetic set (written if absent).",
 )
-def export(run_dir: Path, heldout: Path) -> None:
+@click.option(
+    "--as",
+    "name",
+    type=click.Choice(sorted(EMBEDDED_MODELS)),
+    default=REFERENCE_NAME,
+    show_default=True,
+    help="Which embedded model the checkpoint becomes (shallow-reference: experiments/shallow_reference.yaml).",
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="The run's recipe YAML (its held-out set settings); default: the reference recipe.",
+)
+def export(run_dir: Path, heldout: Path, name: str, config_path: Path | None) -> None:
     """Copy OUT/best into the package and record its held-out metrics through the real evaluate path."""
     from probe_kit import distributed
     from probe_kit.reference.export import export_reference
+    from probe_kit.reference.recipe import RecipeConfig
 
+    cfg = RecipeConfig.from_yaml(config_path) if config_path else RecipeConfig()
     check_outputs(dir_out(heldout, RESUMABLE, "--heldout"))
-    metrics = distributed.on_rank_zero(lambda: export_reference(run_dir, heldout))
+    metrics = distributed.on_rank_zero(lambda: export_reference(run_dir, heldout, cfg, name))
     if not distributed.is_main():
         return
     click.echo(f"exported: held-out AP {metrics['AP']:.4f}  AP50 {metrics['AP50']:.4f}")

@@ -17,6 +17,7 @@ from probe_kit.analyzers import get_analyzer
 from probe_kit.data.spec import parse_data_spec
 from probe_kit.errors import UserError
 from probe_kit.io import read_yaml
+from probe_kit.models import EMBEDDED_MODELS
 from probe_kit.options import NonNegativeInt, PositiveInt, Range, check_fields, check_value
 
 
@@ -94,8 +95,9 @@ def load_experiment(path: Path) -> ExperimentConfig:
     if "layers" in values:
         values["layers"] = _layers(f"{path}: layers", values["layers"])
     _check_local_model(path, values.get("model", "reference"))
-    if values.get("revision") is not None and values.get("model", "reference") == "reference":
-        raise UserError(f"{path}: revision: the shipped 'reference' model has no revisions; drop the key")
+    if values.get("revision") is not None and values.get("model", "reference") in EMBEDDED_MODELS:
+        model = values.get("model", "reference")
+        raise UserError(f"{path}: revision: the shipped {model!r} model has no revisions; drop the key")
     from probe_kit.distributed import check_device
 
     check_device(values.get("device", "cpu"), f"{path}: device")  # cuda on a machine without one: refused now

@@ -14,9 +14,12 @@ from pathlib import Path
 import torch
 
 from probe_kit.distributed import check_device, local_device
-from probe_kit.models import REFERENCE_NAME
+from probe_kit.models import EMBEDDED_MODELS, REFERENCE_NAME
 
-REFERENCE_DIR = Path(__file__).resolve().parent.parent / "reference" / "weights"
+EMBEDDED_DIRS = {
+    name: Path(__file__).resolve().parent.parent / "reference" / folder for name, folder in EMBEDDED_MODELS.items()
+}
+REFERENCE_DIR = EMBEDDED_DIRS[REFERENCE_NAME]
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -38,13 +41,16 @@ class ModelSpec:
 
 
 def resolve_model_path(name: str) -> str:
-    """``reference`` -> the shipped folder; an existing folder -> itself; otherwise a hub id."""
-    if name == REFERENCE_NAME:
-        if not (REFERENCE_DIR / "config.json").is_file():
+    """An embedded name (``reference``, ``shallow-reference``) -> its shipped folder; an existing folder -> itself;
+    otherwise a hub id."""
+    if name in EMBEDDED_DIRS:
+        folder = EMBEDDED_DIRS[name]
+        if not (folder / "config.json").is_file():
             raise FileNotFoundError(
-                f"reference model not found in {REFERENCE_DIR}; reinstall probe_kit or run `probe-kit reference train`"
+                f"{name} model not found in {folder}; reinstall probe_kit or train and export it with "
+                "`probe-kit reference train` and `probe-kit reference export`"
             )
-        return str(REFERENCE_DIR)
+        return str(folder)
     return name
 
 

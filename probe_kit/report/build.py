@@ -359,8 +359,8 @@ def model_title(name: str | None) -> str:
     """How the report's title names the model: ``the reference YOLOS``, a hub id, or a folder's name."""
     if not name:
         return "a YOLOS detector"
-    if name == "reference":
-        return "the reference YOLOS"
+    if name in ("reference", "shallow-reference"):
+        return f"the {name} YOLOS"
     return name if "/" not in name or not Path(name).exists() else Path(name).name
 
 
