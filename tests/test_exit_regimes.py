@@ -127,3 +127,28 @@ def test_the_budget_line_tells_not_viable_from_not_trained_enough():
     assert line.endswith("more training is unlikely to help")
     assert budget_line([_folder("frozen", {})], "not viable") is None  # nothing trained live: nothing to judge
     assert budget_line([_folder("joint", {"2": [0.3]})], "not viable") is None  # one epoch: no curve
+
+
+def test_a_joint_designs_last_layer_is_reported_as_a_new_full_model_beside_the_original():
+    from probe_kit.decision.design import recommend_design
+
+    def row(exits_dir: str, layer: int, ap50: float, tuned: list[int]) -> dict:
+        return {
+            "exits_dir": exits_dir, "head": "det", "finetuned_blocks": tuned, "policy": "static", "threshold": None,
+            "layer": layer, "AP50": ap50, "mean_gflops": layer / 4, "flops_speedup": 4 / layer, "bound": False,
+            "regime": "joint" if tuned else "frozen",
+        }  # fmt: skip
+
+    joint = _folder("joint", {"2": [0.1, 0.2], "4": [0.7, 0.75]})
+    result = {
+        "scored_image_ids": [1],
+        "full_model": {"AP50": 0.80, "gflops": 1.0, "latency": {"median_ms": 10.0, "iqr_ms": 0.1}},
+        "max_ap50_loss": 0.01,
+        "designs": [row("/s/exits", 2, 0.1, []), row("/s/exits", 4, 0.8, []), row(joint["exits_dir"], 4, 0.75, [1])],
+        "folders": [{**joint, "last_layer_AP50": 0.75}, {**_folder("frozen", {}), "exits_dir": "/s/exits"}],
+    }
+    lines = [line for line in recommend_design(result)["rationale"] if "new full model" in line]
+    assert lines == [
+        "det heads, joint training (block 2 fine-tuned) trains the blocks, so its last layer is a new full model: "
+        "AP50 0.750 against the original model's 0.800 (-0.050); every AP50 loss here is against the original"
+    ]

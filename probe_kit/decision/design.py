@@ -213,6 +213,7 @@ def recommend_design(result: dict, max_ap50_loss: float | None = None, min_speed
     verdict = VERDICTS[0] if paying else VERDICTS[2] if unsure else VERDICTS[1]
     summary = _summary(verdict, designs, chosen, unsure, full, tolerance, min_speedup, result)
     rationale += _context(designs, within, judged, floor, full)
+    rationale += _new_full_models(result.get("folders", []), designs, full)
     compared = [_against_exits(b, designs, full) for b in baselines]
     rationale += [c["line"] for c in compared]
     budget = budget_line(result.get("folders", []), verdict)
@@ -231,6 +232,25 @@ def recommend_design(result: dict, max_ap50_loss: float | None = None, min_speed
         "baselines": compared,
         "rationale": rationale,
     }
+
+
+def _new_full_models(folders: list, designs: list[DesignRow], full: dict) -> list[str]:
+    """Where a design trained the blocks its last layer is a new model: its AP50 beside the original model's (every
+    exit's AP50 loss above is against the original, what a team would deploy otherwise)."""
+    lines = []
+    for folder in folders:
+        if not isinstance(folder, dict) or not folder.get("finetuned_blocks") or "last_layer_AP50" not in folder:
+            continue
+        row = next((d for d in designs if d.exits_dir == folder["exits_dir"]), None)
+        own = folder["last_layer_AP50"]
+        if row is None or not _finite(own):
+            continue
+        lines.append(
+            f"{design_name(row)} trains the blocks, so its last layer is a new full model: AP50 {own:.3f} against the "
+            f"original model's {full['AP50']:.3f} ({own - full['AP50']:+.3f}); every AP50 loss here is against the "
+            "original"
+        )
+    return lines
 
 
 def _beaten_by(d: DesignRow, baselines: list[BaselineRow]) -> BaselineRow | None:

@@ -162,7 +162,7 @@ def compare_designs(
             "latency": latency["full"].to_json(),
         },
         "max_ap50_loss": max_ap50_loss,
-        "folders": [_describe(d) for d in designs],
+        "folders": [_describe(d, entries) for d in designs],
         "policies": {name: POLICIES[name].summary for name in policies},
         "designs": entries,
         "baselines": compared,
@@ -194,9 +194,14 @@ def _cheapest_within(entries: Sequence[dict], bar: float) -> set[int]:
     return out
 
 
-def _describe(design: Design) -> dict:
+def _describe(design: Design, entries: Sequence[dict]) -> dict:
+    """The folder and how it was trained; ``last_layer_AP50``: its own final layer's (a new full model where the
+    blocks were trained)."""
+    where, last = str(design.path.resolve()), design.records.layers[-1]
+    own = next(e for e in entries if e["exits_dir"] == where and e["policy"] == "static" and e["layer"] == last)
     return {
-        "exits_dir": str(design.path.resolve()),
+        "exits_dir": where,
+        "last_layer_AP50": own["AP50"],
         "head": design.config.head,
         "finetuned_blocks": list(design.config.finetuned_blocks),
         "regime": design.config.regime,
