@@ -64,6 +64,13 @@ from probe_kit.heads.options import default
     "exit; joint: then every block up to the last exit with every exit's loss (weighted by depth, the final "
     "layer's included), keeping the epoch with the best holdout AP50. The live stages run --finetune-epochs.",
 )
+@click.option(
+    "--det-tokens",
+    type=int,
+    default=None,
+    help="Exits before the last read only the k detection tokens the final layer matches to ground truth most "
+    "often on the training images (a smaller output space; det heads); default: all of them.",
+)
 @click.option("--finetune-epochs", type=int, default=default("finetune_epochs"), show_default=True)
 @click.option("--finetune-lr", type=float, default=default("finetune_lr"), show_default=True)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
@@ -89,6 +96,7 @@ def train_exits(
     split_gap,
     finetune_blocks,
     regime,
+    det_tokens,
     finetune_epochs,
     finetune_lr,
     seed,
@@ -108,6 +116,14 @@ def train_exits(
         raise click.BadParameter(str(err).split(": ", 1)[-1], param_hint="--head") from None
     with FeatureCache(cache_path) as cache:
         resolve_layers(layers, cache.depth)  # a bad selection fails before any work
+        num_det = cache.layout.num_det
+    if det_tokens is not None and head != "det":
+        raise click.BadParameter(f"applies to det heads, not {head!r}", param_hint="--det-tokens")
+    if det_tokens is not None and not 1 <= det_tokens <= num_det:
+        raise click.BadParameter(
+            f"{det_tokens}: the model has {num_det} detection tokens; expected 1 to {num_det}",
+            param_hint="--det-tokens",
+        )
     training = dict(
         epochs=epochs,
         lr=lr,
@@ -119,6 +135,7 @@ def train_exits(
         finetune_lr=finetune_lr,
         split_gap=split_gap,
         regime=regime or ("finetune" if finetune_blocks > 0 else "frozen"),
+        det_tokens=det_tokens,
     )
     check_flags(ExitTraining, training)  # before any work
     # Under torchrun heads train on the cache on rank 0 alone; with a live stage (finetune, joint) every rank

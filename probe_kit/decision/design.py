@@ -61,6 +61,7 @@ class DesignRow:
     latency: dict | None = None
     measured_speedup: dict | None = None
     regime: str | None = None  # frozen, finetune or joint (None: written before regimes)
+    det_tokens: int | None = None  # exits before the last on this many detection tokens (None: all)
 
     @classmethod
     def from_json(cls, data: object, where: str) -> DesignRow:
@@ -122,9 +123,10 @@ def _finite(value: object) -> bool:
 def design_name(d: DesignRow) -> str:
     """``det heads, frozen`` or ``dense heads, blocks 2-3, 5-6 fine-tuned (2 before each exit)``: a design entry's
     head type and backbone."""
+    head = f"{d.head} heads" + (f" on {d.det_tokens} det tokens" if d.det_tokens else "")
     if d.regime == "joint":
-        return f"{d.head} heads, joint training ({tuned_blocks_text(d.finetuned_blocks)})"
-    return f"{d.head} heads, {tuned_blocks_text(d.finetuned_blocks)}"
+        return f"{head}, joint training ({tuned_blocks_text(d.finetuned_blocks)})"
+    return f"{head}, {tuned_blocks_text(d.finetuned_blocks)}"
 
 
 def setting_name(d: DesignRow) -> str:

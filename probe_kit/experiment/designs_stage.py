@@ -31,6 +31,8 @@ class DesignsConfig:
     joint_epochs: PositiveInt | None = None  # live epochs of the joint folders (default finetune_epochs)
     joint_lr: PositiveFloat | None = None  # their learning rate (default the exits' finetune_lr)
     finetune_epochs: PositiveInt = 2
+    # det exits on k detection tokens (--det-tokens), as frozen folders and, where joint names det, joint ones
+    det_tokens: tuple[PositiveInt, ...] = ()
     epochs: PositiveInt | None = None  # head epochs of the added folders (default: the exits stage's)
     policies: tuple[str, ...] = ("confidence", "patience", "learned", "oracle")  # POLICIES names
     timing_images: PositiveInt = 16
@@ -88,23 +90,31 @@ def designs_stage(cfg, cache_path: Path, data_text: str, out: Path, say: Callabl
         fingerprint = cache.fingerprint
     folders = []
     regimes = [("frozen" if k == 0 else "finetune", k) for k in spec.finetune_blocks]
-    plan = [(head, regime, k) for head in spec.heads for regime, k in regimes] + [(h, "joint", 0) for h in spec.joint]
-    for head, regime, k in plan:
-        if head == "det" and regime == "frozen":
+    plan = [(head, regime, k, None) for head in spec.heads for regime, k in regimes]
+    plan += [(h, "joint", 0, None) for h in spec.joint]
+    plan += [
+        ("det", regime, 0, t) for t in spec.det_tokens for regime in ("frozen", "joint")[: 1 + ("det" in spec.joint)]
+    ]
+    for head, regime, k, tokens in plan:
+        if head == "det" and regime == "frozen" and tokens is None:
             folders.append(base)
             continue
-        folder = out / "designs" / f"{head}-{regime if regime != 'finetune' else f'finetune{k}'}"
+        name = f"{head}-{regime if regime != 'finetune' else f'finetune{k}'}" + (f"-k{tokens}" if tokens else "")
+        folder = out / "designs" / name
         live = {"finetune_epochs": spec.finetune_epochs}
         if regime == "joint":
             live = {"finetune_epochs": spec.joint_epochs or spec.finetune_epochs, "finetune_lr": spec.joint_lr}
             live["finetune_lr"] = live["finetune_lr"] or opts.finetune_lr
-        training = replace(opts, epochs=spec.epochs or opts.epochs, finetune_blocks=k, regime=regime, **live)
+        training = replace(
+            opts, epochs=spec.epochs or opts.epochs, finetune_blocks=k, regime=regime, det_tokens=tokens, **live
+        )
         text = json.dumps([fingerprint, head, list(layers), asdict(training), cfg.seed], sort_keys=True, default=list)
         key = hashlib.sha256(text.encode()).hexdigest()[:16]
         if up_to_date(folder, key):
             say(f"[designs] {folder.name}: up to date")
         else:
-            say(f"[designs] training {head} exits at layers {list(layers)}, {regime} regime -> {folder}")
+            on = f" on {tokens} det tokens" if tokens else ""
+            say(f"[designs] training {head} exits{on} at layers {list(layers)}, {regime} regime -> {folder}")
             train_exits(cache_path, layers, folder, head, cfg.seed, training, device=cfg.device)
             stamp_inputs_key(folder, key)
         folders.append(folder)

@@ -79,6 +79,7 @@ def _entry(setting: Setting, samples) -> dict:
         "head": design.config.head,
         "finetuned_blocks": list(design.config.finetuned_blocks),
         "regime": design.config.regime,
+        "det_tokens": len(design.config.det_token_indices) or None,  # None: every detection token
         "policy": "static" if spec is None else spec.label,
         "threshold": setting.threshold,
         "layer": int(setting.layers[0]) if setting.static else None,
@@ -205,6 +206,7 @@ def _describe(design: Design, entries: Sequence[dict]) -> dict:
         "head": design.config.head,
         "finetuned_blocks": list(design.config.finetuned_blocks),
         "regime": design.config.regime,
+        "det_token_indices": list(design.config.det_token_indices),
         "learning_curves": design.config.learning_curves(),
         "training": {"cache": design.config.cache, **design.config.training},
         "layers": list(design.records.layers),

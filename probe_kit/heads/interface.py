@@ -90,6 +90,28 @@ class ExitHead(nn.Module, ABC):
         super().__init__()
         self.depth = depth
         self.num_det = num_det
+        self.det_token_indices: tuple[int, ...] = ()  # --det-tokens: what exits before the last read; () = all
+
+    def use_det_tokens(self, indices: Sequence[int], where: str) -> None:
+        """Exits before the last read only the detection tokens ``indices`` (``--det-tokens``); the last, the
+        model's own head, keeps them all. Indices out of range or repeated are refused naming ``where``."""
+        indices = tuple(int(i) for i in indices)
+        if len(set(indices)) != len(indices) or not all(0 <= i < self.num_det for i in indices):
+            raise ValueError(
+                f"{where}: expected distinct detection-token indices in 0..{self.num_det - 1}, got {indices}"
+            )
+        self.det_token_indices = indices
+
+    def token_subset(self, layer: int) -> tuple[int, ...] | None:
+        """The detection tokens exit ``layer`` reads, where it reads only some of them."""
+        if self.det_token_indices and layer != self.depth and self.token_role(layer) == "det":
+            return self.det_token_indices
+        return None
+
+    def exit_module(self, layer: int) -> nn.Module:
+        """``module_at(layer)``, preceded by the selection of its detection tokens where it reads only some."""
+        subset = self.token_subset(layer)
+        return self.module_at(layer) if subset is None else nn.Sequential(_Tokens(subset), self.module_at(layer))
 
     @property
     @abstractmethod
@@ -135,7 +157,7 @@ class ExitHead(nn.Module, ABC):
 
     def forward(self, layer: int, tokens: torch.Tensor) -> object:
         """Exit ``layer``'s raw outputs on the tokens it reads."""
-        return self.module_at(layer)(tokens)
+        return self.exit_module(layer)(tokens)
 
     def tokens(self, layer: int, hidden: torch.Tensor) -> torch.Tensor:
         """The tokens exit ``layer`` reads of a block output ``hidden [B, T, D]`` (order ``[CLS, patches, DET]``)."""
@@ -154,3 +176,14 @@ class ExitHead(nn.Module, ABC):
                 f"{where}: --head {self.name} reads {','.join(missing)} tokens, not in this cache (cached: "
                 f"{','.join(cache_tokens)}); cache with --tokens {','.join(sorted({*cache_tokens, *missing}))}"
             )
+
+
+class _Tokens(nn.Module):
+    """Selects tokens ``indices`` of ``[B, T, D]`` (no parameters: a head's state dict is unchanged by it)."""
+
+    def __init__(self, indices: Sequence[int]) -> None:
+        super().__init__()
+        self.indices = list(indices)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return tokens[:, self.indices]

@@ -38,6 +38,9 @@ class ExitTraining:
     # frozen: heads on cached tokens only; finetune: then the finetune_blocks blocks before each exit; joint: then
     # every block up to the last exit with every exit's loss, the final layer's own included (REGIMES)
     regime: Literal["frozen", "finetune", "joint"] = "frozen"
+    # exits before the last read only the k detection tokens most often matched at the final layer on the training
+    # images (the status report's "smaller output space"); None: every detection token
+    det_tokens: PositiveInt | None = None
 
     def __post_init__(self) -> None:
         check_instance(self)  # typed and in range however it was built (CLI, YAML, Python)

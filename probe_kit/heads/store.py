@@ -52,6 +52,8 @@ class ExitsConfig:
     finetune_processes: int | None = None
     inputs_key: str | None = None  # set by ``probe-kit run``'s design stage: the hash of what trained it
     base_model_sha256: str = ""  # of ``base_model`` as trained with (``record_sha256``); "" before schema 3
+    # --det-tokens: the detection tokens exits before the last read, chosen on the training images; () = all
+    det_token_indices: tuple[int, ...] = ()
     schema_version: int = EXITS_SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -102,6 +104,7 @@ class ExitsConfig:
         _check_ints(data["train_image_ids"], f"{where}: train_image_ids", "a non-empty list of image ids (integers)")
         _check_ints(data["holdout_image_ids"], f"{where}: holdout_image_ids", "a list of image ids", empty=True)
         _check_ints(data.get("finetuned_blocks", []), f"{where}: finetuned_blocks", "block indices", empty=True)
+        _check_ints(data.get("det_token_indices", []), f"{where}: det_token_indices", "token indices", empty=True)
         for key, ids in (("train_image_sha256", "train_image_ids"), ("holdout_image_sha256", "holdout_image_ids")):
             _check_hashes(data.get(key, []), len(data[ids]), f"{where}: {key}")
         if not isinstance(data.get("head", "det"), str):
@@ -228,6 +231,8 @@ def load_exits(folder: Path, device: str = "cpu") -> tuple[torch.nn.Module, obje
             raise ValueError(f"{folder / 'blocks.safetensors'}: tensors {bad[:3]} do not fit {record.name}")
         model.load_state_dict(blocks, strict=False)
     heads = cls.from_model(model, config.layers)
+    if config.det_token_indices:
+        heads.use_det_tokens(config.det_token_indices, f"{where}: det_token_indices")
     try:
         heads.load_state_dict(heads_state)
     except RuntimeError as err:

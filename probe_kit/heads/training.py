@@ -68,6 +68,8 @@ def train_exits(
         heads = cls.from_model(model, layers)
         heads.validate(cache.tokens, str(cache_path))
         targets = training_targets(cache, samples, model.config.num_labels, opts)
+        if opts.det_tokens is not None:
+            heads.use_det_tokens(most_matched_tokens(heads, targets, split.train, opts.det_tokens), "--det-tokens")
         histories = {
             str(k): _fit_on_cache(heads, cache, k, split, targets, opts, seed, progress)
             for k in heads.trained_layers(opts.train_last)
@@ -87,12 +89,36 @@ def train_exits(
             finetuned_blocks=tuple(finetuned),
             finetune_history=tuple(finetune_history),
             finetune_processes=distributed.world_size() if finetuned else None,  # effective batch: batch_size
+            det_token_indices=heads.det_token_indices,
         )
     blocks = {
         k: v for k, v in model.state_dict().items() if any(k.startswith(f"vit.encoder.layer.{i}.") for i in finetuned)
     }
     # Under torchrun with --finetune-blocks every rank holds the same all-reduced weights; rank 0 saves them.
     return distributed.on_rank_zero(lambda: save_exits(heads, config, out, blocks))
+
+
+def most_matched_tokens(heads: ExitHead, targets: TrainingTargets, train: np.ndarray, k: int) -> tuple[int, ...]:
+    """The ``k`` detection tokens the final layer's outputs match to ground truth most often on the training images
+    ``train`` (transformers' Hungarian matcher, the set loss's own), ties to the lower index; ascending."""
+    if heads.name != "det":
+        raise ValueError(
+            f"--det-tokens: applies to det heads (their loss reads the teacher's tokens), not {heads.name}"
+        )
+    if k > heads.num_det:
+        raise ValueError(
+            f"--det-tokens {k}: the model has {heads.num_det} detection tokens; expected 1..{heads.num_det}"
+        )
+    matcher = targets.criterion().loss.matcher
+    counts = np.zeros(heads.num_det, dtype=np.int64)
+    for lo in range(0, len(train), 256):
+        rows = train[lo : lo + 256]
+        outputs = {"logits": targets.final_logits[rows], "pred_boxes": targets.final_boxes[rows]}
+        with torch.no_grad():
+            for queries, _ in matcher(outputs, [targets.boxes[i] for i in rows]):
+                np.add.at(counts, np.asarray(queries, dtype=np.int64), 1)
+    order = sorted(range(heads.num_det), key=lambda i: (-counts[i], i))
+    return tuple(sorted(order[:k]))
 
 
 def _fine_tuning(opts: ExitTraining, heads: ExitHead, depth: int, seed: int, progress: bool) -> FineTuning:
@@ -161,7 +187,7 @@ def _fit_on_cache(
         return float(loss(layer, outputs, split.holdout)["loss"])
 
     return fit(
-        heads.module_at(layer),
+        heads.exit_module(layer),
         batches,
         lambda module, batch: loss(layer, module(batch[1]), batch[0]),
         holdout,

@@ -200,7 +200,8 @@ def design_pareto(data: ReportData) -> str | None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     for colour, folder in zip(PALETTE, data.designs["folders"]):
         regime = folder.get("regime") or ("finetune" if folder["finetuned_blocks"] else "frozen")
-        label = f"{folder['head']}, {regime}"
+        tokens = len(folder.get("det_token_indices") or [])
+        label = f"{folder['head']}{f' on {tokens} det tokens' if tokens else ''}, {regime}"
         mine = [d for d in designs if d["exits_dir"] == folder["exits_dir"]]
         real, bound = [d for d in mine if not d["bound"]], [d for d in mine if d["bound"]]
         left.scatter([d["mean_gflops"] for d in real], [d["AP50"] for d in real], s=14, color=colour, label=label)
