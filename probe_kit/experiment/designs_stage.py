@@ -92,9 +92,8 @@ def designs_stage(cfg, cache_path: Path, data_text: str, out: Path, say: Callabl
     regimes = [("frozen" if k == 0 else "finetune", k) for k in spec.finetune_blocks]
     plan = [(head, regime, k, None) for head in spec.heads for regime, k in regimes]
     plan += [(h, "joint", 0, None) for h in spec.joint]
-    plan += [
-        ("det", regime, 0, t) for t in spec.det_tokens for regime in ("frozen", "joint")[: 1 + ("det" in spec.joint)]
-    ]
+    token_regimes = ("frozen", "joint") if "det" in spec.joint else ("frozen",)
+    plan += [("det", regime, 0, t) for t in spec.det_tokens for regime in token_regimes]
     for head, regime, k, tokens in plan:
         if head == "det" and regime == "frozen" and tokens is None:
             folders.append(base)
