@@ -103,11 +103,11 @@ def most_matched_tokens(heads: ExitHead, targets: TrainingTargets, train: np.nda
     ``train`` (transformers' Hungarian matcher, the set loss's own), ties to the lower index; ascending."""
     if heads.name != "det":
         raise ValueError(
-            f"--det-tokens: applies to det heads (their loss reads the teacher's tokens), not {heads.name}"
+            f"--det-tokens: applies to det heads (their loss reads the teacher's tokens), not {heads.name!r}"
         )
     if k > heads.num_det:
         raise ValueError(
-            f"--det-tokens {k}: the model has {heads.num_det} detection tokens; expected 1..{heads.num_det}"
+            f"--det-tokens {k}: the model has {heads.num_det} detection tokens; expected 1 to {heads.num_det}"
         )
     matcher = targets.criterion().loss.matcher
     counts = np.zeros(heads.num_det, dtype=np.int64)
