@@ -115,6 +115,8 @@ def non_finite(data: Any, where: str = "") -> str | None:
 def read_json(path: Path, what: str = "JSON") -> Any:
     """Load JSON with a one-line error naming the file (missing, a folder, unreadable, not JSON)."""
     path = Path(path)
+    if path.exists() and not path.is_file() and not path.is_dir():  # a FIFO or device would block or never end
+        raise UserError(f"{path}: not a regular file (a FIFO, device or socket); expected a JSON file ({what})")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -188,11 +190,16 @@ def read_result(path: Path) -> dict:
     if not isinstance(layers, dict) or not all(isinstance(v, dict) for v in layers.values()):
         raise UserError(f"{path}: layers: expected a mapping of layer -> metrics")
     for layer, metrics in layers.items():
-        if not str(layer).lstrip("-").isdigit():
-            raise UserError(f"{path}: layers: {layer!r} is not a layer number")
+        if not str(layer).isdigit():
+            raise UserError(f"{path}: layers: {layer!r} is not a layer number (0 = embeddings, k = block k)")
         for key, value in metrics.items():  # numbers, or null for "not measured here"; anything else is damage
             if value is not None and not _finite_number(value):
                 raise UserError(f"{path}: layers.{layer}.{key}: expected a finite number or null, got {value!r:.40}")
+            if key.startswith(("AP", "AR")) and value is not None and not (0 <= value <= 1 or value == -1):
+                raise UserError(
+                    f"{path}: layers.{layer}.{key}: expected a COCO metric in [0, 1] (or -1: nothing to score), "
+                    f"got {value!r:.40}"
+                )
     if "profile" in data:  # the FLOP profile the decision reads the model's depth and costs from
         profile = data["profile"]
         blocks = isinstance(profile, dict) and isinstance(profile.get("blocks"), list) and profile["blocks"]

@@ -21,6 +21,7 @@ import typing
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Union
 
+from probe_kit.data.checks import short
 from probe_kit.errors import UserError
 
 _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
@@ -49,11 +50,6 @@ class Range:
         if self.max is not None:
             return f"{'<' if self.max_open else '<='} {self.max:g}"
         return ""
-
-
-def _short(value: Any, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _split(hint: Any) -> tuple[Any, list[Range]]:
@@ -88,7 +84,7 @@ def check_value(key: str, value: Any, hint: Any, *, text: bool = False) -> Any:
     base, ranges = _split(hint)
 
     def refuse() -> UserError:
-        return UserError(f"{key}: expected {describe(hint)}, got {_short(value)}")
+        return UserError(f"{key}: expected {describe(hint)}, got {short(value)}")
 
     origin, args = typing.get_origin(base), typing.get_args(base)
     if base is Any or base is object:

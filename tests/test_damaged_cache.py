@@ -48,7 +48,20 @@ DAMAGE = {
     "another hidden size": (lambda h: _retyped(h, "layers/3/det", shape=(12, 5, 16)), r"expected float16\[12, 5, 32\]"),
     "fewer rows": (lambda h: _retyped(h, "final/logits", shape=(5, 3, 3)), r"final/logits is float32\[5, 3, 3\]"),
     "num_written past the rows": (lambda h: h.attrs.modify("num_written", 99), "num_written is 99"),
-    "model record not JSON": (lambda h: h.attrs.modify("model", "{"), "broken.h5"),
+    "model record not JSON": (lambda h: h.attrs.modify("model", "{"), "root attribute 'model' is not valid JSON"),
+    "complete with fewer rows written": (
+        lambda h: h.attrs.modify("num_written", 4),
+        "marked complete with num_written 4",
+    ),
+    "layout not an object": (lambda h: h.attrs.modify("layout", "[]"), "root attribute 'layout' is not a JSON object"),
+    "negative det tokens": (
+        lambda h: h.attrs.modify("layout", '{"num_det": -5, "grid_h": 4, "grid_w": 4}'),
+        "root attribute 'layout': expected num_det >= 1",
+    ),
+    "model record without config": (
+        lambda h: h.attrs.modify("model", '{"name": "tiny"}'),
+        r"damaged cache record in root attribute 'model or options' \(KeyError: 'config'\)",
+    ),
     "no checksums": (lambda h: h.__delitem__("checksums"), "dataset checksums is missing"),
 }
 

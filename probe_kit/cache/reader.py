@@ -44,6 +44,7 @@ class FeatureCache:
     def __init__(self, path: Path, allow_incomplete: bool = False) -> None:
         self.path = Path(path)
         self._h5 = open_cache_file(self.path, "r")
+        self._reading = "layout"  # the root attribute being read, for a damaged record's error
         if "shards" in self._h5.attrs:  # HDF5 reads a missing virtual-dataset source as zeros, silently
             from probe_kit.cache.shards import shard_files
 
@@ -61,23 +62,30 @@ class FeatureCache:
                     f"{self.path}: incomplete cache ({self.num_images} of {self.num_images_total} images); rerun "
                     "`probe-kit cache` to finish it"
                 )
-            self.layout = TokenLayout.from_json(self._h5.attrs["layout"])
+            self.layout = TokenLayout.from_record(self._record("layout"), f"{self.path}: root attribute 'layout'")
             self.model, self.dataset, self.options, self.preprocessing = (
                 self._record(name) for name in ("model", "dataset", "options", "preprocessing")
             )
+            self._reading = "model or options"  # their config and tokens size every dataset
             self._check_datasets()
-        except json.JSONDecodeError as err:
-            self._h5.close()
-            raise ValueError(f"{self.path}: a root attribute is not valid JSON ({err}); re-create the cache") from None
         except ValueError:
             self._h5.close()
             raise
         except (KeyError, TypeError, AttributeError, IndexError) as err:  # a record's fields missing or mistyped
             self._h5.close()
-            raise ValueError(f"{self.path}: damaged cache record ({type(err).__name__}: {err}); re-create it") from None
+            raise ValueError(
+                f"{self.path}: damaged cache record in root attribute {self._reading!r} ({type(err).__name__}: "
+                f"{err}); re-create it"
+            ) from None
 
     def _record(self, name: str) -> dict:
-        value = json.loads(self._h5.attrs[name])
+        self._reading = name
+        try:
+            value = json.loads(self._h5.attrs[name])
+        except json.JSONDecodeError as err:
+            raise ValueError(
+                f"{self.path}: root attribute {name!r} is not valid JSON ({err}); re-create the cache"
+            ) from None
         if not isinstance(value, dict):
             raise ValueError(f"{self.path}: root attribute {name!r} is not a JSON object; the cache was altered")
         return value
@@ -95,6 +103,11 @@ class FeatureCache:
             raise ValueError(
                 f"{self.path}: num_written is {written}, expected an integer from 0 to the "
                 f"{self.num_images_total} images the file holds; the cache was altered (re-create it)"
+            )
+        if self._h5.attrs["complete"] and written != self.num_images_total:
+            raise ValueError(
+                f"{self.path}: marked complete with num_written {written} of the {self.num_images_total} images the "
+                "file holds; the cache was altered (re-create it)"
             )
 
     def _check_datasets(self) -> None:

@@ -115,8 +115,15 @@ class TokenLayout:
 
     @classmethod
     def from_json(cls, text: str) -> TokenLayout:
-        data = json.loads(text)
-        return cls(data["num_det"], data["grid_h"], data["grid_w"])
+        return cls.from_record(json.loads(text), "layout")
+
+    @classmethod
+    def from_record(cls, data: dict, where: str) -> TokenLayout:
+        """From a parsed layout record; token counts that are not integers (positive for det tokens) are refused."""
+        values = [data.get(k) for k in ("num_det", "grid_h", "grid_w")]
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values) or values[0] < 1:
+            raise ValueError(f"{where}: expected num_det >= 1 and grid_h, grid_w >= 0 (integers), got {data}")
+        return cls(*values)
 
 
 def layer_path(layer: int, role: str) -> str:

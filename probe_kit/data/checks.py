@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import reprlib
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +39,15 @@ class InputError(UserError):
 
 
 def short(value: Any, limit: int = 60) -> str:
-    """``repr`` of ``value`` on one line, cut to ``limit`` characters."""
-    text = repr(value)
+    """``repr`` of ``value`` on one line, cut to ``limit`` characters; nested containers are cut while the text is
+    made (``reprlib``), so a YAML alias bomb of a billion leaves is described at once."""
+    text = _REPR.repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 4, 10_000, 10_000  # strings stay whole; nesting is cut
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 20
 
 
 def _range_text(lo: float | None, hi: float | None, lo_open: bool, integer: bool) -> str:

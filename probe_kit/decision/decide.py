@@ -156,12 +156,20 @@ def load_results(folder: Path) -> dict[str, dict]:
     from probe_kit.io import read_result
 
     folder = Path(folder)
-    found = {}
+    found, caches = {}, {}
     for path in sorted(folder.glob("*/result.json")):
         data = read_result(path)  # refused in one line naming the file: not JSON, no ``analyzer``
         found[data["analyzer"]] = data
+        if data.get("cache_fingerprint"):
+            caches.setdefault(data["cache_fingerprint"], path)
     if not found:
         raise ValueError(f"{folder}: no analyzer results (expected {folder}/<name>/result.json)")
+    if len(caches) > 1:
+        (a, first), (b, second) = list(caches.items())[:2]
+        raise ValueError(
+            f"{folder}: results from different caches cannot be weighed together: {first} measured cache {a}, "
+            f"{second} cache {b}; rerun the analyzers on one cache"
+        )
     return found
 
 

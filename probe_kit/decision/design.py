@@ -77,11 +77,11 @@ class DesignRow:
                     f"{where}: {key}: expected a finite number{' in [0, 1]' if key == 'AP50' else ''}, "
                     f"got {data[key]!r}"
                 )
+        if not isinstance(data["bound"], bool):
+            raise ValueError(f"{where}: bound: expected true or false, got {data['bound']!r:.40}")
         measured = data.get("measured_speedup")
         if measured is not None:
-            numbers = [measured.get("ratio"), *measured.get("round_ratio_iqr", []), *measured.get("ci95", [])]
-            if not all(_finite(v) and v > 0 for v in numbers):
-                raise ValueError(f"{where}: measured_speedup: expected positive finite ratios, got {measured!r:.80}")
+            _check_speedup(measured, f"{where}: measured_speedup")
         values = {f.name: data.get(f.name, f.default) for f in fields(cls)}
         return cls(**{**values, "finetuned_blocks": tuple(values["finetuned_blocks"])})
 
@@ -113,7 +113,38 @@ class BaselineRow:
         median = data["latency"].get("median_ms") if isinstance(data["latency"], dict) else None
         if not _finite(median) or median <= 0:
             raise ValueError(f"{where}: latency: expected a positive finite median_ms, got {data['latency']!r:.80}")
+        _check_speedup(data["measured_speedup"], f"{where}: measured_speedup")
         return cls(**{f.name: data[f.name] for f in fields(cls)})
+
+
+MAX_RATIO = 1e3  # a speed-up beyond 1000x is no measurement of an exit of the same model
+
+
+def _check_speedup(measured: object, where: str) -> None:
+    """A measured speed-up: positive, finite, plausible ratios, each interval's low end at most its high end."""
+    if not isinstance(measured, dict):
+        raise ValueError(f"{where}: expected a measured speed-up (a JSON object), got {measured!r:.60}")
+    intervals = [measured.get(k) for k in ("round_ratio_iqr", "ci95") if k in measured]
+    numbers = [measured.get("ratio"), *(v for pair in intervals if isinstance(pair, list) for v in pair)]
+    if not all(_finite(v) and 0 < v <= MAX_RATIO for v in numbers):
+        raise ValueError(f"{where}: expected positive finite ratios up to {MAX_RATIO:g}, got {measured!r:.80}")
+    if not all(isinstance(pair, list) and len(pair) == 2 and pair[0] <= pair[1] for pair in intervals):
+        raise ValueError(f"{where}: expected intervals as [low, high] with low <= high, got {measured!r:.80}")
+
+
+def _check_full_model(full: object) -> None:
+    """The comparison's full model: its AP50, GFLOPs and measured latency, as every judgement reads them."""
+    where = "--designs: full_model"
+    if not isinstance(full, dict):
+        raise ValueError(f"{where}: expected the full model's numbers (a JSON object), got {full!r:.40}")
+    if not _finite(full.get("AP50")) or not 0 <= full["AP50"] <= 1:
+        raise ValueError(f"{where}: AP50: expected a finite number in [0, 1], got {full.get('AP50')!r:.40}")
+    if not _finite(full.get("gflops")) or full["gflops"] <= 0:
+        raise ValueError(f"{where}: gflops: expected a positive finite number, got {full.get('gflops')!r:.40}")
+    latency = full.get("latency")
+    median = latency.get("median_ms") if isinstance(latency, dict) else None
+    if not _finite(median) or median <= 0:
+        raise ValueError(f"{where}: latency: expected a positive finite median_ms, got {latency!r:.60}")
 
 
 def _finite(value: object) -> bool:
@@ -186,6 +217,7 @@ def recommend_design(result: dict, max_ap50_loss: float | None = None, min_speed
         raise ValueError(f"--max-ap50-loss: expected an AP50 difference in [0, 1), got {tolerance}")
     if not (np.isfinite(min_speedup) and min_speedup >= 1):
         raise ValueError(f"--min-speedup: expected a speed-up of at least 1, got {min_speedup}")
+    _check_full_model(result.get("full_model"))
     full = result["full_model"]
     if not isinstance(result["designs"], list):
         raise ValueError("--designs: designs: expected a list of settings")
@@ -199,7 +231,8 @@ def recommend_design(result: dict, max_ap50_loss: float | None = None, min_speed
     judged = {i: judge(designs[i], min_speedup, machine) for i in timed}
     beaten = {i: _beaten_by(designs[i], baselines) for i in timed if judged[i] == "pays"}
     judged.update({i: "beaten by a baseline" for i, by in beaten.items() if by is not None})
-    within = [i for i in timed if designs[i].AP50 >= floor and not _is_full(designs[i], designs)]
+    detects = full["AP50"] > 0  # a model that finds nothing leaves an exit no accuracy to keep
+    within = [i for i in timed if detects and designs[i].AP50 >= floor and not _is_full(designs[i], designs)]
     rationale = [_headline(result, designs, floor, tolerance, min_speedup, machine)]
     if tolerance != result.get("max_ap50_loss", tolerance):
         rationale.append(
@@ -327,6 +360,8 @@ def _settings_count(designs: list[DesignRow]) -> str:
 
 
 def _summary(verdict, designs, chosen, unsure, full, tolerance, min_speedup, result) -> str:
+    if full["AP50"] == 0:
+        return f"{verdict}: the full model scores AP50 0 on these images, so an exit has no accuracy to keep"
     if chosen is not None:
         return f"{_name(designs[chosen])}: {_numbers(designs[chosen], full)}"
     if verdict == VERDICTS[2]:

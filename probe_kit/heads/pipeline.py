@@ -204,11 +204,34 @@ def _in_training_caches(designs: Sequence[Design], hashes: Sequence[str]) -> dic
     for cache in sorted({d.config.cache for d in designs}):
         try:
             with FeatureCache(Path(cache)) as opened:
-                cached = set(opened.image_hashes())
+                by_id = dict(zip((int(i) for i in opened.image_ids()), opened.image_hashes(), strict=True))
         except (OSError, ValueError):
             continue
+        for design in (d for d in designs if d.config.cache == cache):
+            _check_recorded_hashes(design, by_id, cache)
+        cached = set(by_id.values())
         out[cache] = {"evaluated": len(evaluated), "shared": len(evaluated & cached), "cache_images": len(cached)}
     return out
+
+
+def _check_recorded_hashes(design: Design, by_id: dict[int, str], cache: str) -> None:
+    """Refuse a folder whose recorded training hashes are not those of the same images in the cache it trained
+    on: an edited ``config.json`` would otherwise score its training images as held-out."""
+    config = design.config
+    if config.trained_hashes is None:
+        return
+    pairs = zip(
+        (*config.train_image_ids, *config.holdout_image_ids),
+        (*config.train_image_sha256, *config.holdout_image_sha256),
+        strict=True,
+    )
+    for image_id, digest in pairs:
+        if image_id in by_id and by_id[image_id] != digest:
+            raise ValueError(
+                f"{design.path / 'config.json'}: the sha256 recorded for training image {image_id} is not that "
+                f"image's in the cache the heads trained on ({cache}): the folder was edited after training; "
+                "retrain it"
+            )
 
 
 def largest_input(design: Design, samples: Sequence[Sample]) -> tuple[int, int]:

@@ -19,6 +19,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from probe_kit.data.checks import short
 from probe_kit.heads.interface import ExitHead
 from probe_kit.heads.registry import head_type
 from probe_kit.io import write_error, write_json
@@ -105,8 +106,9 @@ class ExitsConfig:
         _check_ints(data["holdout_image_ids"], f"{where}: holdout_image_ids", "a list of image ids", empty=True)
         _check_ints(data.get("finetuned_blocks", []), f"{where}: finetuned_blocks", "block indices", empty=True)
         _check_ints(data.get("det_token_indices", []), f"{where}: det_token_indices", "token indices", empty=True)
-        for key, ids in (("train_image_sha256", "train_image_ids"), ("holdout_image_sha256", "holdout_image_ids")):
-            _check_hashes(data.get(key, []), len(data[ids]), f"{where}: {key}")
+        if "train_image_sha256" in data or "holdout_image_sha256" in data:  # folders before hashes have neither
+            for key, ids in (("train_image_sha256", "train_image_ids"), ("holdout_image_sha256", "holdout_image_ids")):
+                _check_hashes(data.get(key), len(data[ids]), f"{where}: {key}")
         if not isinstance(data.get("head", "det"), str):
             raise ValueError(f"{where}: head: expected a head type name, got {data['head']!r}")
         recorded = data.get("base_model_sha256")
@@ -129,17 +131,21 @@ def record_sha256(record: object) -> str:
 def _check_ints(value: object, where: str, what: str, minimum: int | None = None, empty: bool = False) -> None:
     integers = isinstance(value, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in value)
     if not integers or (not value and not empty) or (minimum is not None and any(i < minimum for i in value)):
-        raise ValueError(f"{where}: expected {what}, got {str(value)[:60]}")
+        raise ValueError(f"{where}: expected {what}, got {short(value)}")
+
+
+_HEX = frozenset("0123456789abcdef")
 
 
 def _check_hashes(value: object, count: int, where: str) -> None:
-    hexes = isinstance(value, list) and all(isinstance(h, str) and len(h) == 64 for h in value)
-    if not hexes or (value and len(value) != count):
-        raise ValueError(f"{where}: expected {count} sha256 hex digests (one per image id), got {str(value)[:60]}")
-    try:
-        [int(h, 16) for h in value]
-    except ValueError:
-        raise ValueError(f"{where}: expected sha256 hex digests, got {str(value)[:60]}") from None
+    """``count`` sha256 digests as ``hashlib`` writes them (64 lowercase hex characters): a digest in another
+    spelling would silently match no image, and its training image would be scored as held-out."""
+    hexes = isinstance(value, list) and all(isinstance(h, str) and len(h) == 64 and set(h) <= _HEX for h in value)
+    if not hexes or len(value) != count:
+        raise ValueError(
+            f"{where}: expected {count} sha256 digests, 64 lowercase hex characters each (one per image id), got "
+            f"{short(value)}"
+        )
 
 
 def save_exits(heads: ExitHead, config: ExitsConfig, out: Path, blocks: dict[str, torch.Tensor] | None = None) -> Path:
