@@ -162,3 +162,41 @@ def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path, tiny_model, synth_dir):
     with pytest.raises(UserError, match="bomb.yaml: seed: expected an integer"):
         load_experiment(path)
     assert time.monotonic() - started < 30
+
+
+def test_a_study_is_never_written_into_another_commands_output(trained, tmp_path, tiny_model, synth_dir):
+    import yaml
+
+    foreign = tmp_path / "exits"
+    shutil.copytree(trained, foreign)
+    before = sorted(p.name for p in foreign.iterdir())
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"name": "s", "data": f"synth:{synth_dir}", "model": str(tiny_model)}))
+    run = CliRunner().invoke(cli, ["run", str(path), "--out", str(foreign)])
+    assert run.exit_code == 1 and "exists and is not a study folder (probe-kit run)" in run.output, run.output
+    assert sorted(p.name for p in foreign.iterdir()) == before
+
+
+def test_options_and_yaml_values_are_refused_before_anything_is_written(tmp_path, tiny_model, synth_dir):
+    import yaml
+
+    cache = tmp_path / "c.h5"
+    args = ["cache", "--model", str(tiny_model), "--data", f"synth:{synth_dir}", "--shortest-edge", "0"]
+    run = CliRunner().invoke(cli, [*args, "--out", str(cache)])
+    assert run.exit_code == 2 and "--shortest-edge" in run.output and not cache.exists()
+    settings = {"name": "n", "data": f"synth:{synth_dir}", "model": str(tiny_model)}
+    path = tmp_path / "n.yaml"
+    path.write_text(yaml.safe_dump({**settings, "decision": {"max_ap50_loss": float("nan")}}))
+    run = CliRunner().invoke(cli, ["run", str(path), "--out", str(tmp_path / "study")])
+    assert run.exit_code == 1 and "n.yaml: decision.max_ap50_loss: expected a finite number" in run.output
+    assert not (tmp_path / "study").exists()
+
+
+def test_a_sequence_whose_frames_folder_is_no_folder_is_refused_by_name(synth_dir, tmp_path):
+    scenes = tmp_path / "scenes"
+    shutil.copytree(synth_dir, scenes)
+    frames = scenes / "train" / "SYNTH-01" / "img1"
+    shutil.rmtree(frames)
+    frames.symlink_to(frames)  # a symlink loop
+    run = CliRunner().invoke(cli, ["data", "export-coco", "--data", f"synth:{scenes}", "--out", str(tmp_path / "g")])
+    assert run.exit_code == 1 and f"{frames}: expected the folder of frames seqinfo.ini names" in run.output

@@ -134,7 +134,7 @@ def model_options(func: Callable) -> Callable:
         ),
         click.option(
             "--shortest-edge",
-            type=int,
+            type=click.IntRange(min=16),
             default=None,
             help="Resize so the shortest edge is this many pixels (the original study used 512).",
         ),

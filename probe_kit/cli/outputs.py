@@ -79,6 +79,7 @@ EXITS = Kind("an exits folder (probe-kit train-exits)", _folder_with("config.jso
 EXITS_EVALUATION = Kind("an exit evaluation (probe-kit evaluate-exits)", _folder_with("result.json"))
 NEW_FOLDER = Kind("an empty folder (a dataset is never written over files)", lambda path: False)
 RESUMABLE = Kind("a folder this command resumes", lambda path: True)  # its identity is checked where it is read
+STUDY = Kind("a study folder (probe-kit run)", _folder_with("experiment.json"))  # which run resumes
 
 
 @dataclass(frozen=True)
@@ -112,10 +113,10 @@ def _nearest_existing(path: Path) -> Path:
 
 def _check(out: Output) -> None:
     _check_place(out)
-    _check_kind(out)
+    check_kind(out)
 
 
-def _check_kind(out: Output) -> None:
+def check_kind(out: Output) -> None:
     """Nothing at the path, an empty folder, or an earlier output of the same kind (which may be replaced)."""
     if out.path.exists() and not (_empty_folder(out.path) or out.kind.looks_like(out.path)):
         raise UserError(
@@ -197,7 +198,7 @@ def guarded(*outputs: Output | None) -> Iterator[None]:
                 _remove(out.path)
                 os.replace(_previous(out.path), out.path)
         for out in outputs:
-            _check_kind(out)  # its place was checked by ``locked``
+            check_kind(out)  # its place was checked by ``locked``
         replaced = [o.path for o in outputs if writer and o.folder and o.path.is_dir() and any(o.path.iterdir())]
         for path in replaced:
             os.replace(path, _previous(path))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from probe_kit.cli.outputs import RESUMABLE, dir_out, locked
+from probe_kit.cli.outputs import STUDY, check_kind, dir_out, locked
 
 
 @click.command("run")
@@ -22,7 +22,9 @@ def run(config: Path, out: Path | None, open_browser: bool) -> None:
         raise FileNotFoundError(f"{config}: no such file; the demo ships inside the package: run `probe-kit demo`")
     cfg = load_experiment(config)  # every config error surfaces here, before any work
     target = out or Path("runs") / cfg.name
-    with locked(dir_out(target, RESUMABLE)):  # checked before any work; one run per study folder
+    study = dir_out(target, STUDY)
+    with locked(study):  # checked before any work; one run per study folder
+        check_kind(study)  # under the lock: a study (resumed), an empty folder or nothing, never another output
         decision = run_experiment(cfg, target)  # under torchrun: the cache sharded over the processes
     if not distributed.is_main():
         return
@@ -49,7 +51,9 @@ def demo(out: Path | None, fast: bool, open_browser: bool) -> None:
 
     cfg = load_experiment(DEMO_FAST_CONFIG if fast else DEMO_CONFIG)
     out = out or Path("runs") / cfg.name
-    with locked(dir_out(out, RESUMABLE)):  # checked before any work; one run per study folder
+    study = dir_out(out, STUDY)
+    with locked(study):  # checked before any work; one run per study folder
+        check_kind(study)
         decision = run_experiment(cfg, out)
     if not distributed.is_main():
         return

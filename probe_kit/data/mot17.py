@@ -253,6 +253,8 @@ def load_sequence(
     if split not in (None, *SPLITS):
         raise InputError("split", f"one of {SPLITS}", short(split))
     info = read_seqinfo(seq_dir)
+    if not (seq_dir / info.image_dir).is_dir():  # missing, a file, or a symlink that resolves to no folder
+        raise InputError(str(seq_dir / info.image_dir), "the folder of frames seqinfo.ini names (imDir)", "no folder")
     images, skipped = _frame_files(info, split, stride)
     if skipped:  # a slice of a sequence (as in our real excerpts) holds fewer frames than seqinfo.ini lists
         console.warn(

@@ -12,6 +12,7 @@ Later exits must not be worse than earlier ones.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -124,6 +125,8 @@ def criteria_from(raw: Mapping[str, Any] | None, where: str = "decision") -> Cri
         kind = int if key == "max_exits" else float
         if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and isinstance(value, float)):
             raise ValueError(f"{where}.{key}: expected {kind.__name__}, got {value!r}")
+        if not math.isfinite(value):
+            raise ValueError(f"{where}.{key}: expected a finite number, got {value!r}")
         if value < 0 or (key in ("max_exits", "min_speedup") and value < 1):
             least = "a positive" if key == "max_exits" else "at least 1:" if key == "min_speedup" else "a non-negative"
             raise ValueError(f"{where}.{key}: expected {least} number, got {value!r}")
