@@ -79,6 +79,18 @@ def test_each_full_model_latency_is_one_number_or_says_which_measurement_it_is(d
         assert len({round(float(v), 1) for v in values}) <= 1, (label, values)
 
 
+def test_the_report_shows_the_baselines_beside_the_exit_designs(demo_fast):
+    import json
+
+    result = json.loads((demo_fast["study"] / "designs" / "result.json").read_text())
+    (baseline,) = result["baselines"]
+    assert baseline["fraction"] == 0.5 and baseline["measured_speedup"]["ratio"] > 0
+    assert any(f.get("det_token_indices") for f in result["folders"])  # the det-token design ran
+    page = html.unescape(re.sub(r"<[^>]+>", " ", (demo_fast["study"] / "report.html").read_text()))
+    assert f"Instead of exits: {baseline['name']}: AP50 {baseline['AP50']:.3f}" in " ".join(page.split())
+    assert "designs-vs-baselines.csv" in (demo_fast["study"] / "report.html").read_text()
+
+
 def test_the_report_fits_a_laptop_screen(demo_fast):
     browser = _browser(1366, 768)
     try:

@@ -281,7 +281,7 @@ def _new_full_models(folders: list, designs: list[DesignRow], full: dict) -> lis
         if row is None or not _finite(own):
             continue
         lines.append(
-            f"{design_name(row)} trains the blocks, so its last layer is a new full model: AP50 {own:.3f} against the "
+            f"{design_name(row)} trains the blocks, so its last layer is a new model: AP50 {own:.3f} against the "
             f"original model's {full['AP50']:.3f} ({own - full['AP50']:+.3f}); every AP50 loss here is against the "
             "original"
         )
@@ -317,18 +317,22 @@ def _against_exits(b: BaselineRow, designs: list[DesignRow], full: dict) -> dict
         f"baseline {b.name}: AP50 {b.AP50:.3f} ({b.AP50 - full['AP50']:+.3f}), {b.gflops:.3f} GFLOPs, measured: "
         f"{describe_speedup(b.measured_speedup)}; "
     )
+    card = f"{b.name}: AP50 {b.AP50:.3f}, measured speed-up {b.measured_speedup['ratio']:.2f}x; "
     if best is None:
         line += "no timed exit setting was measured as fast"
-        return {"name": b.name, "best_exit_as_fast": None, "exit_minus_baseline_ap50": None, "line": line}
+        card += "no exit setting was measured as fast"
+        return {"name": b.name, "best_exit_as_fast": None, "exit_minus_baseline_ap50": None, "line": line, "card": card}
     gap = designs[best].AP50 - b.AP50
     winner = "the exit setting" if gap > 0 else "the baseline"
+    verdict = f"{winner} is better by {abs(gap):.3f} AP50" if gap else "the same AP50"
     line += (
         f"the most accurate exit setting measured as fast or faster, {setting_name(designs[best])}, reaches AP50 "
         f"{designs[best].AP50:.3f} ({designs[best].latency['median_ms']:.2f} ms against "
-        f"{b.latency['median_ms']:.2f} ms): "
-        + (f"{winner} is better by {abs(gap):.3f} AP50" if gap else "the same AP50")
+        f"{b.latency['median_ms']:.2f} ms): {verdict}"
     )
-    return {"name": b.name, "best_exit_as_fast": best, "exit_minus_baseline_ap50": gap, "line": line}
+    card += f"the most accurate exit setting as fast, {setting_name(designs[best])}, AP50 {designs[best].AP50:.3f}: "
+    card += verdict
+    return {"name": b.name, "best_exit_as_fast": best, "exit_minus_baseline_ap50": gap, "line": line, "card": card}
 
 
 def _is_full(d: DesignRow, designs: list[DesignRow]) -> bool:

@@ -196,7 +196,7 @@ def _cheapest_within(entries: Sequence[dict], bar: float) -> set[int]:
 
 
 def _describe(design: Design, entries: Sequence[dict]) -> dict:
-    """The folder and how it was trained; ``last_layer_AP50``: its own final layer's (a new full model where the
+    """The folder and how it was trained; ``last_layer_AP50``: its own final layer's (a new model where the
     blocks were trained)."""
     where, last = str(design.path.resolve()), design.records.layers[-1]
     own = next(e for e in entries if e["exits_dir"] == where and e["policy"] == "static" and e["layer"] == last)

@@ -132,7 +132,7 @@ def _budget(decision: dict | None) -> str | None:
 def _baselines(decision: dict | None) -> list[str]:
     """Each baseline beside the best exit setting as fast (``decision.design.baselines``), if compared."""
     design = (decision or {}).get("design")
-    return [b["line"] for b in design.get("baselines", [])] if isinstance(design, dict) else []
+    return [b["card"] for b in design.get("baselines", [])] if isinstance(design, dict) else []
 
 
 def answer(data: ReportData) -> dict[str, Any]:
