@@ -21,8 +21,7 @@ import typing
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Union
 
-from probe_kit.data.checks import short
-from probe_kit.errors import UserError
+from probe_kit.errors import UserError, short
 
 _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 

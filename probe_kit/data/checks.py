@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import math
 import numbers
-import reprlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from probe_kit.errors import UserError
+from probe_kit.errors import UserError, short
 
 # A box edge further than one image size beyond the frame is a unit or column mistake, not a person
 # partly out of view: MOT17's real boxes reach at most 0.25 image widths past the edges.
@@ -36,18 +35,6 @@ class InputError(UserError):
         err = cls.__new__(cls)
         ValueError.__init__(err, " ".join(message.split()))
         return err
-
-
-def short(value: Any, limit: int = 60) -> str:
-    """``repr`` of ``value`` on one line, cut to ``limit`` characters; nested containers are cut while the text is
-    made (``reprlib``), so a YAML alias bomb of a billion leaves is described at once."""
-    text = _REPR.repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-_REPR = reprlib.Repr()
-_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 4, 10_000, 10_000  # strings stay whole; nesting is cut
-_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 20
 
 
 def _range_text(lo: float | None, hi: float | None, lo_open: bool, integer: bool) -> str:

@@ -46,15 +46,18 @@ def curves(folders: list[dict]) -> list[Curve]:
     for folder in folders:
         last = max(folder.get("layers") or [0])
         blocks = tuned_blocks_text(folder["finetuned_blocks"])
-        name = f"{folder['head']} heads, {folder.get('regime', 'finetune')} ({blocks})"
+        tokens = len(folder.get("det_token_indices") or [])
+        head = f"{folder['head']} heads" + (f" on {tokens} det tokens" if tokens else "")
+        name = f"{head}, {folder.get('regime', 'finetune')} ({blocks})"
         for layer, values in sorted((folder.get("learning_curves") or {}).items(), key=lambda kv: int(kv[0])):
             if int(layer) != last:
                 out.append(Curve(name, int(layer), tuple(values), folder))
     return out
 
 
-def budget_line(folders: list[dict], verdict: str) -> str | None:
-    """Whether more training could change ``verdict``; None where no folder trained live (nothing to judge)."""
+def budget_line(folders: list[dict], verdict: str, command: bool = True) -> str | None:
+    """Whether more training could change ``verdict``; None where no folder trained live (nothing to judge).
+    ``command``: end a "still rising" line with the command that trains twice the epochs (else point to it)."""
     found = [c for c in curves(folders) if c.per_doubling is not None]
     if not found:
         return None
@@ -66,9 +69,10 @@ def budget_line(folders: list[dict], verdict: str) -> str | None:
             f"{verdict} at this budget, and the curves are flat: {_steepest(found)}; more training is unlikely to help"
         )
     best = max(rising, key=lambda c: c.per_doubling)
+    how = f": {_command(best)}" if command else " (the command is under Rationale)"
     return (
         f"{verdict} at this budget, but {best.design} exit {best.layer} is still rising: {_numbers(best)}; train "
-        f"longer on a GPU: {_command(best)}"
+        f"longer on a GPU{how}"
     )
 
 
@@ -89,8 +93,9 @@ def _command(curve: Curve) -> str:
     exits = ",".join(str(k) for k in folder.get("layers", []))
     regime = training.get("regime", "joint")
     blocks = f" --finetune-blocks {training['finetune_blocks']}" if regime == "finetune" else ""
+    tokens = f" --det-tokens {training['det_tokens']}" if training.get("det_tokens") else ""
     return (
         f"probe-kit train-exits --cache {training.get('cache') or 'CACHE'} --layers {exits} --head {folder['head']} "
-        f"--regime {regime}{blocks} --finetune-epochs {2 * len(curve.values)} --device cuda --out "
+        f"--regime {regime}{blocks}{tokens} --finetune-epochs {2 * len(curve.values)} --device cuda --out "
         f"{folder['exits_dir']}-longer"
     )

@@ -19,7 +19,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from probe_kit.data.checks import short
+from probe_kit.errors import short
 from probe_kit.heads.interface import ExitHead
 from probe_kit.heads.registry import head_type
 from probe_kit.io import write_error, write_json

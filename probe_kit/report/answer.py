@@ -126,7 +126,7 @@ def _design(decision: dict | None) -> str | None:
 def _budget(decision: dict | None) -> str | None:
     """Whether more training could change the design verdict (``decision.budget``), if the study trained live."""
     design = (decision or {}).get("design")
-    return design.get("budget") if isinstance(design, dict) else None
+    return design.get("budget_card", design.get("budget")) if isinstance(design, dict) else None
 
 
 def _baselines(decision: dict | None) -> list[str]:

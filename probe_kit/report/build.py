@@ -144,7 +144,8 @@ def _designs_table(data: ReportData) -> dict | None:
     from probe_kit.decision.design import DesignRow, setting_name
 
     full = result["full_model"]
-    rows = [["full model", full["AP50"], full["gflops"], 1.0, _latency(full["latency"]), None]]
+    rows = [["full model, in the design comparison's timing run", full["AP50"], full["gflops"], 1.0]]
+    rows[0] += [_latency(full["latency"]), None]
     for i, d in enumerate(result["designs"]):
         row = DesignRow.from_json(d, f"designs[{i}]")
         if row.policy == "static" and row.latency is not None:
