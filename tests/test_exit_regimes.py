@@ -58,6 +58,7 @@ def test_joint_trains_every_block_up_to_the_last_exit_and_frozen_none(cache, tin
         ({"regime": "finetune"}, "regime finetune .*needs finetune_blocks"),
         ({"regime": "joint", "finetune_blocks": 2}, "regime joint .*leave out finetune_blocks"),
         ({"regime": "both"}, "regime"),
+        ({"regime": "frozen", "self_distill_epochs": 1}, "self_distill_epochs .*needs regime joint"),
     ],
 )
 def test_inconsistent_regimes_are_refused(options, message):
@@ -152,3 +153,19 @@ def test_a_joint_designs_last_layer_is_reported_as_a_new_full_model_beside_the_o
         "det heads, joint training (block 2 fine-tuned) trains the blocks, so its last layer is a new model: "
         "AP50 0.750 against the original model's 0.800 (-0.050); every AP50 loss here is against the original"
     ]
+
+
+def test_self_distillation_trains_the_early_heads_only_towards_the_joint_backbones_own_final_layer(cache, tmp_path):
+    joint = _train(cache, tmp_path / "joint", "--regime", "joint")
+    distilled = _train(cache, tmp_path / "distilled", "--regime", "joint", "--self-distill-epochs", "2")
+    assert joint["finetune_history"] == distilled["finetune_history"]  # the same joint stage, from the same seed
+    assert [e["epoch"] for e in distilled["self_distill_history"]] == [1, 2] and not joint["self_distill_history"]
+    blocks = [load_file(tmp_path / name / "blocks.safetensors") for name in ("joint", "distilled")]
+    assert all(torch.equal(blocks[0][k], blocks[1][k]) for k in blocks[0])  # the backbone stays as jointly trained
+    heads = [load_file(tmp_path / name / "heads.safetensors") for name in ("joint", "distilled")]
+    final = [k for k in heads[0] if k.startswith("heads.4.")]
+    early = [k for k in heads[0] if k.startswith("heads.2.")]
+    assert final and all(torch.equal(heads[0][k], heads[1][k]) for k in final)  # the teacher never moves
+    assert any(not torch.equal(heads[0][k], heads[1][k]) for k in early)
+    history = distilled["self_distill_history"]
+    assert all(e["holdout_AP50_L4"] == history[0]["holdout_AP50_L4"] for e in history)

@@ -71,6 +71,14 @@ from probe_kit.heads.options import default
     help="Exits before the last read only the k detection tokens the final layer matches to ground truth most "
     "often on the training images (a smaller output space; det heads); default: all of them.",
 )
+@click.option(
+    "--self-distill-epochs",
+    type=int,
+    default=default("self_distill_epochs"),
+    show_default=True,
+    help="With --regime joint: then train the exit heads alone on the jointly trained backbone (frozen), distilled "
+    "towards its own final layer, for this many epochs (LGViT's second stage).",
+)
 @click.option("--finetune-epochs", type=int, default=default("finetune_epochs"), show_default=True)
 @click.option("--finetune-lr", type=float, default=default("finetune_lr"), show_default=True)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
@@ -97,6 +105,7 @@ def train_exits(
     finetune_blocks,
     regime,
     det_tokens,
+    self_distill_epochs,
     finetune_epochs,
     finetune_lr,
     seed,
@@ -136,6 +145,7 @@ def train_exits(
         split_gap=split_gap,
         regime=regime or ("finetune" if finetune_blocks > 0 else "frozen"),
         det_tokens=det_tokens,
+        self_distill_epochs=self_distill_epochs,
     )
     check_flags(ExitTraining, training)  # before any work
     # Under torchrun heads train on the cache on rank 0 alone; with a live stage (finetune, joint) every rank

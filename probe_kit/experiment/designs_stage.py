@@ -30,6 +30,7 @@ class DesignsConfig:
     joint: tuple[str, ...] = ()  # head types also trained jointly (every block, exit losses by depth; --regime joint)
     joint_epochs: PositiveInt | None = None  # live epochs of the joint folders (default finetune_epochs)
     joint_lr: PositiveFloat | None = None  # their learning rate (default the exits' finetune_lr)
+    self_distill_epochs: NonNegativeInt = 0  # then the joint folders' heads alone, distilled (LGViT's second stage)
     finetune_epochs: PositiveInt = 2
     # det exits on k detection tokens (--det-tokens), as frozen folders and, where joint names det, joint ones
     det_tokens: tuple[PositiveInt, ...] = ()
@@ -104,6 +105,7 @@ def designs_stage(cfg, cache_path: Path, data_text: str, out: Path, say: Callabl
         if regime == "joint":
             live = {"finetune_epochs": spec.joint_epochs or spec.finetune_epochs, "finetune_lr": spec.joint_lr}
             live["finetune_lr"] = live["finetune_lr"] or opts.finetune_lr
+            live["self_distill_epochs"] = spec.self_distill_epochs
         training = replace(
             opts, epochs=spec.epochs or opts.epochs, finetune_blocks=k, regime=regime, det_tokens=tokens, **live
         )

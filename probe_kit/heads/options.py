@@ -41,6 +41,9 @@ class ExitTraining:
     # exits before the last read only the k detection tokens most often matched at the final layer on the training
     # images (the status report's "smaller output space"); None: every detection token
     det_tokens: PositiveInt | None = None
+    # joint only: then LGViT's second stage, the heads alone on the jointly trained backbone (frozen), distilled
+    # towards its own final layer, for this many epochs (0: none)
+    self_distill_epochs: NonNegativeInt = 0
 
     def __post_init__(self) -> None:
         check_instance(self)  # typed and in range however it was built (CLI, YAML, Python)
@@ -52,6 +55,11 @@ class ExitTraining:
             raise UserError(
                 "regime joint (--regime) trains every block up to the last exit: leave out finetune_blocks "
                 "(--finetune-blocks)"
+            )
+        if self.self_distill_epochs > 0 and self.regime != "joint":
+            raise UserError(
+                "self_distill_epochs (--self-distill-epochs) distils a jointly trained backbone's exits: it needs "
+                "regime joint (--regime joint)"
             )
         if self.set_weight == 0 and self.distill_weight == 0:
             raise UserError(

@@ -50,6 +50,7 @@ class ExitsConfig:
     history: dict = field(default_factory=dict)
     finetuned_blocks: tuple[int, ...] = ()
     finetune_history: tuple[dict, ...] = ()
+    self_distill_history: tuple[dict, ...] = ()  # the joint regime's optional second stage, per epoch
     finetune_processes: int | None = None
     inputs_key: str | None = None  # set by ``probe-kit run``'s design stage: the hash of what trained it
     base_model_sha256: str = ""  # of ``base_model`` as trained with (``record_sha256``); "" before schema 3

@@ -12,6 +12,7 @@ alone saves; the folder records which images trained and early-stopped the heads
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -74,11 +75,13 @@ def train_exits(
             str(k): _fit_on_cache(heads, cache, k, split, targets, opts, seed, progress)
             for k in heads.trained_layers(opts.train_last)
         }
-        finetuned, finetune_history = [], []
+        finetuned, finetune_history, distill_history = [], [], []
         if opts.regime != "frozen":
             live = live_dataset(cache, samples)
             tuning = _fine_tuning(opts, heads, depth, seed, progress)
             finetuned, finetune_history = finetune_blocks(model, processor, heads, live, split, targets, tuning, device)
+        if opts.self_distill_epochs:
+            distill_history = self_distill(model, processor, heads, live, split, targets, opts, seed, progress, device)
         config = ExitsConfig(
             layers=heads.layers,
             head=cls.name,
@@ -90,6 +93,7 @@ def train_exits(
             finetune_history=tuple(finetune_history),
             finetune_processes=distributed.world_size() if finetuned else None,  # effective batch: batch_size
             det_token_indices=heads.det_token_indices,
+            self_distill_history=tuple(distill_history),
         )
     blocks = {
         k: v for k, v in model.state_dict().items() if any(k.startswith(f"vit.encoder.layer.{i}.") for i in finetuned)
@@ -119,6 +123,38 @@ def most_matched_tokens(heads: ExitHead, targets: TrainingTargets, train: np.nda
                 np.add.at(counts, np.asarray(queries, dtype=np.int64), 1)
     order = sorted(range(heads.num_det), key=lambda i: (-counts[i], i))
     return tuple(sorted(order[:k]))
+
+
+def self_distill(
+    model, processor, heads: ExitHead, live: list, split: Split, targets: TrainingTargets, opts: ExitTraining,
+    seed: int, progress: bool, device: str,
+) -> list[dict]:  # fmt: skip
+    """LGViT's second stage: the backbone just trained jointly is frozen and its own final layer becomes the
+    teacher; the heads of the earlier exits alone train towards it (distillation only), and the epoch with the best
+    holdout AP50 of those exits is kept. Returns the stage's per-epoch history."""
+    teacher_logits, teacher_boxes = _final_outputs(model, processor, live, opts.batch_size, device)
+    taught = replace(
+        targets, final_logits=teacher_logits, final_boxes=teacher_boxes, set_weight=0.0, distill_weight=1.0
+    )
+    depth = model.config.num_hidden_layers
+    weights = {k: float(k != depth) for k in heads.layers}  # the last exit is the teacher: weight 0, never moved
+    tuning = FineTuning(
+        0, opts.self_distill_epochs, opts.finetune_lr, opts.batch_size, seed, progress, weights, select_by="AP50"
+    )
+    return finetune_blocks(model, processor, heads, live, split, taught, tuning, device)[1]
+
+
+def _final_outputs(model, processor, samples: list, batch_size: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's own final-layer logits and boxes for every sample, in order (the self-distillation teacher)."""
+    from probe_kit.models.runner import run_batches
+
+    model.to(device)
+    logits, boxes = [], []
+    for batch in run_batches(model, processor, samples, batch_size):
+        logits.append(batch.outputs.logits.float().cpu())
+        boxes.append(batch.outputs.pred_boxes.float().cpu())
+    model.to("cpu")
+    return torch.cat(logits), torch.cat(boxes)
 
 
 def _fine_tuning(opts: ExitTraining, heads: ExitHead, depth: int, seed: int, progress: bool) -> FineTuning:
