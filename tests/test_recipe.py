@@ -63,6 +63,19 @@ def test_defaults_are_the_shipped_recipe():
     assert RecipeConfig.from_yaml(yaml_path) == RecipeConfig()
 
 
+def test_the_shallow_recipe_is_the_reference_recipe_at_six_blocks():
+    """The smaller model a team would train instead of exits: everything but the depth is the reference's recipe
+    (data, seeds, schedule, selection), so its run is reproducible from this file and the seed as the reference's."""
+    from dataclasses import replace
+    from pathlib import Path
+
+    yaml_path = Path(__file__).resolve().parents[1] / "experiments" / "shallow_reference.yaml"
+    assert RecipeConfig.from_yaml(yaml_path) == replace(RecipeConfig(), num_layers=6)
+    cfg = RecipeConfig(**{**TINY, "num_layers": 1, "steps": 4, "eval_every": 2})  # a few steps of a shallower model
+    model, _ = build_model(cfg)
+    assert model.config.num_hidden_layers == 1
+
+
 def test_a_budget_spent_before_the_first_evaluation_claims_no_best_checkpoint_and_keeps_the_state(tmp_path):
     import torch
     import yaml
