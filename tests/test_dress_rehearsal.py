@@ -178,6 +178,9 @@ def rehearsal(tmp_path_factory):
         "policies": ["learned", "oracle"],
         "timing_images": 1,
         "timing_repeats": 3,
+        "det_tokens": [10],  # one of the shipped grid's
+        "baseline_resolutions": [0.5],
+        "baseline_models": [],  # hustvl/yolos-tiny needs the hub
     }
     path = tmp / "mot17_yolos_small.yaml"
     path.write_text(yaml.safe_dump(study))
@@ -264,5 +267,10 @@ def test_the_shipped_design_comparison_runs_at_the_study_size_on_images_that_tra
         used = set(folder["heads_trained_on_image_ids"]) | set(folder["heads_early_stopped_on_image_ids"])
         assert used and not used & scored and not set(folder["policies_fitted_on_image_ids"]) & scored
     assert "latency" in result["full_model"]
+    assert shipped["exits"]["designs"]["baseline_models"] == ["hustvl/yolos-tiny"]  # the team's smaller model
+    (half,) = result["baselines"]  # at the study's own settings: half of its 512 px
+    assert half["shortest_edge"] == 256 and half["input_size"][1] == 256
+    tokens = [f for f in result["folders"] if f["det_token_indices"]]
+    assert [len(f["det_token_indices"]) for f in tokens] == [10]
     recommendation = json.loads((run / "designs" / "recommendation.json").read_text())
     assert recommendation["verdict"] and recommendation["rationale"]
