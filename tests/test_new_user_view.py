@@ -87,7 +87,8 @@ def test_the_report_shows_the_baselines_beside_the_exit_designs(demo_fast):
     assert baseline["fraction"] == 0.5 and baseline["measured_speedup"]["ratio"] > 0
     assert any(f.get("det_token_indices") for f in result["folders"])  # the det-token design ran
     page = html.unescape(re.sub(r"<[^>]+>", " ", (demo_fast["study"] / "report.html").read_text()))
-    assert f"Instead of exits: {baseline['name']}, AP50 {baseline['AP50']:.3f} at" in " ".join(page.split())
+    card = "Instead of exits (the same held-out images and timing run): "
+    assert f"{card}{baseline['name']}, AP50 {baseline['AP50']:.3f} at" in " ".join(page.split())
     assert "designs-vs-baselines.csv" in (demo_fast["study"] / "report.html").read_text()
 
 

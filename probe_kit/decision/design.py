@@ -318,10 +318,10 @@ def _against_exits(b: BaselineRow, designs: list[DesignRow], full: dict) -> dict
         f"baseline {b.name}: AP50 {b.AP50:.3f} ({b.AP50 - full['AP50']:+.3f}), {b.gflops:.3f} GFLOPs, measured: "
         f"{describe_speedup(b.measured_speedup)}; "
     )
-    card = f"{b.name}, AP50 {b.AP50:.3f} at {b.measured_speedup['ratio']:.2f}x measured; "
+    card = f"{b.name}, AP50 {b.AP50:.3f} at {b.measured_speedup['ratio']:.2f}x measured "
     if best is None:
         line += "no timed exit setting was measured as fast"
-        card += "no exit setting measured as fast"
+        card += "(no exit setting as fast)"
         return {"name": b.name, "best_exit_as_fast": None, "exit_minus_baseline_ap50": None, "line": line, "card": card}
     gap = designs[best].AP50 - b.AP50
     winner = "the exit setting" if gap > 0 else "the baseline"
@@ -331,7 +331,9 @@ def _against_exits(b: BaselineRow, designs: list[DesignRow], full: dict) -> dict
         f"{designs[best].AP50:.3f} ({designs[best].latency['median_ms']:.2f} ms against "
         f"{b.latency['median_ms']:.2f} ms): {verdict}"
     )
-    card += f"the best exit setting as fast, {setting_name(designs[best])}, {designs[best].AP50:.3f}"
+    chosen = designs[best]
+    how = f"exit {chosen.layer}" if chosen.policy == "static" else f"{chosen.policy} at {chosen.threshold}"
+    card += f"(the best exit setting as fast: AP50 {chosen.AP50:.3f}, {how})"
     return {"name": b.name, "best_exit_as_fast": best, "exit_minus_baseline_ap50": gap, "line": line, "card": card}
 
 

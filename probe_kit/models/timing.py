@@ -132,16 +132,18 @@ def conditions(threads: int, device: str = "cpu") -> dict:
     return info
 
 
-def describe_conditions(timing: dict) -> str | None:
+def describe_conditions(timing: dict, why_stopped: bool = True) -> str | None:
     """``timed on AMD EPYC, 1 thread(s), 17 interleaved rounds (time cap ...); load average 1.6 before, 1.2 after,
-    on 2 cores`` from a result's recorded ``timing`` (None where the conditions were not recorded)."""
+    on 2 cores`` from a result's recorded ``timing`` (None where the conditions were not recorded);
+    ``why_stopped``: with the reason the rounds stopped (in brackets)."""
     if "rounds" not in timing:
         return None
     where = timing.get("gpu") or timing.get("cpu") or "an unrecorded processor"
+    stopped = f" ({timing.get('stopped')})" if why_stopped else ""
     return (
-        f"timed on {where}, {timing.get('threads')} thread(s), {timing['rounds']} interleaved rounds "
-        f"({timing.get('stopped')}); load average {_first(timing.get('load_before'))} before, "
-        f"{_first(timing.get('load_after'))} after, on {timing.get('cores')} cores"
+        f"timed on {where}, {timing.get('threads')} thread(s), {timing['rounds']} interleaved rounds{stopped}; "
+        f"load average {_first(timing.get('load_before'))} before, {_first(timing.get('load_after'))} after, on "
+        f"{timing.get('cores')} cores"
     )
 
 

@@ -173,7 +173,7 @@ def answer(data: ReportData) -> dict[str, Any]:
 
 def _timing_line(what: str, result: dict | None) -> str | None:
     """Where and how a result's latencies were measured, for the line beside them."""
-    conditions = describe_conditions((result or {}).get("timing") or {})
+    conditions = describe_conditions((result or {}).get("timing") or {}, why_stopped=False)  # the card: short
     return f"{what} {conditions}." if conditions else None
 
 
