@@ -15,6 +15,27 @@ from typing import Any
 from probe_kit.errors import UserError
 
 _HELD: list[Path] = []  # outputs this process is writing now (named when a signal stops it)
+_STOPS: list[int] = []  # signals received whose exception may have been swallowed (see ``redeliver_stop``)
+
+
+def note_stop(signum: int) -> None:
+    """Remember a stop signal as its handler raises (the CLI's SIGINT/SIGTERM handler)."""
+    _STOPS.append(signum)
+
+
+def forget_stops() -> None:
+    """Drop noted stop signals (their command has ended)."""
+    _STOPS.clear()
+
+
+def redeliver_stop() -> None:
+    """Deliver a noted stop signal again, here, at a point where its exception propagates. Python ignores an
+    exception raised inside a finalizer or weakref callback, so a signal landing there would otherwise be lost
+    and a long loop would run to the end as if never stopped. Long loops call this between steps."""
+    if _STOPS:
+        import signal
+
+        signal.raise_signal(_STOPS.pop())
 
 
 def held_outputs() -> list[Path]:

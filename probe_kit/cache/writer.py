@@ -41,7 +41,7 @@ from probe_kit.data.identity import DataIdentity, identify
 from probe_kit.data.sample import Sample
 from probe_kit.data.spec import DataSpec
 from probe_kit.distributed import shard_bounds
-from probe_kit.io import write_reason
+from probe_kit.io import redeliver_stop, write_reason
 from probe_kit.models.layers import resolve_layers
 from probe_kit.models.loading import ModelSpec, load_yolos
 from probe_kit.models.record import ModelRecord
@@ -328,6 +328,7 @@ def _write_batches(handle: h5py.File, job: Extraction, lo: int, hi: int, start: 
             handle.attrs.modify("num_written", batch.start + len(batch.samples))  # in place: no reallocation
             handle.flush()
             bar.update(len(batch.samples))
+            redeliver_stop()  # a stop signal whose exception was lost ends the run here, at a batch boundary
 
 
 def _create_atomically(job: Extraction, out: Path, lo: int, hi: int, shard: tuple[int, int] | None) -> None:

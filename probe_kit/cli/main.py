@@ -51,6 +51,7 @@ class ProbeGroup(click.Group):
 
     def _invoke(self, ctx: click.Context):
         from probe_kit import distributed
+        from probe_kit.io import forget_stops
 
         previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGINT)} if _main_thread() else {}
         try:
@@ -70,6 +71,7 @@ class ProbeGroup(click.Group):
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            forget_stops()  # a stop this command handled is not redelivered to the next one (tests, the API)
 
     def make_context(self, info_name, args, parent=None, **extra):
         try:
@@ -122,8 +124,9 @@ def _stop_behind(err: BaseException) -> Stopped | None:
 
 
 def _stop(signum: int, _frame) -> None:
-    from probe_kit.io import held_outputs
+    from probe_kit.io import held_outputs, note_stop
 
+    note_stop(signum)  # redelivered by long loops if this exception is swallowed (raised in a finalizer)
     raise Stopped(signum, held_outputs())
 
 
