@@ -71,9 +71,14 @@ def test_the_shallow_recipe_is_the_reference_recipe_at_six_blocks():
 
     yaml_path = Path(__file__).resolve().parents[1] / "experiments" / "shallow_reference.yaml"
     assert RecipeConfig.from_yaml(yaml_path) == replace(RecipeConfig(), num_layers=6)
-    cfg = RecipeConfig(**{**TINY, "num_layers": 1, "steps": 4, "eval_every": 2})  # a few steps of a shallower model
-    model, _ = build_model(cfg)
-    assert model.config.num_hidden_layers == 1
+
+
+def test_a_shallower_model_trains_the_same_from_the_same_recipe_and_seed(tmp_path):
+    cfg = RecipeConfig(**{**TINY, "num_layers": 1, "steps": 4, "eval_every": 2})  # a few steps, half TINY's depth
+    assert build_model(cfg)[0].config.num_hidden_layers == 1
+    a = train_reference(cfg, tmp_path / "a", progress=False)
+    b = train_reference(cfg, tmp_path / "b", progress=False)
+    assert len(a["losses"]) == 4 and a["losses"] == b["losses"]
 
 
 def test_a_budget_spent_before_the_first_evaluation_claims_no_best_checkpoint_and_keeps_the_state(tmp_path):
