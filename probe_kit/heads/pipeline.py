@@ -205,10 +205,12 @@ def _in_training_caches(designs: Sequence[Design], hashes: Sequence[str]) -> dic
         try:
             with FeatureCache(Path(cache)) as opened:
                 by_id = dict(zip((int(i) for i in opened.image_ids()), opened.image_hashes(), strict=True))
+                fingerprint = opened.fingerprint
         except (OSError, ValueError):
             continue
         for design in (d for d in designs if d.config.cache == cache):
-            _check_recorded_hashes(design, by_id, cache)
+            if design.config.cache_fingerprint == fingerprint:  # still the cache it trained on, not one made since
+                _check_recorded_hashes(design, by_id, cache)
         cached = set(by_id.values())
         out[cache] = {"evaluated": len(evaluated), "shared": len(evaluated & cached), "cache_images": len(cached)}
     return out
