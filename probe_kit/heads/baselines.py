@@ -51,7 +51,9 @@ def parse_fractions(text: str, option: str = "--baseline-resolutions") -> tuple[
     return fractions
 
 
-def resolution_baselines(model: torch.nn.Module, processor, model_name: str, fractions: Sequence[float]) -> list:
+def resolution_baselines(
+    model: torch.nn.Module, processor, model_name: str, fractions: Sequence[float]
+) -> list[Baseline]:
     """``model`` with its processor's resize scaled by each fraction (the image's aspect kept as its processor
     keeps it); refused when the scaled input would be smaller than one patch."""
     size = processor.size
