@@ -45,7 +45,7 @@ from probe_kit.io import redeliver_stop, write_reason
 from probe_kit.models.layers import resolve_layers
 from probe_kit.models.loading import ModelSpec, load_yolos
 from probe_kit.models.record import ModelRecord
-from probe_kit.models.runner import batch_bounds, input_size, run_batches
+from probe_kit.models.runner import batch_bounds, input_size, patch_pixels, run_batches
 from probe_kit.ops.rollout import fuse_heads, rollout_layers
 
 
@@ -109,8 +109,7 @@ def _check_identity(handle: h5py.File, job: Extraction, lo: int, hi: int, path: 
 
 def layout_for(model, input_size: tuple[int, int]) -> TokenLayout:
     """Where each token role sits for ``model`` at ``input_size`` (width, height)."""
-    patch = model.config.patch_size
-    patch = patch[0] if isinstance(patch, (list, tuple)) else patch
+    patch = patch_pixels(model)
     return TokenLayout(model.config.num_detection_tokens, input_size[1] // patch, input_size[0] // patch)
 
 

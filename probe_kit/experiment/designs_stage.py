@@ -58,10 +58,11 @@ class DesignsConfig:
             if unknown:
                 raise UserError(f"{where}.{key}: {unknown[0]!r} is not registered; expected some of {', '.join(known)}")
         if config.baseline_resolutions:
-            from probe_kit.heads.baselines import parse_fractions
+            from probe_kit.heads.baselines import check_fractions
 
+            values = config.baseline_resolutions
             try:
-                parse_fractions(",".join(map(str, config.baseline_resolutions)), f"{where}.baseline_resolutions")
+                check_fractions(values, f"{where}.baseline_resolutions {','.join(map(str, values))!r}")
             except ValueError as err:
                 raise UserError(str(err)) from None
         return config

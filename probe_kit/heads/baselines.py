@@ -24,7 +24,7 @@ from probe_kit.metrics.coco import evaluate
 from probe_kit.models.flops import measure_flops
 from probe_kit.models.loading import ModelSpec, load_yolos, person_label_index
 from probe_kit.models.predict import sample_detections
-from probe_kit.models.runner import input_size, run_batches
+from probe_kit.models.runner import input_size, patch_pixels, run_batches
 
 BATCH_SIZE = 8
 
@@ -46,9 +46,15 @@ def parse_fractions(text: str, option: str = "--baseline-resolutions") -> tuple[
         fractions = tuple(float(part) for part in text.split(",") if part.strip())
     except ValueError:
         fractions = ()
-    if not fractions or not all(0 < f < 1 for f in fractions) or len(set(fractions)) != len(fractions):
-        raise ValueError(f"{option} {text!r}: expected distinct fractions of the input size in (0, 1), e.g. 0.75,0.5")
+    check_fractions(fractions, f"{option} {text!r}")
     return fractions
+
+
+def check_fractions(fractions: Sequence[float], where: str) -> None:
+    """Refuse, naming ``where``, fractions that are not distinct numbers in (0, 1) (or none at all)."""
+    numbers = all(isinstance(f, (int, float)) and not isinstance(f, bool) for f in fractions)
+    if not fractions or not numbers or not all(0 < f < 1 for f in fractions) or len(set(fractions)) != len(fractions):
+        raise ValueError(f"{where}: expected distinct fractions of the input size in (0, 1), e.g. 0.75,0.5")
 
 
 def resolution_baselines(
@@ -56,14 +62,15 @@ def resolution_baselines(
 ) -> list[Baseline]:
     """``model`` with its processor's resize scaled by each fraction (the image's aspect kept as its processor
     keeps it); refused when the scaled input would be smaller than one patch."""
+    if fractions:
+        check_fractions(fractions, "baseline resolutions")
     size = processor.size
     if size.get("shortest_edge") is None:
         raise ValueError(
             f"--baseline-resolutions: the processor of {model_name} resizes to a fixed {size}; "
             "lower-resolution baselines need a shortest_edge resize"
         )
-    patch = model.config.patch_size
-    patch = patch[0] if isinstance(patch, (list, tuple)) else patch
+    patch = patch_pixels(model)
     out = []
     for fraction in fractions:
         shortest = round(size["shortest_edge"] * fraction)

@@ -41,7 +41,7 @@ from probe_kit.heads.store import ExitsConfig, load_exits
 from probe_kit.metrics.per_image import PerImageChoice
 from probe_kit.models.flops import FlopProfile, measure_flops
 from probe_kit.models.loading import person_label_index
-from probe_kit.models.runner import input_size
+from probe_kit.models.runner import input_size, patch_pixels
 from probe_kit.models.timing import Rounds, TimedRun, interleaved_latency
 
 
@@ -123,8 +123,7 @@ class Design:
 
 
 def _patches(model, size: tuple[int, int]) -> int:
-    patch = model.config.patch_size
-    patch = patch[0] if isinstance(patch, (list, tuple)) else patch
+    patch = patch_pixels(model)
     return (size[0] // patch) * (size[1] // patch)
 
 
@@ -350,13 +349,12 @@ def time_settings(
     model (``baseline-<i>``, at its own input size) on the same timed images (batch 1)."""
     picks = timed_picks(samples, timing)
     params = next(reference.model.parameters())
+    images = [samples[i].load_image() for i in picks]  # decoded once, resized by each model's own processor
 
     def inputs(processor) -> list[torch.Tensor]:
         return [
-            processor(images=[samples[i].load_image()], return_tensors="pt")["pixel_values"].to(
-                device=params.device, dtype=params.dtype
-            )
-            for i in picks
+            processor(images=[image], return_tensors="pt")["pixel_values"].to(device=params.device, dtype=params.dtype)
+            for image in images
         ]
 
     pixels = inputs(reference.processor)

@@ -39,6 +39,12 @@ def input_size(processor, sample: Sample) -> tuple[int, int]:
     return int(width), int(height)
 
 
+def patch_pixels(model) -> int:
+    """The side of one of ``model``'s square patches in pixels (its config may give it as an int or a pair)."""
+    patch = model.config.patch_size
+    return patch[0] if isinstance(patch, (list, tuple)) else patch
+
+
 def batch_bounds(samples: Sequence[Sample], processor, batch_size: int, start: int = 0) -> list[tuple[int, int]]:
     """[start, end) index ranges of the batches from ``start`` on (``start`` must be a boundary)."""
     bounds = []
