@@ -23,6 +23,11 @@ def note_stop(signum: int) -> None:
     _STOPS.append(signum)
 
 
+def pending_stop() -> int | None:
+    """The last stop signal noted in this command, if any."""
+    return _STOPS[-1] if _STOPS else None
+
+
 def forget_stops() -> None:
     """Drop noted stop signals (their command has ended)."""
     _STOPS.clear()

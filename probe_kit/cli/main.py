@@ -51,7 +51,7 @@ class ProbeGroup(click.Group):
 
     def _invoke(self, ctx: click.Context):
         from probe_kit import distributed
-        from probe_kit.io import forget_stops
+        from probe_kit.io import forget_stops, held_outputs, pending_stop
 
         previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGINT)} if _main_thread() else {}
         try:
@@ -61,6 +61,8 @@ class ProbeGroup(click.Group):
             raise stop.one_line() from None
         except Exception as err:
             stop = _stop_behind(err)  # a signal that landed inside an import or a C call arrives wrapped
+            if stop is None and pending_stop() is not None:  # ... or replaced by the C call's own error
+                stop = Stopped(pending_stop(), held_outputs())
             if stop is not None:
                 raise stop.one_line() from None
             if not isinstance(err, (ValueError, OSError, click.UsageError)):
